@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# The embedded Prefect server needs 10-15 s to start on a 2-core machine; Prefect's default limit is 20 s.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: demo test test-all ui bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## run the pipeline end to end on built-in sample photographs
+	$(BIN)/pixelmill demo --dir ./pixelmill-demo
+
+test: $(STAMP)  ## the test suite (real Prefect server, real S3 server, real images)
+	$(BIN)/python -m pytest
+
+ui: $(STAMP)  ## serve the Prefect UI on the embedded server's database: http://127.0.0.1:4200
+	$(BIN)/prefect server start
+
+bench: $(STAMP)  ## benchmarks: JSON on stdout, ratios against a baseline measured in the same run
+	$(BIN)/python bench/ingest.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check flows tasks models tests bench
+
+clean:
+	rm -rf pixelmill-demo pixelmill-workspace .pytest_cache

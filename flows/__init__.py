@@ -1,0 +1,1 @@
+"""Prefect flows, one module per stage, and the `pixelmill` CLI."""

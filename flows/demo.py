@@ -1,0 +1,67 @@
+"""The demo: the whole pipeline on built-in sample photographs, a local folder standing in for the bucket.
+
+    make demo                 # or: pixelmill demo --dir ./pixelmill-demo
+
+It checks its own result: every photograph must be an ok row with the right size, every broken file an
+error row of the right kind.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect import flow
+
+from flows.ingest import ingest
+from tasks import storage
+from tasks.catalog import Catalog
+from tasks.samples import Expected, write_sample_photos
+
+
+def check_catalog(rows: list[dict], expected: list[Expected], bucket: str) -> list[str]:
+    """What differs between the catalog and what the sample files must give (empty when all is right)."""
+    by_uri = {r["uri"]: r for r in rows}
+    problems = []
+    for exp in expected:
+        row = by_uri.get(storage.join(bucket, exp.name))
+        if row is None:
+            problems.append(f"{exp.name}: no catalog row")
+        elif exp.error_kind and (row["status"] != "error" or not row["error"].startswith(exp.error_kind)):
+            problems.append(f"{exp.name}: expected error {exp.error_kind}, got {row['status']} {row['error']}")
+        elif not exp.error_kind and (row["status"], row["width"], row["height"]) != ("ok", exp.width, exp.height):
+            problems.append(f"{exp.name}: expected ok {exp.width}x{exp.height}, got {row['status']} "
+                            f"{row['width']}x{row['height']} {row['error'] or ''}")
+    return problems
+
+
+@flow(name="demo")
+def demo(directory: str = "./pixelmill-demo") -> dict:
+    """Write the sample bucket, ingest it, and check the catalog against what the samples must give."""
+    directory = os.path.abspath(directory)
+    bucket, workspace = storage.join(directory, "bucket"), storage.join(directory, "workspace")
+    expected = write_sample_photos(bucket)
+    summary = ingest(bucket, dataset="samples", workspace=workspace)
+    rows = Catalog(workspace).read("images", "samples").to_pylist()
+    return {"bucket": bucket, "workspace": workspace, "summary": summary,
+            "mismatches": check_catalog(rows, expected, bucket)}
+
+
+def print_report(report: dict) -> None:
+    from tasks.reports import images_markdown
+
+    print(images_markdown(report["summary"], "demo: images catalog"))
+    print(f"\nbucket (sample photographs): {report['bucket']}")
+    print(f"workspace: {report['workspace']}")
+    print(f"images catalog (Parquet): {report['workspace']}/catalog/images/samples/")
+    print("see the table: pixelmill catalog show images --workspace " + report["workspace"])
+    if report["mismatches"]:
+        print("\nDEMO CHECK FAILED:\n  " + "\n  ".join(report["mismatches"]))
+    else:
+        s = report["summary"]["status"]
+        print(f"\ndemo check passed: {s.get('ok', 0)} photographs ok with the right sizes, "
+              f"{s.get('error', 0)} broken files recorded as error rows.")
+    if os.environ.get("PREFECT_API_URL"):
+        print(f"runs are in the Prefect UI of {os.environ['PREFECT_API_URL']}")
+    else:
+        print("see these runs in the Prefect UI: `make ui` (runs `prefect server start` on the embedded "
+              "server's database), then open http://127.0.0.1:4200/runs")

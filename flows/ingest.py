@@ -1,0 +1,59 @@
+"""Ingest flow: a folder, bucket or archive of images -> the `images` catalog table.
+
+    pixelmill ingest ./photos --dataset photos
+    pixelmill ingest s3://bucket/camvid/train --dataset camvid-train --masks s3://bucket/camvid/trainannot
+    pixelmill ingest archive.zip --masks '{stem}_P.png'
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
+from tasks import steps
+from tasks.catalog import Catalog
+from tasks.ingest import IngestConfig, dataset_name_for
+from tasks.reports import images_markdown, images_summary
+from tasks.settings import workspace_url
+
+
+@flow(name="ingest")
+def ingest(source: str, dataset: str | None = None, workspace: str | None = None,
+           config: IngestConfig | None = None) -> dict:
+    """Catalog every file under `source`: one row per file, bad files as error rows, reruns incremental."""
+    logger = get_run_logger()
+    config = config or IngestConfig()
+    workspace = workspace_url(workspace)
+    dataset = dataset or dataset_name_for(source)
+
+    plan = steps.plan_ingest(source, dataset, workspace, config)
+    logger.info("%s: %d files to ingest in %d shards, %d unchanged, %d mask files, %d other files skipped",
+                dataset, sum(len(s.files) for s in plan.shards), len(plan.shards), plan.unchanged,
+                plan.mask_files, plan.other_files)
+
+    progress = create_progress_artifact(0.0, description=f"ingest {dataset}: shards done")
+    futures = steps.ingest_shard.map(plan.shards, workspace=unmapped(workspace), cfg=unmapped(config))
+    for done, future in enumerate(as_completed(futures), start=1):
+        future.result()  # a shard that failed after its retries fails the flow, with its error
+        update_progress_artifact(progress, 100.0 * done / len(plan.shards))
+    if not plan.shards:
+        update_progress_artifact(progress, 100.0)
+
+    steps.finalize_dataset(workspace, dataset)
+    summary = images_summary(Catalog(workspace).read("images", dataset))
+    summary |= {"dataset": dataset, "workspace": workspace, "new_or_changed": sum(len(s.files) for s in plan.shards),
+                "unchanged": plan.unchanged, "other_files": plan.other_files}
+    create_markdown_artifact(
+        images_markdown(summary, f"ingest {dataset}") +
+        f"\n\n{summary['new_or_changed']} new or changed, {plan.unchanged} unchanged, "
+        f"{plan.other_files} non-image files skipped.",
+        key=f"ingest-{dataset}".lower().replace("_", "-").replace(".", "-"),
+        description=f"images catalog summary for {dataset}")
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(ingest(sys.argv[1]))

@@ -1,0 +1,1 @@
+"""Torch-only model code (U-Nets, losses, registry format). No Prefect, no fsspec."""

@@ -1,0 +1,122 @@
+"""The catalog: one Parquet dataset per table under `{workspace}/catalog/{table}/{group}/`.
+
+A table is split into groups (a data set's name, a model's name) and each group into parts, one part per
+shard of work, named after the shard's inputs. Writing the same shard again replaces its part atomically,
+so a rerun never duplicates rows. Any Parquet reader sees a table as `catalog/{table}/*/*.parquet`.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from tasks import storage
+from tasks.errors import ConfigError
+
+UTC_TIME = pa.timestamp("us", tz="UTC")
+
+IMAGES = pa.schema([
+    ("dataset", pa.string()),
+    ("uri", pa.string()),
+    ("sha256", pa.string()),
+    ("bytes", pa.int64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("format", pa.string()),
+    ("mode", pa.string()),
+    ("status", pa.string()),  # ok | error
+    ("error", pa.string()),  # "<kind>: <message>", null when ok
+    ("split", pa.string()),  # train | valid | test
+    ("mask_uri", pa.string()),
+    ("duplicate_of", pa.string()),  # uri of the first file with the same content
+    ("source_version", pa.string()),  # ETag/mtime/CRC seen at ingest: how reruns spot unchanged files
+    ("ingested_at", UTC_TIME),
+])
+
+SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Group and shard names become folder and file names on every store: keep them plain."""
+    if not _NAME.match(name or ""):
+        raise ConfigError(f"invalid {what} {name!r}",
+                          "use letters, digits, '.', '_' and '-' (start with a letter or digit)")
+    return name
+
+
+def schema_of(table: str) -> pa.Schema:
+    if table not in SCHEMAS:
+        raise ConfigError(f"unknown table {table!r}", f"valid tables: {', '.join(sorted(SCHEMAS))}")
+    return SCHEMAS[table]
+
+
+def to_parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+class Catalog:
+    def __init__(self, workspace: str):
+        self.workspace = storage.normalize_url(workspace)
+
+    def table_url(self, table: str) -> str:
+        schema_of(table)
+        return storage.join(self.workspace, "catalog", table)
+
+    def groups(self, table: str) -> list[str]:
+        fs, path = storage.resolve(self.table_url(table))
+        try:
+            entries = fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
+
+    def part_uris(self, table: str, group: str | None = None) -> list[str]:
+        groups = [group] if group is not None else self.groups(table)
+        return [storage.join(self.table_url(table), g, name)
+                for g in groups for name in storage.list_names(storage.join(self.table_url(table), g), ".parquet")]
+
+    def write_part(self, table: str, group: str, part: str, rows: Iterable[dict] | pa.Table) -> str:
+        """Write (or atomically replace) one part; returns its URI."""
+        schema = schema_of(table)
+        data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), schema=schema)
+        uri = storage.join(self.table_url(table), check_name(group, "group"), f"part-{check_name(part, 'part')}.parquet")
+        storage.write_bytes(uri, to_parquet_bytes(data.cast(schema)))
+        return uri
+
+    def read(self, table: str, group: str | None = None, columns: list[str] | None = None,
+             filter: ds.Expression | None = None) -> pa.Table:
+        """The whole table (or one group) as one Arrow table; an empty table when nothing is written yet."""
+        schema = schema_of(table)
+        uris = self.part_uris(table, group)
+        if not uris:
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        fs, _ = storage.resolve(uris[0])
+        paths = [storage.resolve(u)[1] for u in uris]
+        # Passing the schema lets parts written before a column was added read it as null.
+        dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=fs)
+        return dataset.to_table(columns=columns, filter=filter)
+
+    def read_parts(self, table: str, group: str) -> Iterator[tuple[str, pa.Table]]:
+        schema = schema_of(table)
+        for uri in self.part_uris(table, group):
+            yield uri, pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=schema)
+
+    def replace_part(self, uri: str, rows: pa.Table | list[dict], table: str) -> None:
+        """Rewrite an existing part in place (atomically), or delete it when no rows are left."""
+        schema = schema_of(table)
+        data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
+        if data.num_rows == 0:
+            storage.remove(uri)
+        else:
+            storage.write_bytes(uri, to_parquet_bytes(data.cast(schema)))

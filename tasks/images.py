@@ -1,0 +1,115 @@
+"""Image decoding and validation: bytes in, a checked 8-bit image (or a typed ImageError) out.
+
+Formats: JPEG, PNG, WebP, TIFF, BMP, GIF (first frame). EXIF orientation is applied, so width and height
+are the image as a person sees it. Modes are normalised to 8-bit RGB (or L): palette and alpha images
+are composited on a background colour, 16-bit images are scaled down, CMYK is converted.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k: a larger image is almost surely a mistake or a bomb
+
+# We enforce our own, configurable pixel limit before any pixel is decoded (see `open_image`);
+# PIL's process-wide limit would override the user's choice in both directions.
+Image.MAX_IMAGE_PIXELS = None
+
+ErrorKind = Literal["empty", "truncated", "not_image", "too_large", "unsupported", "corrupt"]
+
+
+class ImageError(Exception):
+    """A file that is not a usable image. `kind` is stable and goes into the catalog's error column."""
+
+    def __init__(self, kind: ErrorKind, message: str):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+    def __reduce__(self):
+        return (type(self), (self.kind, self.message))
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    width: int
+    height: int
+    format: str  # JPEG, PNG, ...
+    mode: str  # the mode stored in the file, before normalisation
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, ImageFacts]:
+    """Decode fully (so truncation is caught here, not later) and apply EXIF orientation."""
+    if not data:
+        raise ImageError("empty", "the file has zero bytes")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("not_image", "not a recognised image format") from None
+    except Exception as exc:  # PIL raises a zoo of types on mangled headers
+        kind = "truncated" if "truncat" in str(exc).lower() else "corrupt"
+        raise ImageError(kind, f"unreadable header ({type(exc).__name__}: {exc})") from None
+    fmt, mode = im.format or "", im.mode
+    if im.width * im.height > max_pixels:
+        raise ImageError("too_large", f"{im.width}x{im.height} is over the limit of {max_pixels:,} pixels")
+    try:
+        im.seek(0)  # GIF/TIFF: the first frame
+        im.load()
+    except OSError as exc:
+        text = str(exc).lower()
+        kind = "truncated" if "truncat" in text else "corrupt"
+        raise ImageError(kind, f"cannot decode ({exc})") from None
+    except Exception as exc:
+        raise ImageError("corrupt", f"cannot decode ({type(exc).__name__}: {exc})") from None
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block should not cost us a good image
+        pass
+    return im, ImageFacts(im.width, im.height, fmt, mode)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16/32-bit integer and float greyscale to 8-bit L, keeping the full range."""
+    arr = np.asarray(im)
+    if im.mode == "F":
+        peak = 1.0 if arr.size and float(np.nanmax(arr)) <= 1.0 else 255.0
+        arr = np.nan_to_num(arr) * (255.0 / peak)
+    elif arr.dtype != np.uint8:
+        arr = arr.astype(np.float64) / 257.0  # 0..65535 -> 0..255
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+
+
+def normalize_mode(im: Image.Image, mode: Literal["RGB", "L"] = "RGB",
+                   background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Any PIL mode to 8-bit RGB or L; transparency is composited on `background`."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        im = _to_8bit(im)
+    elif (im.mode == "P" and "transparency" in im.info) or im.mode == "PA":
+        im = im.convert("RGBA")
+    elif im.mode == "1":
+        im = im.convert("L")
+    if im.mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background, 255))
+        im = Image.alpha_composite(base, rgba).convert("RGB")
+    if im.mode != mode:
+        im = im.convert(mode)  # CMYK, YCbCr, LAB, HSV, P, RGB<->L
+    return im
+
+
+def decode_image(data: bytes, mode: Literal["RGB", "L"] = "RGB", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Bytes to a normalised 8-bit image, or ImageError."""
+    im, _ = open_image(data, max_pixels)
+    try:
+        return normalize_mode(im, mode, background)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError("unsupported", f"cannot convert mode {im.mode} ({exc})") from None

@@ -1,0 +1,237 @@
+"""Ingest, the pure part: plan shards from a listing, turn a shard of files into catalog rows, tidy a data set.
+
+No Prefect here: flows/ingest.py maps `ingest_shard` over the plan and calls `finalize_dataset` at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks import storage
+from tasks.catalog import Catalog, check_name
+from tasks.errors import PixelmillError, StorageError
+from tasks.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
+from tasks.storage import FileInfo
+
+SPLITS = ("train", "valid", "test")
+
+
+class IngestConfig(BaseModel):
+    """How to ingest one source. Every field has a default that runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    masks: str | None = Field(None, description="mask folder URL (same relative names) or a name pattern "
+                                                "with {stem}, e.g. '{stem}_P.png'")
+    shard_size: int = Field(100, ge=1, le=100_000, description="files per task")
+    split_fractions: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train, valid, test")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    extensions: tuple[str, ...] = tuple(sorted(IMAGE_EXTENSIONS))
+    io_threads: int = Field(8, ge=1, le=128, description="threads reading and decoding inside a shard")
+    force: bool = Field(False, description="re-read files even when their size and version are unchanged")
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) < 0 or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"split fractions {v} must be >= 0 and sum to 1")
+        return v
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lowercase(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted({("." + e.lstrip(".")).lower() for e in v}))
+
+    @model_validator(mode="after")
+    def _pattern_has_stem(self) -> IngestConfig:
+        if self.masks and "{" in self.masks and "{stem}" not in self.masks:
+            raise ValueError(f"mask pattern {self.masks!r} must contain {{stem}}")
+        return self
+
+
+@dataclass(frozen=True)
+class Shard:
+    dataset: str
+    shard_id: str
+    files: tuple[FileInfo, ...]
+
+
+@dataclass
+class IngestPlan:
+    shards: list[Shard]
+    unchanged: int = 0
+    other_files: int = 0  # files whose extension is not an image's: counted, not cataloged
+    mask_files: int = 0
+
+
+@dataclass
+class ShardResult:
+    shard_id: str
+    files: int
+    counts: dict[str, int] = field(default_factory=dict)  # by status
+
+
+def dataset_name_for(source_url: str) -> str:
+    """Default data set name: the source folder's or archive's base name."""
+    url = storage.normalize_url(source_url)
+    tail = url.split("::")[-1].rstrip("/")
+    stem = posixpath.basename(tail)
+    for suffix in storage.ARCHIVE_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", stem).strip("-.") or "images"
+
+
+def assign_split(sha256: str, fractions: tuple[float, float, float]) -> str:
+    """train/valid/test from the content hash: stable across runs, and duplicates land together."""
+    u = int(sha256[:12], 16) / 16**12
+    if u < fractions[0]:
+        return "train"
+    return "valid" if u < fractions[0] + fractions[1] else "test"
+
+
+def is_pattern(masks: str | None) -> bool:
+    return bool(masks) and "{stem}" in masks
+
+
+def mask_regex(pattern: str) -> re.Pattern:
+    return re.compile("^" + re.escape(pattern).replace(re.escape("{stem}"), "(.+)") + "$")
+
+
+def mask_uri_for(info: FileInfo, masks: str | None) -> str | None:
+    if not masks:
+        return None
+    if is_pattern(masks):
+        stem = posixpath.splitext(posixpath.basename(info.rel))[0]
+        return storage.sibling(info.uri, masks.format(stem=stem))
+    return storage.join(masks, info.rel)
+
+
+def plan_ingest(dataset: str, files: Iterable[FileInfo], existing: dict[str, tuple[int, str]],
+                cfg: IngestConfig) -> IngestPlan:
+    """Keep image files that are new or changed since the last ingest, in shards of cfg.shard_size.
+
+    `existing` maps uri -> (bytes, source_version) from the catalog. A shard's id hashes its inputs and
+    the config, so a rerun of the same shard rewrites the same catalog part.
+    """
+    check_name(dataset, "dataset name")
+    plan = IngestPlan(shards=[])
+    masks_root = storage.normalize_url(cfg.masks) if cfg.masks and not is_pattern(cfg.masks) else None
+    mask_name = mask_regex(cfg.masks) if is_pattern(cfg.masks) else None
+    todo: list[FileInfo] = []
+    for info in files:
+        name = posixpath.basename(info.rel)
+        if (masks_root and info.uri.startswith(masks_root + "/")) or (mask_name and mask_name.match(name)):
+            plan.mask_files += 1
+        elif posixpath.splitext(name)[1].lower() not in cfg.extensions:
+            plan.other_files += 1
+        elif not cfg.force and existing.get(info.uri) == (info.size, info.version):
+            plan.unchanged += 1
+        else:
+            todo.append(info)
+    settings = cfg.model_dump_json(exclude={"shard_size", "io_threads", "force"})
+    for start in range(0, len(todo), cfg.shard_size):
+        chunk = tuple(todo[start: start + cfg.shard_size])
+        key = json.dumps([dataset, settings, [(f.uri, f.size, f.version) for f in chunk]])
+        plan.shards.append(Shard(dataset, hashlib.sha256(key.encode()).hexdigest()[:20], chunk))
+    return plan
+
+
+def _check_mask(mask_uri: str, width: int, height: int, max_pixels: int) -> str | None:
+    """None when the mask is usable, else the error text for the image's row."""
+    try:
+        data = storage.read_bytes(mask_uri)
+    except StorageError:
+        return f"mask_missing: no mask at {mask_uri}"
+    try:
+        _, facts = open_image(data, max_pixels)
+    except ImageError as exc:
+        return f"mask_unreadable: {mask_uri}: {exc}"
+    if (facts.width, facts.height) != (width, height):
+        return f"mask_size: mask {facts.width}x{facts.height} differs from image {width}x{height}"
+    return None
+
+
+def ingest_file(info: FileInfo, dataset: str, cfg: IngestConfig, now: datetime) -> dict:
+    """One catalog row for one file. Never raises for a bad image: the row says what is wrong."""
+    row = {"dataset": dataset, "uri": info.uri, "bytes": info.size, "source_version": info.version,
+           "ingested_at": now, "status": "error", "mask_uri": mask_uri_for(info, cfg.masks)}
+    try:
+        data = storage.read_bytes(info.uri)
+    except PixelmillError as exc:
+        return row | {"error": f"unreadable: {exc}"}
+    sha = hashlib.sha256(data).hexdigest()
+    row |= {"sha256": sha, "bytes": len(data), "split": assign_split(sha, cfg.split_fractions)}
+    try:
+        im, facts = open_image(data, cfg.max_pixels)
+        im.close()
+    except ImageError as exc:
+        return row | {"error": str(exc)}
+    row |= {"width": facts.width, "height": facts.height, "format": facts.format, "mode": facts.mode}
+    if row["mask_uri"]:
+        problem = _check_mask(row["mask_uri"], facts.width, facts.height, cfg.max_pixels)
+        if problem:
+            return row | {"error": problem}
+    return row | {"status": "ok", "error": None}
+
+
+def ingest_shard(shard: Shard, workspace: str, cfg: IngestConfig) -> ShardResult:
+    """Read, hash and validate a shard's files on cfg.io_threads threads, then write its catalog part.
+
+    PIL and hashlib release the GIL while decoding and hashing, so threads use all cores and overlap I/O.
+    """
+    now = datetime.now(UTC)
+    with ThreadPoolExecutor(min(cfg.io_threads, len(shard.files)) or 1) as pool:
+        rows = list(pool.map(lambda f: ingest_file(f, shard.dataset, cfg, now), shard.files))
+    Catalog(workspace).write_part("images", shard.dataset, shard.shard_id, rows)
+    return ShardResult(shard.shard_id, len(rows), dict(Counter(r["status"] for r in rows)))
+
+
+def existing_versions(catalog: Catalog, dataset: str) -> dict[str, tuple[int, str]]:
+    t = catalog.read("images", dataset, columns=["uri", "bytes", "source_version"])
+    return {u: (b, v) for u, b, v in zip(*(t[c].to_pylist() for c in ("uri", "bytes", "source_version")),
+                                         strict=True)}
+
+
+def finalize_dataset(catalog: Catalog, dataset: str) -> int:
+    """Make the data set's parts consistent; returns how many parts were rewritten.
+
+    - one row per uri: a file re-ingested after it changed keeps only its newest row;
+    - duplicate content is flagged: `duplicate_of` names the first-ingested file with the same sha256.
+    Parts are only rewritten when something in them changes, each atomically.
+    """
+    parts = [(uri, t.to_pylist()) for uri, t in catalog.read_parts("images", dataset)]
+    newest: dict[str, tuple] = {}
+    for uri, rows in parts:
+        for row in rows:
+            key = (row["ingested_at"], uri)
+            if row["uri"] not in newest or key > newest[row["uri"]]:
+                newest[row["uri"]] = key
+    first_by_sha: dict[str, tuple] = {}
+    for uri, rows in parts:
+        for row in rows:
+            if row["sha256"] and newest[row["uri"]] == (row["ingested_at"], uri):
+                cand = (row["ingested_at"], row["uri"])
+                first_by_sha[row["sha256"]] = min(first_by_sha.get(row["sha256"], cand), cand)
+    rewritten = 0
+    for uri, rows in parts:
+        kept = []
+        for row in rows:
+            if newest[row["uri"]] != (row["ingested_at"], uri):
+                continue
+            first = first_by_sha[row["sha256"]][1] if row["sha256"] else row["uri"]
+            kept.append(row | {"duplicate_of": None if first == row["uri"] else first})
+        if kept != rows:
+            catalog.replace_part(uri, kept, "images")
+            rewritten += 1
+    return rewritten
