@@ -60,20 +60,23 @@ def _s3_options() -> dict:
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
 
 
-def normalize_url(url: str) -> str:
-    """Make a user's URL canonical: absolute `file://` for local paths, archive chains spelled out."""
+def normalize_url(url: str, archives: bool = True) -> str:
+    """Make a user's URL canonical: absolute `file://` for local paths, archive chains spelled out.
+
+    With archives=False a URL ending in .zip means the archive file itself (to read or write its bytes).
+    """
     url = str(url)
-    proto = archive_protocol(url)
-    if proto:
-        return f"{proto}://::{normalize_url(url)}"
+    proto = archive_protocol(url) if archives else None
     if "://" not in url and "::" not in url:
-        return "file://" + os.path.abspath(os.path.expanduser(url))
-    return url.rstrip("/") if not url.endswith("://") else url
+        url = "file://" + os.path.abspath(os.path.expanduser(url))
+    elif not url.endswith("://"):
+        url = url.rstrip("/")
+    return f"{proto}://::{url}" if proto else url
 
 
-def resolve(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def resolve(url: str, archives: bool = True) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a URL; fsspec caches the filesystem instances."""
-    url = normalize_url(url)
+    url = normalize_url(url, archives)
     options = {"s3": _s3_options()} if "s3://" in url else {}
     try:
         return fsspec.core.url_to_fs(url, **options)
@@ -146,7 +149,7 @@ def _is_hidden(name: str) -> bool:
 
 
 def iter_files(url: str) -> Iterator[FileInfo]:
-    """Every file under url, recursively, in a stable (sorted, depth-first) order.
+    """Every file under url, recursively, in a stable order: depth-first, entries sorted by name.
 
     Lists one directory at a time so a bucket with millions of keys is never held in memory at once.
     Hidden files (.DS_Store, our own .tmp- files) and __MACOSX folders are skipped.
@@ -162,30 +165,29 @@ def iter_files(url: str) -> Iterator[FileInfo]:
                        posixpath.basename(root))
         return
     root = root.rstrip("/")
-    stack = [root]
-    while stack:
-        directory = stack.pop()
-        entries = sorted(retry(lambda d=directory: fs.ls(d, detail=True), what=url), key=lambda e: e["name"])
-        subdirs = []
+
+    def walk(directory: str) -> Iterator[FileInfo]:
+        entries = sorted(retry(lambda: fs.ls(directory, detail=True), what=url), key=lambda e: e["name"])
         for entry in entries:
             name = entry["name"].rstrip("/")
-            if _is_hidden(posixpath.basename(name)) or name == directory.rstrip("/"):
+            if _is_hidden(posixpath.basename(name)) or name == directory:
                 continue
             if entry["type"] == "directory":
-                subdirs.append(name)
+                yield from walk(name)
             else:
                 rel = name[len(root):].lstrip("/")
                 yield FileInfo(to_uri(fs, name, chain), int(entry.get("size") or 0), _version(entry), rel)
-        stack.extend(reversed(subdirs))
+
+    yield from walk(root)
 
 
 def read_bytes(uri: str) -> bytes:
-    fs, path = resolve(uri)
+    fs, path = resolve(uri, archives=False)
     return retry(lambda: fs.cat_file(path), what=uri)
 
 
 def exists(uri: str) -> bool:
-    fs, path = resolve(uri)
+    fs, path = resolve(uri, archives=False)
     return retry(lambda: fs.exists(path), what=uri)
 
 
@@ -195,9 +197,9 @@ def write_bytes(uri: str, data: bytes) -> None:
     Local files: write a hidden temporary file beside the target, then rename (atomic on POSIX).
     Object stores and memory: one PUT, which is atomic by itself.
     """
-    if "::" in normalize_url(uri):
+    if "::" in uri or uri.startswith(("zip://", "tar://")):
         raise StorageError(f"cannot write into an archive: {uri}", "write outputs to a folder or bucket")
-    fs, path = resolve(uri)
+    fs, path = resolve(uri, archives=False)
     if isinstance(fs, LocalFileSystem):
         directory, name = os.path.split(path)
         os.makedirs(directory, exist_ok=True)
@@ -214,7 +216,7 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def remove(uri: str) -> None:
-    fs, path = resolve(uri)
+    fs, path = resolve(uri, archives=False)
     try:
         retry(lambda: fs.rm_file(path), what=uri)
     except StorageError:
