@@ -71,6 +71,8 @@ def normalize_url(url: str, archives: bool = True) -> str:
         url = "file://" + os.path.abspath(os.path.expanduser(url))
     elif not url.endswith("://"):
         url = url.rstrip("/")
+    if url.startswith("memory://") and not url.startswith("memory:///"):
+        url = "memory:///" + url[len("memory://"):]  # fsspec's own spelling, so URIs compare equal
     return f"{proto}://::{url}" if proto else url
 
 

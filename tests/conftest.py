@@ -53,7 +53,9 @@ def s3_server(tmp_path_factory):
     cmd = [_weed_binary(), "server", f"-dir={data}", "-s3", f"-s3.port={ports['s3']}",
            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-           "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-volume.max=0"]
+           "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+           # every bucket is a collection with volumes of its own: keep them small and allow many
+           "-master.volumeSizeLimitMB=64", "-volume.max=500"]
     log = open(data / "weed.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3']}"

@@ -1,0 +1,70 @@
+import os
+from datetime import UTC, datetime
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.catalog import IMAGES, Catalog
+from tasks.errors import ConfigError
+
+
+def rows(n: int, dataset: str = "d", start: int = 0) -> list[dict]:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    return [{"dataset": dataset, "uri": f"file:///x/{i}.png", "sha256": f"{i:064x}", "bytes": i, "width": 2,
+             "height": 3, "status": "ok", "split": "train", "ingested_at": now} for i in range(start, start + n)]
+
+
+def test_write_then_read_round_trips(tmp_path):
+    cat = Catalog(str(tmp_path))
+    cat.write_part("images", "d", "shard1", rows(3))
+    cat.write_part("images", "e", "shard1", rows(2, "e"))
+    table = cat.read("images")
+    assert table.schema == IMAGES
+    assert table.num_rows == 5
+    assert cat.read("images", "e")["dataset"].to_pylist() == ["e", "e"]
+    assert cat.groups("images") == ["d", "e"]
+    # plain Parquet: any reader sees it under catalog/images/{group}/
+    assert pq.read_table(os.path.join(tmp_path, "catalog", "images", "d", "part-shard1.parquet")).num_rows == 3
+
+
+def test_rewriting_a_shard_replaces_its_rows(tmp_path):
+    cat = Catalog(str(tmp_path))
+    cat.write_part("images", "d", "shard1", rows(3))
+    cat.write_part("images", "d", "shard1", rows(3))
+    cat.write_part("images", "d", "shard2", rows(2, start=3))
+    assert cat.read("images", "d").num_rows == 5
+    assert len(cat.part_uris("images", "d")) == 2
+    assert sorted(os.listdir(tmp_path / "catalog" / "images" / "d")) == ["part-shard1.parquet", "part-shard2.parquet"]
+
+
+def test_replace_part_rewrites_or_deletes(memory_url):
+    cat = Catalog(memory_url)
+    uri = cat.write_part("images", "d", "s", rows(4))
+    cat.replace_part(uri, rows(1), "images")
+    assert cat.read("images", "d").num_rows == 1
+    cat.replace_part(uri, [], "images")
+    assert cat.part_uris("images", "d") == []
+
+
+def test_empty_and_missing_tables_read_as_empty(tmp_path):
+    table = Catalog(str(tmp_path / "nothing-here")).read("images", columns=["uri"])
+    assert table.num_rows == 0 and table.column_names == ["uri"]
+
+
+def test_columns_and_filters_push_down(tmp_path):
+    import pyarrow.dataset as ds
+
+    cat = Catalog(str(tmp_path))
+    cat.write_part("images", "d", "s", rows(10))
+    t = cat.read("images", "d", columns=["uri", "bytes"], filter=ds.field("bytes") >= 7)
+    assert t.column_names == ["uri", "bytes"] and t["bytes"].to_pylist() == [7, 8, 9]
+
+
+def test_unknown_table_and_bad_names_are_clear_errors(tmp_path):
+    cat = Catalog(str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown table 'imagez'") as info:
+        cat.read("imagez")
+    assert "images" in info.value.hint
+    for bad in ("", "../escape", "a/b", "-dash-first"):
+        with pytest.raises(ConfigError, match="invalid group"):
+            cat.write_part("images", bad, "s", rows(1))

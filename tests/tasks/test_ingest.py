@@ -1,0 +1,150 @@
+"""The ingest logic without Prefect: planning, one shard end to end, masks, and the data-set tidy-up."""
+
+import io
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from tasks import storage
+from tasks.catalog import Catalog
+from tasks.ingest import (
+    IngestConfig,
+    assign_split,
+    dataset_name_for,
+    existing_versions,
+    finalize_dataset,
+    ingest_shard,
+    plan_ingest,
+)
+
+
+def png(w: int, h: int, seed: int = 0, mode: str = "RGB") -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def run_ingest(source: str, workspace: str, dataset: str = "d", **cfg) -> Catalog:
+    """What the flow does, minus Prefect: plan, every shard, finalize."""
+    config = IngestConfig(**cfg)
+    catalog = Catalog(workspace)
+    plan = plan_ingest(dataset, storage.iter_files(source), existing_versions(catalog, dataset), config)
+    for shard in plan.shards:
+        ingest_shard(shard, workspace, config)
+    finalize_dataset(catalog, dataset)
+    return catalog
+
+
+def test_sample_files_give_the_expected_rows(sample_folder, tmp_path):
+    root, expected = sample_folder
+    rows = {r["uri"]: r for r in run_ingest(str(root), str(tmp_path), shard_size=7).read("images", "d").to_pylist()}
+    assert len(rows) == len(expected)  # README.txt is not an image: not cataloged
+    for exp in expected:
+        row = rows[storage.join(str(root), exp.name)]
+        if exp.error_kind:
+            assert row["status"] == "error" and row["error"].startswith(exp.error_kind + ":"), row
+        else:
+            assert (row["status"], row["width"], row["height"], row["error"]) == ("ok", exp.width, exp.height, None)
+            assert row["format"] and row["mode"] and len(row["sha256"]) == 64 and row["split"] in ("train", "valid", "test")
+    assert rows[storage.join(str(root), "modes/moon-16bit.png")]["mode"].startswith("I")
+    assert rows[storage.join(str(root), "modes/retina-cmyk.jpg")]["mode"] == "CMYK"
+
+
+def test_plan_shards_skips_unchanged_and_counts_other_files(tmp_path):
+    for i in range(25):
+        storage.write_bytes(str(tmp_path / f"img{i:02d}.png"), png(4, 4, i))
+    (tmp_path / "notes.txt").write_text("x")
+    files = list(storage.iter_files(str(tmp_path)))
+    plan = plan_ingest("d", files, {}, IngestConfig(shard_size=10))
+    assert [len(s.files) for s in plan.shards] == [10, 10, 5]
+    assert plan.other_files == 1
+    again = plan_ingest("d", files, {}, IngestConfig(shard_size=10))
+    assert [s.shard_id for s in again.shards] == [s.shard_id for s in plan.shards]  # deterministic
+    existing = {f.uri: (f.size, f.version) for f in files[:20]}
+    plan = plan_ingest("d", files, existing, IngestConfig(shard_size=10))
+    assert plan.unchanged == 20 and [len(s.files) for s in plan.shards] == [5]
+    assert sum(len(s.files) for s in plan_ingest("d", files, existing, IngestConfig(force=True)).shards) == 25
+
+
+def test_changed_and_new_files_are_picked_up_with_one_row_per_file(tmp_path):
+    src, ws = tmp_path / "src", str(tmp_path / "ws")
+    for i in range(6):
+        storage.write_bytes(str(src / f"{i}.png"), png(8, 8, i))
+    catalog = run_ingest(str(src), ws, shard_size=4)
+    before = {r["uri"]: r for r in catalog.read("images", "d").to_pylist()}
+    time.sleep(0.01)
+    storage.write_bytes(str(src / "2.png"), png(16, 8, 99))  # changed content and size
+    storage.write_bytes(str(src / "new.png"), png(8, 8, 100))
+    after = {r["uri"]: r for r in run_ingest(str(src), ws, shard_size=4).read("images", "d").to_pylist()}
+    assert len(after) == 7 and catalog.read("images", "d").num_rows == 7
+    changed = storage.join(str(src), "2.png")
+    assert (after[changed]["width"], before[changed]["width"]) == (16, 8)
+    assert after[storage.join(str(src), "0.png")]["ingested_at"] == before[storage.join(str(src), "0.png")]["ingested_at"]
+
+
+def test_duplicates_are_flagged_not_dropped(tmp_path):
+    src = tmp_path / "src"
+    same = png(8, 8, 1)
+    for name in ("a.png", "b.png", "c/d.png"):
+        storage.write_bytes(str(src / name), same)
+    storage.write_bytes(str(src / "other.png"), png(8, 8, 2))
+    rows = run_ingest(str(src), str(tmp_path / "ws"), shard_size=2).read("images", "d").to_pylist()
+    dup = {r["uri"].rsplit("/", 1)[1]: r["duplicate_of"] for r in rows}
+    first = storage.join(str(src), "a.png")
+    assert dup == {"a.png": None, "b.png": first, "d.png": first, "other.png": None}
+    assert len({r["split"] for r in rows if r["sha256"] == rows[0]["sha256"]}) == 1
+
+
+def test_masks_from_a_folder_with_the_same_names(tmp_path):
+    images, masks = tmp_path / "train", tmp_path / "trainannot"
+    storage.write_bytes(str(images / "a.png"), png(10, 6, 1))
+    storage.write_bytes(str(masks / "a.png"), png(10, 6, 1, mode="L"))
+    storage.write_bytes(str(images / "b.png"), png(10, 6, 2))
+    storage.write_bytes(str(masks / "b.png"), png(9, 6, 2, mode="L"))  # wrong size
+    storage.write_bytes(str(images / "c.png"), png(10, 6, 3))  # no mask
+    rows = {r["uri"].rsplit("/", 1)[1]: r for r in
+            run_ingest(str(images), str(tmp_path / "ws"), masks=str(masks)).read("images", "d").to_pylist()}
+    assert rows["a.png"]["status"] == "ok" and rows["a.png"]["mask_uri"] == storage.join(str(masks), "a.png")
+    assert rows["b.png"]["error"] == "mask_size: mask 9x6 differs from image 10x6"
+    assert rows["c.png"]["error"].startswith("mask_missing:")
+
+
+def test_masks_by_name_pattern_are_not_cataloged_as_images(tmp_path):
+    src = tmp_path / "src"
+    storage.write_bytes(str(src / "x.png"), png(5, 5, 1))
+    storage.write_bytes(str(src / "x_P.png"), png(5, 5, 1, mode="L"))
+    storage.write_bytes(str(src / "y.png"), png(5, 5, 2))
+    rows = run_ingest(str(src), str(tmp_path / "ws"), masks="{stem}_P.png").read("images", "d").to_pylist()
+    assert sorted(r["uri"].rsplit("/", 1)[1] for r in rows) == ["x.png", "y.png"]
+    assert Counter(r["status"] for r in rows) == {"ok": 1, "error": 1}
+
+
+def test_assign_split_is_stable_and_follows_the_fractions():
+    import hashlib
+
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(20000)]
+    counts = Counter(assign_split(s, (0.7, 0.2, 0.1)) for s in shas)
+    assert abs(counts["train"] / 20000 - 0.7) < 0.02 and abs(counts["valid"] / 20000 - 0.2) < 0.02
+    assert [assign_split(s, (0.7, 0.2, 0.1)) for s in shas[:50]] == [assign_split(s, (0.7, 0.2, 0.1)) for s in shas[:50]]
+    assert {assign_split(s, (1.0, 0.0, 0.0)) for s in shas} == {"train"}
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"split_fractions": (0.5, 0.2, 0.2)}, "split_fractions"),
+    ({"shard_size": 0}, "shard_size"),
+    ({"masks": "{name}.png"}, "stem"),
+    ({"colour": "red"}, "colour"),
+])
+def test_bad_config_names_the_field(kwargs, field):
+    with pytest.raises(ValidationError, match=field):
+        IngestConfig(**kwargs)
+
+
+def test_dataset_name_defaults_to_the_source_base_name():
+    assert dataset_name_for("s3://bucket/camvid/train/") == "train"
+    assert dataset_name_for("/data/My Photos.tar.gz") == "My-Photos"
