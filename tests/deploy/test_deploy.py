@@ -1,0 +1,301 @@
+"""The files under deploy/ agree with the code: entrypoints import, parameters bind, schedules parse, the compose
+services wire up. No server, no Docker: `prefect deploy` and `docker compose up` themselves are not run here."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+POOL = "pixelmill-cpu"
+
+
+def load_yaml(name: str) -> dict:
+    data = yaml.safe_load((DEPLOY / name).read_text())
+    assert isinstance(data, dict), f"deploy/{name} is not a mapping"
+    return data
+
+
+PROJECT = load_yaml("prefect.yaml")
+DEPLOYMENTS = PROJECT.get("deployments") or []
+COMPOSE = load_yaml("compose.yaml")
+SERVICES = COMPOSE.get("services") or {}
+
+
+def by_name(deployments: list[dict]) -> list:
+    return [pytest.param(d, id=d.get("name", "?")) for d in deployments]
+
+
+@cache
+def load_flow(entrypoint: str):
+    """Import `path/to/file.py:flow_name` the way `prefect deploy` does, with the path taken from the repo root."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    path, _, name = entrypoint.rpartition(":")
+    return load_flow_from_entrypoint(f"{ROOT / path}:{name}")
+
+
+# ---------------------------------------------------------------- prefect.yaml
+
+
+def prefect_yaml_model():
+    """The pydantic model `prefect deploy` validates prefect.yaml with. Importing it normally costs ~5 s (it loads
+    the whole CLI package first), so load its module file alone; fall back to the import if that ever fails."""
+    import importlib.util
+
+    import prefect
+
+    try:
+        path = Path(prefect.__file__).parent / "cli" / "deploy" / "_models.py"
+        spec = importlib.util.spec_from_file_location("_pixelmill_prefect_yaml_models", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # pydantic resolves the models' forward references through it
+        spec.loader.exec_module(module)
+        return module.PrefectYamlModel
+    except Exception:
+        from prefect.cli.deploy._models import PrefectYamlModel
+
+        return PrefectYamlModel
+
+
+def test_project_file_matches_prefects_own_schema():
+    model = prefect_yaml_model().model_validate(PROJECT)
+    assert len(model.deployments) == len(DEPLOYMENTS) >= 3
+    names = [d.name for d in model.deployments]
+    assert len(names) == len(set(names)), f"duplicate deployment names: {names}"
+    assert {"ingest-nightly", "ingest-camvid", "demo"} <= set(names)
+
+
+@pytest.mark.parametrize("dep", by_name(DEPLOYMENTS))
+def test_entrypoint_is_a_prefect_flow(dep):
+    from prefect import Flow
+
+    entrypoint = dep["entrypoint"]
+    assert re.fullmatch(r"[\w/]+\.py:\w+", entrypoint), f"{entrypoint!r} is not path/file.py:flow"
+    assert not entrypoint.startswith("/"), "entrypoints must be relative to the repository root"
+    assert (ROOT / entrypoint.split(":")[0]).is_file()
+    assert isinstance(load_flow(entrypoint), Flow)
+
+
+@pytest.mark.parametrize("dep", by_name(DEPLOYMENTS))
+def test_parameters_bind_to_the_flow(dep):
+    """What the worker does: Flow.validate_parameters (pydantic models such as IngestConfig come in as dicts)."""
+    flow = load_flow(dep["entrypoint"])
+    params = dep.get("parameters") or {}
+    bound = flow.validate_parameters(params)
+    assert set(params) <= set(bound)
+
+
+@pytest.mark.parametrize("dep", by_name(DEPLOYMENTS))
+def test_parameters_pass_the_servers_schema_check(dep):
+    """What the server does when the deployment is created (enforce_parameter_schema is on by default)."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    schema = parameter_schema(load_flow(dep["entrypoint"])).model_dump_for_openapi()
+    validate(dep.get("parameters") or {}, schema, raise_on_error=True, ignore_required=True)
+
+
+def test_ingest_configs_are_real_ingest_configs():
+    """A typo inside `config` must fail here, not at 02:30: IngestConfig forbids unknown keys."""
+    from tasks.ingest import IngestConfig
+
+    configs = [d["parameters"]["config"] for d in DEPLOYMENTS if "config" in (d.get("parameters") or {})]
+    assert configs, "no deployment passes an IngestConfig"
+    for cfg in configs:
+        IngestConfig.model_validate(cfg)
+    flow = load_flow("flows/ingest.py:ingest")
+    with pytest.raises(Exception, match="masx"):
+        flow.validate_parameters({"source": "s3://x/y", "config": {"masx": None}})
+
+
+@pytest.mark.parametrize("dep", by_name(DEPLOYMENTS))
+def test_schedules_parse(dep):
+    """Cron strings and time zones as the server parses them (Prefect 3.9 uses cronsim; croniter is not installed)."""
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
+
+    for item in dep.get("schedules") or []:
+        kinds = [k for k in ("cron", "interval", "rrule") if item.get(k) is not None]
+        assert len(kinds) == 1, f"{item}: exactly one of cron, interval, rrule"
+        if "cron" in kinds:
+            CronSchedule(cron=item["cron"], timezone=item.get("timezone"))
+        elif "interval" in kinds:
+            IntervalSchedule(interval=item["interval"], timezone=item.get("timezone"))
+        else:
+            RRuleSchedule(rrule=item["rrule"], timezone=item.get("timezone"))
+
+
+def test_a_bad_cron_would_be_caught():
+    from prefect.client.schemas.schedules import CronSchedule
+
+    with pytest.raises(ValueError):
+        CronSchedule(cron="30 25 * * *", timezone="Europe/Berlin")
+
+
+def test_nightly_is_scheduled_and_the_rest_are_not():
+    schedules = {d["name"]: d.get("schedules") or [] for d in DEPLOYMENTS}
+    assert any(s.get("cron") for s in schedules["ingest-nightly"])
+    assert not schedules["ingest-camvid"] and not schedules["demo"]
+
+
+@pytest.mark.parametrize("dep", by_name(DEPLOYMENTS))
+def test_every_deployment_uses_the_pool_the_worker_serves(dep):
+    assert dep["work_pool"]["name"] == POOL
+    assert isinstance(dep["work_pool"].get("job_variables", {}), dict)
+
+
+def test_pull_step_changes_into_the_source_tree(monkeypatch, tmp_path):
+    """Replay the pull step as the worker does: fill env placeholders from os.environ, then run the step."""
+    from prefect.deployments.steps.core import _get_function_for_step
+    from prefect.utilities.templating import apply_values
+
+    (step,) = PROJECT["pull"]
+    (fqn, inputs), = step.items()
+    assert fqn == "prefect.deployments.steps.set_working_directory"
+    assert "$PIXELMILL_ROOT" in inputs["directory"]
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIXELMILL_ROOT", str(ROOT))
+    _get_function_for_step(fqn)(**apply_values(inputs, os.environ))
+    assert Path.cwd() == ROOT
+    for dep in DEPLOYMENTS:  # the entrypoints resolve from there
+        assert Path(dep["entrypoint"].split(":")[0]).is_file()
+
+
+# ---------------------------------------------------------------- compose.yaml
+
+
+def command_args(service: dict) -> list[str]:
+    cmd = service.get("command") or []
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(c) for c in cmd]
+
+
+def option(args: list[str], name: str) -> str | None:
+    """The value of `--name value`, `--name=value` or `-name=value` in a command line."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def env(service: dict) -> dict[str, str]:
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {k: str(v) for k, v in raw.items()}
+
+
+def test_compose_has_the_services():
+    assert {"postgres", "prefect-server", "seaweedfs", "create-bucket", "worker"} <= set(SERVICES)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_depends_on_names_existing_services(name):
+    deps = SERVICES[name].get("depends_on") or {}
+    conditions = {d: "service_started" for d in deps} if isinstance(deps, list) else \
+                 {d: (spec or {}).get("condition", "service_started") for d, spec in deps.items()}
+    for dep, condition in conditions.items():
+        assert dep in SERVICES, f"{name} depends on unknown service {dep!r}"
+        assert dep != name
+        assert condition in {"service_started", "service_healthy", "service_completed_successfully"}
+        if condition == "service_healthy":
+            assert "healthcheck" in SERVICES[dep], f"{name} waits for {dep} to be healthy; it has no healthcheck"
+
+
+def test_worker_talks_to_the_prefect_server():
+    server, worker = SERVICES["prefect-server"], SERVICES["worker"]
+    args = command_args(server)
+    assert args[:3] == ["prefect", "server", "start"] and option(args, "--host") == "0.0.0.0"
+    port = int(option(args, "--port") or 4200)
+
+    url = urlsplit(env(worker)["PREFECT_API_URL"])
+    assert (url.scheme, url.hostname, url.port or 80, url.path.rstrip("/")) == ("http", "prefect-server", port, "/api")
+    assert any(str(p).split(":")[-1] == str(port) for p in server.get("ports", [])), "UI port not published"
+    assert "prefect-server" in (worker.get("depends_on") or {})
+
+
+def test_worker_serves_the_deployments_pool():
+    args = command_args(SERVICES["worker"])
+    assert args[:3] == ["prefect", "worker", "start"]
+    assert option(args, "--pool") == POOL
+    assert env(SERVICES["worker"]).get("PIXELMILL_ROOT") or "PIXELMILL_ROOT" in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_server_database_is_the_postgres_service():
+    from sqlalchemy.engine import make_url
+
+    url = make_url(env(SERVICES["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"])
+    pg = env(SERVICES["postgres"])
+    assert url.drivername == "postgresql+asyncpg" and url.host == "postgres"
+    assert (url.username, url.password, url.database) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"],
+                                                          pg["POSTGRES_DB"])
+    import asyncpg  # noqa: F401  (the server runs from the pixelmill image: the driver must come with Prefect)
+
+
+def test_s3_settings_point_at_seaweedfs():
+    weed = command_args(SERVICES["seaweedfs"])
+    assert "server" in weed and "-s3" in weed
+    s3_port = int(option(weed, "-s3.port") or 8333)
+    for name in ("worker", "create-bucket"):
+        e = env(SERVICES[name])
+        url = urlsplit(e["AWS_ENDPOINT_URL"])
+        assert (url.hostname, url.port) == ("seaweedfs", s3_port), name
+        assert e.get("AWS_ACCESS_KEY_ID") and e.get("AWS_SECRET_ACCESS_KEY"), name
+    workspace = env(SERVICES["worker"])["PIXELMILL_WORKSPACE"]
+    assert workspace == "s3://pixelmill/workspace"
+    assert "pixelmill" in str(SERVICES["create-bucket"]["command"]), "create-bucket must create the workspace bucket"
+
+
+def test_built_services_use_the_dockerfile():
+    for name, service in SERVICES.items():
+        build = service.get("build")
+        if build is None:
+            continue
+        context = (DEPLOY / (build if isinstance(build, str) else build.get("context", "."))).resolve()
+        dockerfile = context / (build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile")
+        assert dockerfile == DEPLOY / "Dockerfile", name
+        assert (context / "pyproject.toml").is_file(), f"{name}: build context is not the repository root"
+
+
+# ---------------------------------------------------------------- Dockerfile, dask.yaml
+
+
+def test_dockerfile_copies_what_exists_and_runs_as_a_worker():
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in re.sub(r"\\\n", " ", text).splitlines() if ln.strip() and not ln.startswith("#")]
+    assert lines[0] == "FROM python:3.11-slim"
+    for ln in lines:
+        if ln.startswith("COPY ") and "--from" not in ln:
+            for src in ln.split()[1:-1]:
+                assert (ROOT / src).exists(), f"COPY source {src} is not in the repository"
+    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+    cmd = [ln for ln in lines if ln.startswith("CMD ")][-1]
+    assert "worker" in cmd and f'"{POOL}"' in cmd
+
+
+DASK = load_yaml("dask.yaml")
+
+
+def test_dask_default_profile_exists():
+    assert DASK["default"] in DASK
+
+
+@pytest.mark.parametrize("profile", sorted(k for k in DASK if k != "default"))
+def test_dask_profiles_build_a_task_runner(profile):
+    """DaskTaskRunner checks address-xor-cluster and imports cluster_class; no cluster is started here."""
+    from prefect_dask import DaskTaskRunner
+
+    runner = DaskTaskRunner(**DASK[profile])
+    assert runner.address or runner.resolved_cluster_class is not None
