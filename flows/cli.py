@@ -81,6 +81,49 @@ def ingest(
                    f"{summary['other_files']} non-image files skipped.")
 
 
+@app.command()
+def crappify(
+    dataset: Annotated[str, typer.Option(help="the ingested data set to degrade")],
+    recipe: Annotated[str, typer.Option(help="a recipe name (see `pixelmill recipes`) or a YAML file")] = "lesson7",
+    split: Annotated[str, typer.Option(help="train, valid, test or all")] = "all",
+    name: Annotated[str | None, typer.Option(help="paired set name (default: DATASET-RECIPE)")] = None,
+    seed: Annotated[int, typer.Option(help="global seed")] = 0,
+    workers: Annotated[int, typer.Option(help="shards at once (threads, or Dask worker processes)")] = 2,
+    shard_size: Annotated[int, typer.Option(help="images per task")] = 64,
+    dask: Annotated[str | None, typer.Option(help="'local' for a Dask LocalCluster, or a scheduler address")]
+    = None,
+    workspace: Workspace = None,
+) -> None:
+    """Make a paired training set (HR target, degraded LR input) from a data set's ok images."""
+    with user_errors():
+        from flows.crappify import run_crappify
+        from tasks.crappify import CrappifyConfig
+        from tasks.reports import pairs_markdown
+
+        cfg = CrappifyConfig(recipe=recipe, split=split, name=name, seed=seed, workers=workers,
+                             shard_size=shard_size)
+        summary = run_crappify(dataset, cfg, workspace=workspace, dask=dask)
+        typer.echo(pairs_markdown(summary, f"crappify {summary['set_name']}"))
+        typer.echo(f"\n{summary['made']} pairs made now, {summary['existing']} already there.")
+        typer.echo(f"files: {summary['workspace']}/datasets/{summary['set_name']}/{{split}}/{{hr,lr}}/")
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped degradation recipes and their steps."""
+    with user_errors():
+        from tasks.recipes import list_recipes
+
+        for recipe in list_recipes():
+            typer.secho(f"{recipe.name}  (hash {recipe.recipe_hash}, LR as {recipe.lr_format})", bold=True)
+            typer.echo(f"  {recipe.description}")
+            for label, ops in (("target", recipe.target), ("steps", recipe.steps)):
+                for op in ops:
+                    typer.echo(f"  {label}: {json.dumps(op.model_dump(mode='json'))}")
+        typer.echo("\nYour own: a YAML file with the same fields, e.g. steps: [{op: blur, sigma: [0.5, 2]}, "
+                   "{op: jpeg, quality: [30, 70]}]")
+
+
 @catalog_app.command("show")
 def catalog_show(
     table: Annotated[str, typer.Argument(help="table name")] = "images",

@@ -39,7 +39,30 @@ IMAGES = pa.schema([
     ("ingested_at", UTC_TIME),
 ])
 
-SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES}
+PAIRS = pa.schema([
+    ("pair_id", pa.string()),  # from image content, recipe hash and seed: the same pair on every rerun
+    ("set_name", pa.string()),
+    ("dataset", pa.string()),
+    ("image_uri", pa.string()),
+    ("image_sha256", pa.string()),
+    ("split", pa.string()),
+    ("recipe", pa.string()),
+    ("recipe_hash", pa.string()),
+    ("seed", pa.int64()),
+    ("params", pa.string()),  # JSON: every random draw, so a pair can be explained and remade
+    ("hr_uri", pa.string()),
+    ("lr_uri", pa.string()),
+    ("mask_uri", pa.string()),  # segmentation sets: the mask at the LR input's size (nearest neighbour)
+    ("hr_width", pa.int32()),
+    ("hr_height", pa.int32()),
+    ("lr_width", pa.int32()),
+    ("lr_height", pa.int32()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("created_at", UTC_TIME),
+])
+
+SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "pairs": PAIRS}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

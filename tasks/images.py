@@ -42,6 +42,7 @@ class ImageFacts:
     height: int
     format: str  # JPEG, PNG, ...
     mode: str  # the mode stored in the file, before normalisation
+    rotated: bool = False  # EXIF orientation turned or flipped the stored pixels
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, ImageFacts]:
@@ -67,11 +68,13 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image
         raise ImageError(kind, f"cannot decode ({exc})") from None
     except Exception as exc:
         raise ImageError("corrupt", f"cannot decode ({type(exc).__name__}: {exc})") from None
+    rotated = False
     try:
+        rotated = im.getexif().get(0x0112, 1) not in (0, 1)
         im = ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block should not cost us a good image
         pass
-    return im, ImageFacts(im.width, im.height, fmt, mode)
+    return im, ImageFacts(im.width, im.height, fmt, mode, rotated)
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:

@@ -85,7 +85,7 @@ class RecipeResult:
     hr: Image.Image
     lr: Image.Image
     params: Params  # recipe name, version, hash, seed and every step's drawn parameters
-    hr_bytes: bytes  # PNG
+    hr_bytes: bytes | None  # PNG; None when the caller asked to encode the HR image itself
     lr_bytes: bytes  # PNG or JPEG, per `recipe.lr_format`
 
 
@@ -96,8 +96,11 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def apply_recipe(recipe: Recipe, img: Image.Image, seed: int) -> RecipeResult:
-    """Make the (HR, LR) pair for one 8-bit RGB or L image; `seed` usually comes from `derive_seed`."""
+def apply_recipe(recipe: Recipe, img: Image.Image, seed: int, encode_hr: bool = True) -> RecipeResult:
+    """Make the (HR, LR) pair for one 8-bit RGB or L image; `seed` usually comes from `derive_seed`.
+
+    encode_hr=False skips the HR PNG encoding, for callers that can reuse the source file's bytes.
+    """
     if img.mode not in ("RGB", "L"):
         raise ValueError(f"apply_recipe needs an 8-bit RGB or L image, got mode {img.mode!r}")
     rng = np.random.default_rng(seed)
@@ -107,7 +110,8 @@ def apply_recipe(recipe: Recipe, img: Image.Image, seed: int) -> RecipeResult:
     lr_bytes = ctx["jpeg_bytes"] if recipe.lr_format == "jpeg" else encode_png(lr)
     params = {"recipe": recipe.name, "version": recipe.version, "recipe_hash": recipe.recipe_hash,
               "seed": seed, "target": target_params, "steps": step_params}
-    return RecipeResult(hr=hr, lr=lr, params=params, hr_bytes=encode_png(hr), lr_bytes=lr_bytes)
+    return RecipeResult(hr=hr, lr=lr, params=params, hr_bytes=encode_png(hr) if encode_hr else None,
+                        lr_bytes=lr_bytes)
 
 
 # ---- shipped recipes -------------------------------------------------------------------------------

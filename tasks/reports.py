@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image
 
 
 def count_by(table: pa.Table, column: str) -> dict[str, int]:
@@ -48,3 +51,44 @@ def images_markdown(summary: dict, title: str) -> str:
         parts.append(f"**errors** ({shown} of {summary['errors_total']} shown; all are rows in the catalog)\n\n"
                      + markdown_table(["uri", "error"], [list(e) for e in summary["errors"]]))
     return "\n\n".join(parts)
+
+
+def pairs_summary(table: pa.Table, max_errors: int = 20) -> dict:
+    errors = table.filter(pc.equal(table["status"], "error"))
+    return {
+        "pairs": table.num_rows,
+        "status": count_by(table, "status"),
+        "split": count_by(table, "split"),
+        "recipe": count_by(table, "recipe"),
+        "errors": [(u, e) for u, e in zip(errors["image_uri"].to_pylist()[:max_errors],
+                                          errors["error"].to_pylist()[:max_errors], strict=True)],
+        "errors_total": errors.num_rows,
+    }
+
+
+def pairs_markdown(summary: dict, title: str) -> str:
+    parts = [f"## {title}", f"{summary['pairs']} pairs."]
+    for key in ("status", "split", "recipe"):
+        parts.append(f"**{key}**\n\n" + markdown_table([key, "pairs"], [[k, v] for k, v in summary[key].items()]))
+    if summary["errors"]:
+        parts.append(f"**errors** ({len(summary['errors'])} of {summary['errors_total']} shown)\n\n"
+                     + markdown_table(["image", "error"], [list(e) for e in summary["errors"]]))
+    return "\n\n".join(parts)
+
+
+def thumbnail_data_uri(data: bytes, height: int = 96) -> str:
+    """A small JPEG as a data: URI, so a gallery lives inside one artifact (keep them few and small)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        width = max(1, round(im.width * height / im.height))
+        # nearest for upscaling tiny LR inputs, so their blockiness shows; antialiased for downscaling
+        resample = Image.Resampling.NEAREST if im.height < height else Image.Resampling.LANCZOS
+        buf = io.BytesIO()
+        im.resize((width, height), resample).save(buf, "JPEG", quality=75)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def gallery_markdown(columns: list[str], rows: list[list[bytes]], height: int = 96) -> str:
+    """A before/after table: one image per cell, columns like ["input", "target"]."""
+    cells = [[f"![]({thumbnail_data_uri(b, height)})" for b in row] for row in rows]
+    return markdown_table(columns, cells)

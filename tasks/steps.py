@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import ingest, storage
+from tasks import crappify, ingest, storage
 from tasks.catalog import Catalog
 
 # Transient storage errors are already retried inside tasks/storage.py; a task-level retry covers the
@@ -34,3 +34,15 @@ def ingest_shard(shard: ingest.Shard, workspace: str, cfg: ingest.IngestConfig) 
 def finalize_dataset(workspace: str, dataset: str) -> int:
     """One row per file and duplicate flags, across all shards of a data set."""
     return ingest.finalize_dataset(Catalog(workspace), dataset)
+
+
+@task(name="plan_crappify", cache_policy=NO_CACHE)
+def plan_crappify(workspace: str, dataset: str, cfg: crappify.CrappifyConfig) -> crappify.CrappifyPlan:
+    """Pick the data set's ok images that have no pair yet for this recipe and seed."""
+    return crappify.plan_crappify(Catalog(workspace), dataset, cfg)
+
+
+@task(name="crappify_shard", task_run_name="crappify-{shard.set_name}-{shard.shard_id}", **SHARD_RETRIES)
+def crappify_shard(shard: crappify.CrappifyShard, workspace: str, cfg: crappify.CrappifyConfig) -> ingest.ShardResult:
+    """Make a shard's pairs and write its catalog part."""
+    return crappify.crappify_shard(shard, workspace, cfg)

@@ -1,0 +1,84 @@
+"""Crappify flow: the ok images of a data set -> a paired training set and its `pairs` catalog table.
+
+    pixelmill crappify --dataset photos --recipe lesson7
+    pixelmill crappify --dataset photos --recipe sr-x4 --split train --dask              # LocalCluster
+    pixelmill crappify --dataset photos --recipe my-recipe.yaml --dask tcp://scheduler:8786
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks import steps, storage
+from tasks.catalog import Catalog
+from tasks.crappify import CrappifyConfig
+from tasks.errors import ConfigError
+from tasks.reports import gallery_markdown, pairs_markdown, pairs_summary
+from tasks.settings import workspace_url
+
+GALLERY_PAIRS = 4
+
+
+@flow(name="crappify")
+def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str | None = None) -> dict:
+    """Make (HR target, LR input) pairs with a named degradation recipe; reruns only make missing pairs."""
+    logger = get_run_logger()
+    config = config or CrappifyConfig()
+    workspace = workspace_url(workspace)
+
+    plan = steps.plan_crappify(workspace, dataset, config)
+    todo = sum(len(s.jobs) for s in plan.shards)
+    logger.info("%s: recipe %s (%s), %d pairs to make in %d shards, %d already made", plan.set_name,
+                plan.recipe.name, plan.recipe.recipe_hash, todo, len(plan.shards), plan.existing)
+
+    progress = create_progress_artifact(0.0, description=f"crappify {plan.set_name}: shards done")
+    futures = steps.crappify_shard.map(plan.shards, workspace=unmapped(workspace), cfg=unmapped(config))
+    for done, future in enumerate(as_completed(futures), start=1):
+        future.result()
+        update_progress_artifact(progress, 100.0 * done / len(plan.shards))
+    if not plan.shards:
+        update_progress_artifact(progress, 100.0)
+
+    table = Catalog(workspace).read("pairs", plan.set_name)
+    summary = pairs_summary(table) | {"set_name": plan.set_name, "recipe_hash": plan.recipe.recipe_hash,
+                                      "made": todo, "existing": plan.existing, "workspace": workspace}
+    ok = [r for r in table.to_pylist() if r["status"] == "ok"][:GALLERY_PAIRS]
+    gallery = gallery_markdown(["input (LR)", "target (HR)"],
+                               [[storage.read_bytes(r["lr_uri"]), storage.read_bytes(r["hr_uri"])] for r in ok])
+    create_markdown_artifact(
+        pairs_markdown(summary, f"crappify {plan.set_name}")
+        + f"\n\n{todo} made now, {plan.existing} already there.\n\n**before / after**\n\n{gallery}",
+        key=f"crappify-{plan.set_name}".lower().replace("_", "-").replace(".", "-"),
+        description=f"paired set {plan.set_name} ({plan.recipe.name})")
+    return summary
+
+
+def task_runner_for(dask: str | None, workers: int, workspace: str):
+    """Threads by default; `dask="local"` starts a LocalCluster of `workers` processes; else a scheduler address."""
+    if dask is None:
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if storage.normalize_url(workspace).startswith("memory://"):
+        raise ConfigError("a memory:// workspace cannot be shared with Dask worker processes",
+                          "use a folder or bucket as the workspace, or run without --dask")
+    from prefect_dask import DaskTaskRunner
+
+    if dask == "local":
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None})
+    return DaskTaskRunner(address=dask)
+
+
+def run_crappify(dataset: str, config: CrappifyConfig, workspace: str | None = None,
+                 dask: str | None = None) -> dict:
+    """Run the flow on the chosen task runner (a runner is fixed per flow call, so it is chosen here)."""
+    runner = task_runner_for(dask, config.workers, workspace_url(workspace))
+    return crappify.with_options(task_runner=runner)(dataset, config, workspace)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(run_crappify(sys.argv[1], CrappifyConfig(recipe=sys.argv[2] if len(sys.argv) > 2 else "lesson7")))

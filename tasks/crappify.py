@@ -1,0 +1,189 @@
+"""Crappify, the pure part: ok images of a data set -> (HR target, LR input) pairs and `pairs` rows.
+
+Layout of a paired set under the workspace (mirrored names, so hr/x.png pairs with lr/x.png):
+
+    datasets/{set}/{split}/hr/{stem}-{sha10}.png
+    datasets/{set}/{split}/lr/{stem}-{sha10}.png|.jpg
+    datasets/{set}/{split}/mask/{stem}-{sha10}.png      (segmentation sets: the mask at the LR's size)
+
+Every random draw comes from `derive_seed(image sha256, recipe hash, seed)`, so a pair is the same bytes
+on every run, on any worker, whatever the shard size or worker count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import pyarrow.dataset as ds
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks import storage
+from tasks.catalog import Catalog, check_name
+from tasks.degrade import derive_seed
+from tasks.errors import ConfigError
+from tasks.images import DEFAULT_MAX_PIXELS, ImageFacts, normalize_mode, open_image
+from tasks.ingest import ShardResult
+from tasks.recipes import Recipe, apply_recipe, encode_png, get_recipe
+
+Split = Literal["train", "valid", "test", "all"]
+
+
+class CrappifyConfig(BaseModel):
+    """How to make a paired set. Every field has a default that runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    recipe: str = Field("lesson7", description="a shipped recipe name (`pixelmill recipes`) or a YAML file")
+    split: Split = "all"
+    name: str | None = Field(None, description="paired set name (default: {dataset}-{recipe})")
+    seed: int = Field(0, description="global seed, mixed with each image's hash and the recipe's hash")
+    shard_size: int = Field(64, ge=1, le=10_000, description="images per task")
+    workers: int = Field(2, ge=1, le=512, description="shards processed at once (threads, or Dask workers)")
+    threads: int = Field(2, ge=1, le=64, description="images processed at once inside a shard")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+
+    def load_recipe(self) -> Recipe:
+        try:
+            return get_recipe(self.recipe)
+        except ValueError as exc:  # RecipeError: already names the bad field or the valid names
+            raise ConfigError(str(exc), "`pixelmill recipes` lists the shipped recipes") from None
+
+
+@dataclass(frozen=True)
+class PairJob:
+    image_uri: str
+    image_sha256: str
+    split: str
+    mask_uri: str | None
+    dataset: str
+
+
+@dataclass(frozen=True)
+class CrappifyShard:
+    set_name: str
+    shard_id: str
+    recipe: Recipe
+    seed: int
+    jobs: tuple[PairJob, ...]
+
+
+@dataclass
+class CrappifyPlan:
+    set_name: str
+    recipe: Recipe
+    shards: list[CrappifyShard]
+    existing: int  # pairs already made by an earlier run with the same recipe and seed
+
+
+def pair_id(image_sha256: str, recipe_hash: str, seed: int) -> str:
+    return hashlib.sha256(f"{image_sha256}:{recipe_hash}:{seed}".encode()).hexdigest()[:20]
+
+
+def pair_name(job: PairJob) -> str:
+    """Readable and unique: the source's stem plus a piece of its hash (two folders may share a stem)."""
+    stem = posixpath.splitext(posixpath.basename(job.image_uri.split("::")[0]))[0]
+    return f"{stem}-{job.image_sha256[:10]}"
+
+
+def select_images(catalog: Catalog, dataset: str, split: Split) -> list[PairJob]:
+    """The data set's ok, non-duplicate images (duplicates would only repeat pairs), in catalog order."""
+    filt = (ds.field("status") == "ok") & ds.field("duplicate_of").is_null()
+    if split != "all":
+        filt &= ds.field("split") == split
+    t = catalog.read("images", dataset, columns=["uri", "sha256", "split", "mask_uri", "dataset"], filter=filt)
+    jobs = [PairJob(*row) for row in zip(*(t[c].to_pylist() for c in t.column_names), strict=True)]
+    return sorted(jobs, key=lambda j: j.image_uri)
+
+
+def plan_crappify(catalog: Catalog, dataset: str, cfg: CrappifyConfig) -> CrappifyPlan:
+    recipe = cfg.load_recipe()
+    set_name = check_name(cfg.name or f"{dataset}-{recipe.name}", "paired set name")
+    jobs = select_images(catalog, dataset, cfg.split)
+    if not jobs:
+        raise ConfigError(f"no ok images in data set {dataset!r} (split {cfg.split}) in {catalog.workspace}",
+                          "run `pixelmill ingest` first, or check --dataset, --split and --workspace")
+    made = catalog.read("pairs", set_name, columns=["pair_id", "recipe_hash"])
+    other_recipes = set(made["recipe_hash"].to_pylist()) - {recipe.recipe_hash}
+    if other_recipes:
+        raise ConfigError(f"paired set {set_name!r} was made with another recipe definition "
+                          f"({', '.join(sorted(other_recipes))}, now {recipe.recipe_hash})",
+                          "pass a new --name, or delete the set's folder and catalog part to remake it")
+    done = set(made["pair_id"].to_pylist())
+    todo = [j for j in jobs if pair_id(j.image_sha256, recipe.recipe_hash, cfg.seed) not in done]
+    shards = []
+    for start in range(0, len(todo), cfg.shard_size):
+        chunk = tuple(todo[start: start + cfg.shard_size])
+        key = json.dumps([set_name, recipe.recipe_hash, cfg.seed, [j.image_sha256 for j in chunk]])
+        shards.append(CrappifyShard(set_name, hashlib.sha256(key.encode()).hexdigest()[:20], recipe, cfg.seed, chunk))
+    return CrappifyPlan(set_name, recipe, shards, existing=len(jobs) - len(todo))
+
+
+def _hr_bytes(data: bytes, facts: ImageFacts, recipe: Recipe, hr: Image.Image) -> bytes:
+    """Reuse the source file as the HR target when it already is exactly that PNG (saves an encode)."""
+    unchanged = facts.format == "PNG" and facts.mode == hr.mode and not facts.rotated and not recipe.target
+    return data if unchanged else encode_png(hr)
+
+
+def _mask_bytes(mask_uri: str, hr_size: tuple[int, int], lr_size: tuple[int, int], max_pixels: int) -> bytes:
+    """The mask cropped like the target (modcrop keeps the top-left) and resized like the input.
+
+    Nearest neighbour and no mode conversion: label values (or palette indices) must survive exactly.
+    """
+    mask, _ = open_image(storage.read_bytes(mask_uri), max_pixels)
+    mask = mask.crop((0, 0, *hr_size))
+    if mask.size != lr_size:
+        mask = mask.resize(lr_size, Image.Resampling.NEAREST)
+    return encode_png(mask)
+
+
+def crappify_one(job: PairJob, shard: CrappifyShard, set_root: str, max_pixels: int, now: datetime) -> dict:
+    """Make and write one pair; a file that cannot be read or degraded becomes an error row."""
+    recipe = shard.recipe
+    seed = derive_seed(job.image_sha256, recipe.recipe_hash, shard.seed)
+    row = {"pair_id": pair_id(job.image_sha256, recipe.recipe_hash, shard.seed), "set_name": shard.set_name,
+           "dataset": job.dataset, "image_uri": job.image_uri, "image_sha256": job.image_sha256,
+           "split": job.split, "recipe": recipe.name, "recipe_hash": recipe.recipe_hash, "seed": seed,
+           "status": "error", "created_at": now}
+    name, folder = pair_name(job), storage.join(set_root, job.split)
+    try:
+        data = storage.read_bytes(job.image_uri)
+        src, facts = open_image(data, max_pixels)
+        result = apply_recipe(recipe, normalize_mode(src), seed, encode_hr=False)
+        hr_bytes = _hr_bytes(data, facts, recipe, result.hr)
+        mask = _mask_bytes(job.mask_uri, result.hr.size, result.lr.size, max_pixels) if job.mask_uri else None
+    except Exception as exc:  # bad input or a degradation that cannot handle it: a row, not a crash
+        return row | {"error": f"{type(exc).__name__}: {exc}"}
+    lr_ext = "jpg" if recipe.lr_format == "jpeg" else "png"
+    row |= {"hr_uri": storage.join(folder, "hr", f"{name}.png"), "lr_uri": storage.join(folder, "lr", f"{name}.{lr_ext}"),
+            "mask_uri": storage.join(folder, "mask", f"{name}.png") if mask else None,
+            "params": json.dumps(result.params, sort_keys=True), "status": "ok", "error": None,
+            "hr_width": result.hr.width, "hr_height": result.hr.height,
+            "lr_width": result.lr.width, "lr_height": result.lr.height}
+    # Outputs first, catalog row last (by the caller): a crash never leaves a row without its files.
+    storage.write_bytes(row["hr_uri"], hr_bytes)
+    storage.write_bytes(row["lr_uri"], result.lr_bytes)
+    if mask:
+        storage.write_bytes(row["mask_uri"], mask)
+    return row
+
+
+def set_root(workspace: str, set_name: str) -> str:
+    return storage.join(storage.normalize_url(workspace), "datasets", set_name)
+
+
+def crappify_shard(shard: CrappifyShard, workspace: str, cfg: CrappifyConfig) -> ShardResult:
+    """Make a shard's pairs (reads and writes overlap on a few threads), then write its catalog part."""
+    now = datetime.now(UTC)
+    root = set_root(workspace, shard.set_name)
+    with ThreadPoolExecutor(cfg.threads) as pool:
+        rows = list(pool.map(lambda j: crappify_one(j, shard, root, cfg.max_pixels, now), shard.jobs))
+    Catalog(workspace).write_part("pairs", shard.set_name, shard.shard_id, rows)
+    return ShardResult(shard.shard_id, len(rows), dict(Counter(r["status"] for r in rows)))
