@@ -21,6 +21,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="pixelmill: restore and segment image archives in bulk, as Prefect flows.")
 catalog_app = typer.Typer(no_args_is_help=True, help="Look at the Parquet catalog.")
 app.add_typer(catalog_app, name="catalog")
+train_app = typer.Typer(no_args_is_help=True, help="Train models.")
+app.add_typer(train_app, name="train")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry.")
+app.add_typer(models_app, name="models")
 
 _debug = {"on": False}
 Workspace = Annotated[str | None, typer.Option(envvar="PIXELMILL_WORKSPACE", show_default="./pixelmill-workspace",
@@ -124,6 +128,144 @@ def recipes() -> None:
                    "{op: jpeg, quality: [30, 70]}]")
 
 
+@train_app.command("restoration")
+def train_restoration(
+    pairs: Annotated[str, typer.Option(help="paired set name (from `pixelmill crappify`)")],
+    name: Annotated[str, typer.Option(help="model name in the registry")],
+    arch: Annotated[str | None, typer.Option(help="unet-plain, unet-resnet18/34/50 (`pixelmill models archs`)")]
+    = None,
+    loss: Annotated[str | None, typer.Option(help="l1, charbonnier, feature, ssim or l1+ssim")] = None,
+    config: Annotated[str | None, typer.Option(help="YAML file with TrainConfig fields; flags override it")]
+    = None,
+    steps: Annotated[int | None, typer.Option(help="optimizer steps")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="time budget; the schedule fits it")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the model's last checkpoint")] = False,
+    workspace: Workspace = None,
+) -> None:
+    """Train a restoration U-Net (super-resolution, de-JPEG, de-watermark, denoise, colorize) on a paired set."""
+    with user_errors():
+        from flows.train import train
+        from tasks.train import TrainConfig
+
+        fields = load_yaml_config(config) if config else {}
+        fields |= {k: v for k, v in {"arch": arch, "loss": loss, "steps": steps, "max_minutes": max_minutes}.items()
+                   if v is not None}
+        summary = train(pairs, name, TrainConfig(**fields), workspace=workspace, resume=resume)
+        m = summary["metrics"]
+        typer.echo(f"trained {summary['model']}: {summary['steps']} steps in {summary['seconds']:.0f} s "
+                   f"({summary['images_per_s']:.1f} images/s), x{summary['scale']}")
+        if m:
+            typer.echo(f"last validation: Y-PSNR {m['val_psnr_y']:.2f} dB (baseline {m['val_psnr_y_baseline']:.2f})")
+        typer.echo(f"weights: {summary['uri']}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a model folder URL")],
+    pairs: Annotated[str, typer.Option(help="paired set name")],
+    split: Annotated[str, typer.Option(help="train, valid or test")] = "valid",
+    promote: Annotated[str | None, typer.Option(help="move this alias here if the model wins")] = None,
+    workspace: Workspace = None,
+) -> None:
+    """Score a model against the baseline (bicubic or the input) with PSNR/SSIM on Y and RGB."""
+    with user_errors():
+        from flows.evaluate import evaluate as evaluate_flow
+
+        s = evaluate_flow(model, pairs, split=split, promote=promote, workspace=workspace)
+        typer.echo(f"{s['model']} on {s['pairs']}/{s['split']} ({s['images']} images)")
+        for label, m in (("model", s["model_scores"]), ("baseline", s["baseline_scores"])):
+            typer.echo(f"  {label:9s} Y-PSNR {m['psnr_y']:.2f} dB  Y-SSIM {m['ssim_y']:.4f}  "
+                       f"RGB-PSNR {m['psnr_rgb']:.2f} dB  RGB-SSIM {m['ssim_rgb']:.4f}")
+        typer.echo(f"  gain {s['gain_psnr_y']:+.2f} dB")
+        if promote:
+            typer.echo(s["promotion_reason"])
+
+
+@models_app.command("list")
+def models_list(workspace: Workspace = None) -> None:
+    """Every model version with its aliases and last validation."""
+    with user_errors():
+        from tasks import registry
+        from tasks.catalog import Catalog
+        from tasks.settings import workspace_url
+
+        ws = workspace_url(workspace)
+        rows = Catalog(ws).read("models").to_pylist()
+        if not rows:
+            raise PixelmillError(f"no models in {ws}", "train one with `pixelmill train restoration`")
+        for row in sorted(rows, key=lambda r: (r["name"], int(r["version"][1:]))):
+            tags = [a for a, v in registry.aliases(ws, row["name"]).items() if v == row["version"]]
+            metrics = json.loads(row["metrics"] or "{}")
+            psnr = f"val Y-PSNR {metrics['val_psnr_y']:.2f} dB" if "val_psnr_y" in metrics else ""
+            typer.echo(f"{row['name']}:{row['version']:5s} {row['arch']:14s} x{row['scale']} {row['steps']:>6} steps "
+                       f"on {row['pairs_set']}  {psnr}  {' '.join('@' + t for t in tags)}")
+
+
+@models_app.command("promote")
+def models_promote(
+    model: Annotated[str, typer.Argument(help="NAME:VERSION (or NAME, NAME@ALIAS)")],
+    alias: Annotated[str, typer.Argument(help="e.g. production")],
+    workspace: Workspace = None,
+) -> None:
+    """Point an alias at a model version (no checks: `evaluate --promote` is the checked way)."""
+    with user_errors():
+        from tasks import registry
+        from tasks.settings import workspace_url
+
+        ws = workspace_url(workspace)
+        mv = registry.resolve(ws, model)
+        registry.set_alias(ws, mv, alias)
+        typer.echo(f"{mv.name}@{alias} -> {mv.version}")
+
+
+@models_app.command("archs")
+def models_archs() -> None:
+    """The architectures the factory can build."""
+    from models.factory import list_archs
+
+    typer.echo("\n".join(list_archs()))
+
+
+@app.command()
+def enhance(
+    model: Annotated[str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a model folder URL")],
+    input_image: Annotated[str, typer.Argument(help="image URL or path")],
+    output_image: Annotated[str, typer.Argument(help="where to write the result (.png, .jpg, .webp)")],
+    workspace: Workspace = None,
+) -> None:
+    """Run a model on one image."""
+    with user_errors():
+        from tasks import registry, storage
+        from tasks.images import ImageError, decode_image
+        from tasks.inference import encode_like, enhance_image
+        from tasks.settings import workspace_url
+        from tasks.train import pick_device
+
+        mv = registry.resolve(workspace_url(workspace), model)
+        net, config, _ = registry.load(mv)
+        try:
+            img = decode_image(storage.read_bytes(input_image))
+        except ImageError as exc:
+            raise PixelmillError(f"{input_image}: {exc}", "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF") from None
+        out = enhance_image(net, config, img, pick_device())
+        storage.write_bytes(output_image, encode_like(out, output_image))
+        typer.echo(f"{mv.ref}: {img.width}x{img.height} -> {out.width}x{out.height} written to {output_image}")
+
+
+def load_yaml_config(path: str) -> dict:
+    import yaml
+
+    from tasks import storage
+
+    try:
+        data = yaml.safe_load(storage.read_bytes(path))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}", "fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config fields", "e.g. `steps: 500`")
+    return data
+
+
 @catalog_app.command("show")
 def catalog_show(
     table: Annotated[str, typer.Argument(help="table name")] = "images",
@@ -134,7 +276,7 @@ def catalog_show(
     """A readable summary of a catalog table."""
     with user_errors():
         from tasks.catalog import Catalog
-        from tasks.reports import images_markdown, images_summary
+        from tasks.reports import images_markdown, images_summary, markdown_table, pairs_markdown, pairs_summary
         from tasks.settings import workspace_url
 
         catalog = Catalog(workspace_url(workspace))
@@ -142,8 +284,19 @@ def catalog_show(
         if data.num_rows == 0:
             raise PixelmillError(f"table {table!r} is empty in {catalog.workspace}",
                                  "run `pixelmill ingest SOURCE` first, or pass the right --workspace")
-        summary = images_summary(data)
-        typer.echo(json.dumps(summary, indent=1) if as_json else images_markdown(summary, f"{table} table"))
+        if table == "images":
+            summary = images_summary(data)
+            text = images_markdown(summary, f"{table} table")
+        elif table == "pairs":
+            summary = pairs_summary(data)
+            text = pairs_markdown(summary, f"{table} table")
+        else:
+            summary = {"rows": data.num_rows, "head": data.slice(0, 20).to_pylist()}
+            cols = [c for c in data.column_names if c not in ("created_at", "uri", "metrics", "evaluation_id")]
+            text = f"## {table} table ({data.num_rows} rows)\n\n" + markdown_table(
+                cols, [[r[c] if not isinstance(r[c], float) else round(r[c], 4) for c in cols]
+                       for r in data.slice(0, 20).to_pylist()])
+        typer.echo(json.dumps(summary, indent=1, default=str) if as_json else text)
         typer.echo(f"\nParquet files: {catalog.table_url(table)}/*/*.parquet")
 
 

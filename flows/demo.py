@@ -12,9 +12,11 @@ import os
 
 from prefect import flow
 
+from flows.crappify import crappify
 from flows.ingest import ingest
 from tasks import storage
 from tasks.catalog import Catalog
+from tasks.crappify import CrappifyConfig
 from tasks.samples import Expected, write_sample_photos
 
 
@@ -36,30 +38,37 @@ def check_catalog(rows: list[dict], expected: list[Expected], bucket: str) -> li
 
 @flow(name="demo")
 def demo(directory: str = "./pixelmill-demo") -> dict:
-    """Write the sample bucket, ingest it, and check the catalog against what the samples must give."""
+    """Write the sample bucket, ingest it, check the catalog, and crappify the photographs (lesson 7 recipe)."""
     directory = os.path.abspath(directory)
     bucket, workspace = storage.join(directory, "bucket"), storage.join(directory, "workspace")
     expected = write_sample_photos(bucket)
     summary = ingest(bucket, dataset="samples", workspace=workspace)
     rows = Catalog(workspace).read("images", "samples").to_pylist()
-    return {"bucket": bucket, "workspace": workspace, "summary": summary,
-            "mismatches": check_catalog(rows, expected, bucket)}
+    mismatches = check_catalog(rows, expected, bucket)
+    pairs = crappify("samples", CrappifyConfig(recipe="lesson7", shard_size=8), workspace=workspace)
+    if pairs["status"] != {"ok": summary["status"].get("ok", 0)}:
+        mismatches.append(f"crappify: expected one ok pair per ok photograph, got {pairs['status']}")
+    return {"bucket": bucket, "workspace": workspace, "summary": summary, "pairs": pairs,
+            "mismatches": mismatches}
 
 
 def print_report(report: dict) -> None:
-    from tasks.reports import images_markdown
+    from tasks.reports import images_markdown, pairs_markdown
 
     print(images_markdown(report["summary"], "demo: images catalog"))
+    print("\n" + pairs_markdown(report["pairs"], f"demo: paired set {report['pairs']['set_name']}"))
     print(f"\nbucket (sample photographs): {report['bucket']}")
     print(f"workspace: {report['workspace']}")
     print(f"images catalog (Parquet): {report['workspace']}/catalog/images/samples/")
+    print(f"paired set (lesson7 crappify): {report['workspace']}/datasets/{report['pairs']['set_name']}/"
+          "{train,valid,test}/{hr,lr}/, cataloged in catalog/pairs/")
     print("see the table: pixelmill catalog show images --workspace " + report["workspace"])
     if report["mismatches"]:
         print("\nDEMO CHECK FAILED:\n  " + "\n  ".join(report["mismatches"]))
     else:
         s = report["summary"]["status"]
         print(f"\ndemo check passed: {s.get('ok', 0)} photographs ok with the right sizes, "
-              f"{s.get('error', 0)} broken files recorded as error rows.")
+              f"{s.get('error', 0)} broken files recorded as error rows, {report['pairs']['pairs']} training pairs.")
     if os.environ.get("PREFECT_API_URL"):
         print(f"runs are in the Prefect UI of {os.environ['PREFECT_API_URL']}")
     else:

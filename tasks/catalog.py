@@ -62,7 +62,38 @@ PAIRS = pa.schema([
     ("created_at", UTC_TIME),
 ])
 
-SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "pairs": PAIRS}
+MODELS = pa.schema([
+    ("name", pa.string()),
+    ("version", pa.string()),  # v1, v2, ...
+    ("uri", pa.string()),  # the version's folder: weights.safetensors, config.json, metadata.json
+    ("arch", pa.string()),
+    ("task", pa.string()),
+    ("scale", pa.int32()),
+    ("pairs_set", pa.string()),
+    ("recipe_hash", pa.string()),
+    ("steps", pa.int64()),
+    ("metrics", pa.string()),  # JSON: the last validation
+    ("code_version", pa.string()),
+    ("created_at", UTC_TIME),
+])
+
+EVALUATIONS = pa.schema([
+    ("evaluation_id", pa.string()),  # one evaluation run: model version + pairs set + split
+    ("model", pa.string()),  # name:version
+    ("pairs_set", pa.string()),
+    ("split", pa.string()),
+    ("method", pa.string()),  # model | baseline (bicubic for SR, the input for same-size restoration)
+    ("scope", pa.string()),  # image | mean
+    ("pair_id", pa.string()),  # null for scope=mean
+    ("psnr_y", pa.float64()),
+    ("ssim_y", pa.float64()),
+    ("psnr_rgb", pa.float64()),
+    ("ssim_rgb", pa.float64()),
+    ("images", pa.int64()),
+    ("created_at", UTC_TIME),
+])
+
+SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "pairs": PAIRS, "models": MODELS, "evaluations": EVALUATIONS}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

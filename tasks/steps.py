@@ -6,11 +6,16 @@ Prefect's result cache would only add input hashing to every call.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import crappify, ingest, storage
 from tasks.catalog import Catalog
+
+if TYPE_CHECKING:
+    from tasks.train import TrainConfig, TrainResult
 
 # Transient storage errors are already retried inside tasks/storage.py; a task-level retry covers the
 # rest (a worker lost mid-shard). Retrying a shard is safe because its catalog part is replaced whole.
@@ -46,3 +51,36 @@ def plan_crappify(workspace: str, dataset: str, cfg: crappify.CrappifyConfig) ->
 def crappify_shard(shard: crappify.CrappifyShard, workspace: str, cfg: crappify.CrappifyConfig) -> ingest.ShardResult:
     """Make a shard's pairs and write its catalog part."""
     return crappify.crappify_shard(shard, workspace, cfg)
+
+
+@task(name="train_model", cache_policy=NO_CACHE)
+def train_model(cfg: TrainConfig, train_records: list, val_records: list, scale: int, checkpoint_uri: str,
+                resume: bool, cache_dir: str | None) -> TrainResult:
+    """Run the training loop; progress and checkpoints go out at every validation."""
+    from prefect import get_run_logger
+
+    from tasks import train  # torch is imported only by the flows that train
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    logger = get_run_logger()
+    progress = create_progress_artifact(0.0, description=f"training {cfg.arch}: share of the step/time budget")
+
+    def on_validation(metrics: dict) -> None:
+        logger.info("step %(step)d  train_loss %(train_loss).4f  val_loss %(val_loss).4f  "
+                    "val_psnr_y %(val_psnr_y).2f dB (baseline %(val_psnr_y_baseline).2f)", metrics)
+        budget = max(metrics["step"] / cfg.steps, metrics["elapsed_s"] / 60 / (cfg.max_minutes or 1e9))
+        update_progress_artifact(progress, min(100.0, 100.0 * budget))
+
+    state = train.load_state(storage.read_bytes(checkpoint_uri)) if resume else None
+    hooks = train.TrainHooks(on_validation, lambda data: storage.write_bytes(checkpoint_uri, data))
+    return train.train_model(cfg, train_records, val_records, scale, hooks, resume=state, cache_dir=cache_dir)
+
+
+@task(name="evaluate_model", cache_policy=NO_CACHE)
+def evaluate_model(workspace: str, ref: str, records: list, scale: int, gallery: int = 3) -> tuple[list, list]:
+    """Per-pair scores of a model version and of the baseline (and a few images for the report)."""
+    from tasks import evaluate, registry, train
+
+    mv = registry.resolve(workspace, ref)
+    model, config, _ = registry.load(mv)
+    return evaluate.evaluate_model(model, records, scale, config.get("in_channels", 3), train.pick_device(), gallery)

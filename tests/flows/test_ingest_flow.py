@@ -116,6 +116,7 @@ def test_demo_checks_itself(tmp_path):
     report = demo(str(tmp_path / "demo"))
     assert report["mismatches"] == []
     assert report["summary"]["status"] == {"error": 4, "ok": 15}
+    assert report["pairs"]["status"] == {"ok": 15}
 
 
 runner = CliRunner()
