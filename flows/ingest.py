@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import steps
 from tasks.catalog import Catalog
@@ -18,7 +19,12 @@ from tasks.reports import images_markdown, images_summary
 from tasks.settings import workspace_url
 
 
-@flow(name="ingest")
+# Shards in flight at once: each already runs IngestConfig.io_threads threads, and Prefect's default
+# pool is unbounded (a 1,000-shard plan would start 8,000 threads, each holding a decoded image).
+SHARDS_AT_ONCE = 4
+
+
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_AT_ONCE))
 def ingest(source: str, dataset: str | None = None, workspace: str | None = None,
            config: IngestConfig | None = None) -> dict:
     """Catalog every file under `source`: one row per file, bad files as error rows, reruns incremental."""
