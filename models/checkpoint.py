@@ -1,0 +1,58 @@
+"""The model registry format: safetensors weights (no pickle) + a JSON-able config that rebuilds the model.
+
+This module works on bytes only; where the files live (local disk, s3://, memory://) is the caller's business.
+The weights file also carries the config in its safetensors metadata, so it can be rebuilt from the file alone.
+"""
+
+from __future__ import annotations
+
+import json
+
+import safetensors.torch
+from torch import nn
+
+from models.factory import build_model
+
+FORMAT = "pixelmill-model/1"
+
+
+def save_model_bytes(model: nn.Module) -> tuple[bytes, dict]:
+    """Serialize a model built by the factory: (safetensors bytes of its state dict, its config dict)."""
+    config = model.config
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(config, sort_keys=True)}
+    return safetensors.torch.save(state, metadata=metadata), config
+
+
+def read_config(weights_bytes: bytes) -> dict:
+    """The config stored in a weights file's metadata."""
+    # safetensors layout: 8-byte little-endian header length, then the JSON header (with "__metadata__")
+    header_len = int.from_bytes(weights_bytes[:8], "little")
+    if len(weights_bytes) < 8 + header_len:
+        raise ValueError("not a safetensors file: the header is longer than the data")
+    header = json.loads(weights_bytes[8 : 8 + header_len])
+    meta = header.get("__metadata__") or {}
+    if "config" not in meta:
+        raise ValueError("these weights carry no pixelmill config; pass the config explicitly")
+    return json.loads(meta["config"])
+
+
+def load_model_from_bytes(weights_bytes: bytes, config: dict | None = None) -> nn.Module:
+    """Rebuild the model from `config` (default: the one stored in the file) and load the weights, strictly.
+
+    Returns the model in eval mode on the CPU. Raises ValueError when the weights do not fit the config.
+    """
+    config = read_config(weights_bytes) if config is None else config
+    model = build_model(config, pretrained=False)  # the checkpoint overwrites every weight anyway
+    state = safetensors.torch.load(weights_bytes)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                   if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(f"checkpoint does not fit config {config}: {len(missing)} missing keys {missing[:5]}, "
+                         f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(wrong_shape)} shapes differ "
+                         f"(checkpoint != model) {wrong_shape[:5]}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()

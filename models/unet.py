@@ -1,0 +1,284 @@
+"""U-Nets for restoration, super-resolution and colorization.
+
+- `ResNetUNet`: torchvision ResNet encoder (ImageNet weights when available, never required) and a
+  PixelShuffle decoder with skip connections, fastai's DynamicUnet written out explicitly.
+- `PlainUNet`: a small U-Net without a pretrained encoder that trains on a CPU in minutes.
+- `predict`: run a model in eval mode under torch.inference_mode().
+
+Both U-Nets take (B, in_channels, H, W) of any size, pad it (reflect) to a multiple of their stride, and return
+(B, out_channels, scale*H, scale*W). They predict the image directly (no residual added): the caller normalizes
+the input and maps the output back. `model.config` is the JSON-able dict that rebuilds the architecture.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+
+from models.blocks import (
+    NORMS,
+    ConfiguredModule,
+    ConvBlock,
+    Norm,
+    PixelShuffleUp,
+    SelfAttention,
+    check_choice,
+    crop,
+    pad_to_multiple,
+)
+
+Encoder = Literal["resnet18", "resnet34", "resnet50"]
+# channels of the encoder features at strides 2, 4, 8, 16, 32
+ENCODER_CHANNELS: dict[str, tuple[int, int, int, int, int]] = {
+    "resnet18": (64, 64, 128, 256, 512),
+    "resnet34": (64, 64, 128, 256, 512),
+    "resnet50": (64, 256, 512, 1024, 2048),
+}
+SCALES = (1, 2, 4)
+FINAL_ACTIVATIONS = ("none", "sigmoid")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# encoder and its weights
+
+
+def imagenet_cache_path(encoder: Encoder) -> Path:
+    """Where torchvision would have cached the encoder's default ImageNet weights (torch.hub's checkpoints dir)."""
+    url = torchvision.models.get_model_weights(encoder).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def read_encoder_weights(encoder: Encoder, weights: str | None) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """Return (state_dict, source) for `weights`, or (None, None) when the encoder stays randomly initialised.
+
+    weights=None: the torch hub cache file of the ImageNet weights if it exists (never downloads);
+    "random": nothing; an http(s) URL: torch.hub.load_state_dict_from_url (downloads to the hub cache);
+    anything else: a local file saved with torch.save(state_dict), loaded with weights_only=True.
+    """
+    if weights == "random":
+        return None, None
+    if weights is None:
+        path = imagenet_cache_path(encoder)
+        if not path.is_file():
+            return None, None
+    elif urlparse(weights).scheme in ("http", "https"):
+        state = torch.hub.load_state_dict_from_url(weights, map_location="cpu", weights_only=True, progress=False)
+        return state, weights
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"encoder weights file {weights!r} does not exist (give a path, an http(s) URL, "
+                                    "'random', or None for the torch hub cache)")
+    return torch.load(path, map_location="cpu", weights_only=True), str(path)
+
+
+def adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """A copy of an RGB conv for `in_channels` inputs: 1 channel gets the sum over RGB (a gray image x the RGB
+    kernels gives the same response as the gray image repeated 3 times); n channels cycle RGB, scaled by 3/n."""
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    with torch.no_grad():
+        w = conv.weight  # (C_out, 3, k, k)
+        if in_channels == 1:
+            new.weight.copy_(w.sum(dim=1, keepdim=True))
+        else:
+            new.weight.copy_(w[:, torch.arange(in_channels) % 3] * (3 / in_channels))
+    return new
+
+
+class ResNetEncoder(nn.Module):
+    """The convolutional part of a torchvision ResNet (no avgpool/fc), returning features at strides 2..32.
+
+    Attribute names match torchvision's, so a torchvision ResNet state dict (minus fc.*) loads as is.
+    """
+
+    def __init__(self, name: Encoder, in_channels: int = 3, weights: str | None = None, pretrained: bool = True):
+        super().__init__()
+        check_choice("encoder", name, tuple(ENCODER_CHANNELS))
+        resnet = getattr(torchvision.models, name)(weights=None)
+        self.channels = ENCODER_CHANNELS[name]
+        self.weights_source: str | None = None  # where the loaded weights came from, for logs
+        if pretrained:
+            state, source = read_encoder_weights(name, weights)
+            if state is not None:
+                state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+                try:
+                    missing, unexpected = resnet.load_state_dict(state, strict=False)
+                except RuntimeError as e:  # shape mismatches
+                    raise ValueError(f"encoder weights {source!r} do not fit {name}: {e}") from None
+                missing = [k for k in missing if not k.startswith("fc.")]
+                if missing or unexpected:
+                    raise ValueError(f"encoder weights {source!r} do not fit {name}: missing keys {missing[:5]}, "
+                                     f"unexpected keys {unexpected[:5]}")
+                self.weights_source = source
+        self.conv1 = resnet.conv1 if in_channels == 3 else adapt_first_conv(resnet.conv1, in_channels)
+        self.bn1, self.relu, self.maxpool = resnet.bn1, resnet.relu, resnet.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x0 = self.relu(self.bn1(self.conv1(x)))  # (B, c0, H/2, W/2)
+        x1 = self.layer1(self.maxpool(x0))  # (B, c1, H/4, W/4)
+        x2 = self.layer2(x1)  # (B, c2, H/8, W/8)
+        x3 = self.layer3(x2)  # (B, c3, H/16, W/16)
+        x4 = self.layer4(x3)  # (B, c4, H/32, W/32)
+        return [x0, x1, x2, x3, x4]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decoder
+
+
+class UpBlock(nn.Module):
+    """Upsample x2 (PixelShuffle, ICNR), concatenate the skip, two 3x3 ConvBlocks, optional self-attention."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, blur: bool = True, self_attention: bool = False,
+                 norm: Norm = "none"):
+        super().__init__()
+        self.up = PixelShuffleUp(in_ch, out_ch, scale=2, blur=blur, norm=norm)
+        self.conv1 = ConvBlock(out_ch + skip_ch, out_ch, norm=norm)
+        self.conv2 = ConvBlock(out_ch, out_ch, norm=norm)
+        self.attn = SelfAttention(out_ch, norm=norm) if self_attention else nn.Identity()
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)  # (B, out, 2H, 2W), the skip's size
+        x = torch.cat([x, skip], dim=1)  # (B, out + skip, 2H, 2W)
+        x = self.conv2(self.conv1(x))  # (B, out, 2H, 2W)
+        return self.attn(x)
+
+
+def upscale_stages(ch: int, scale: int, blur: bool, norm: Norm) -> nn.Sequential:
+    """log2(scale) x (PixelShuffleUp x2 + ConvBlock) at `ch` channels: the super-resolution tail."""
+    check_choice("scale", scale, SCALES)
+    stages = [nn.Sequential(PixelShuffleUp(ch, ch, 2, blur=blur, norm=norm), ConvBlock(ch, ch, norm=norm))
+              for _ in range(int(math.log2(scale)))]
+    return nn.Sequential(*stages)
+
+
+def output_head(ch: int, out_channels: int, final_activation: str) -> nn.Sequential:
+    """1x1 conv to the output channels, then sigmoid or nothing."""
+    check_choice("final_activation", final_activation, FINAL_ACTIVATIONS)
+    layers: list[nn.Module] = [nn.Conv2d(ch, out_channels, 1)]
+    if final_activation == "sigmoid":
+        layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# models
+
+
+class ResNetUNet(ConfiguredModule):
+    """U-Net with a torchvision ResNet encoder and a PixelShuffle (ICNR, optional blur) decoder.
+
+    encoder: resnet18 | resnet34 | resnet50. in_channels: 3, or 1 for colorization (the first conv's pretrained
+    weights are summed over RGB). out_channels: 3 for restoration/colorization. scale: 1, 2 or 4, the output is
+    scale x the input size (super-resolution). blur: blur after every PixelShuffle (no checkerboard).
+    self_attention: SAGAN attention after the stride-8 decoder block. norm: 'none' (BatchNorm in the decoder),
+    'weight' or 'spectral' (on the decoder convs, replacing BatchNorm; the encoder keeps its BatchNorm).
+    weights: None = ImageNet weights from the torch hub cache if the file is there (never downloads),
+    'random', a state-dict file path, or an http(s) URL (downloaded). decoder_channels: the five decoder
+    stages at strides 16, 8, 4, 2, 1. pretrained=False skips loading encoder weights (e.g. when a checkpoint
+    will overwrite them); it is not part of `config`.
+
+    Input (B, in_channels, H, W), any H and W; output (B, out_channels, scale*H, scale*W). With batch size 1
+    in train mode the input must be at least 33 px a side (BatchNorm needs more than one value at stride 32).
+    """
+
+    stride = 32
+
+    def __init__(self, encoder: Encoder, in_channels: int = 3, out_channels: int = 3, scale: int = 1,
+                 blur: bool = True, self_attention: bool = False, norm: Norm = "none", weights: str | None = None,
+                 final_activation: Literal["none", "sigmoid"] = "none",
+                 decoder_channels: tuple[int, ...] = (256, 128, 64, 64, 32), *, pretrained: bool = True):
+        check_choice("encoder", encoder, tuple(ENCODER_CHANNELS))
+        check_choice("norm", norm, NORMS)
+        check_choice("scale", scale, SCALES)
+        if len(decoder_channels) != 5:
+            raise ValueError(f"decoder_channels needs 5 values (strides 16, 8, 4, 2, 1), got {list(decoder_channels)}")
+        super().__init__(f"unet-{encoder}", in_channels=in_channels, out_channels=out_channels, scale=scale,
+                         blur=blur, self_attention=self_attention, norm=norm, weights=weights,
+                         final_activation=final_activation, decoder_channels=decoder_channels)
+        self.scale = scale
+        self.encoder = ResNetEncoder(encoder, in_channels, weights, pretrained)
+        c0, c1, c2, c3, c4 = self.encoder.channels
+        d = decoder_channels
+        self.decoder = nn.ModuleList([
+            UpBlock(c4, c3, d[0], blur, norm=norm),  # stride 32 -> 16
+            UpBlock(d[0], c2, d[1], blur, self_attention, norm),  # 16 -> 8
+            UpBlock(d[1], c1, d[2], blur, norm=norm),  # 8 -> 4
+            UpBlock(d[2], c0, d[3], blur, norm=norm),  # 4 -> 2
+            UpBlock(d[3], in_channels, d[4], blur, norm=norm),  # 2 -> 1, the skip is the input itself
+        ])
+        self.upscale = upscale_stages(d[4], scale, blur, norm)
+        self.head = output_head(d[4], out_channels, final_activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (H, W) = pad_to_multiple(x, self.stride)  # (B, C_in, H', W'), H' and W' multiples of 32
+        x0, x1, x2, x3, x4 = self.encoder(x)
+        y = x4  # (B, c4, H'/32, W'/32)
+        for block, skip in zip(self.decoder, (x3, x2, x1, x0, x), strict=True):
+            y = block(y, skip)  # ... -> (B, d4, H', W')
+        y = self.upscale(y)  # (B, d4, s*H', s*W')
+        y = self.head(y)  # (B, C_out, s*H', s*W')
+        return crop(y, (self.scale * H, self.scale * W))  # (B, C_out, s*H, s*W)
+
+
+class PlainUNet(ConfiguredModule):
+    """A small U-Net from scratch (no pretrained encoder): trains on a CPU in minutes.
+
+    Level i (i = 0..depth) works at stride 2**i with round(base * growth**i) channels: 32, 48, 72, 108 at the
+    defaults (~0.58M parameters; growth=2 is the classic U-Net, 1.9M). Max-pool down, PixelShuffle up;
+    the other arguments mean what they mean for ResNetUNet (self-attention sits after the deepest decoder
+    block). Input (B, in_channels, H, W), any H and W; output (B, out_channels, scale*H, scale*W).
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 1, base: int = 32, depth: int = 3,
+                 blur: bool = True, self_attention: bool = False, norm: Norm = "none",
+                 final_activation: Literal["none", "sigmoid"] = "none", growth: float = 1.5):
+        check_choice("norm", norm, NORMS)
+        check_choice("scale", scale, SCALES)
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        super().__init__("unet-plain", in_channels=in_channels, out_channels=out_channels, scale=scale, base=base,
+                         depth=depth, growth=growth, blur=blur, self_attention=self_attention, norm=norm,
+                         final_activation=final_activation)
+        self.scale, self.stride = scale, 2**depth
+        ch = [round(base * growth**i) for i in range(depth + 1)]
+        self.stem = nn.Sequential(ConvBlock(in_channels, ch[0], norm=norm), ConvBlock(ch[0], ch[0], norm=norm))
+        self.down = nn.ModuleList([
+            nn.Sequential(nn.MaxPool2d(2), ConvBlock(ch[i], ch[i + 1], norm=norm),
+                          ConvBlock(ch[i + 1], ch[i + 1], norm=norm))
+            for i in range(depth)
+        ])
+        self.up = nn.ModuleList([
+            UpBlock(ch[i + 1], ch[i], ch[i], blur, self_attention and i == depth - 1, norm)
+            for i in reversed(range(depth))
+        ])
+        self.upscale = upscale_stages(ch[0], scale, blur, norm)
+        self.head = output_head(ch[0], out_channels, final_activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (H, W) = pad_to_multiple(x, self.stride)  # (B, C_in, H', W'), multiples of 2**depth
+        skips = [self.stem(x)]  # (B, base, H', W')
+        for down in self.down:
+            skips.append(down(skips[-1]))  # level i: (B, ch[i], H'/2**i, W'/2**i)
+        y = skips.pop()  # the deepest level
+        for up in self.up:
+            y = up(y, skips.pop())  # one level up
+        y = self.upscale(y)  # (B, base, s*H', s*W')
+        y = self.head(y)  # (B, C_out, s*H', s*W')
+        return crop(y, (self.scale * H, self.scale * W))  # (B, C_out, s*H, s*W)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Switch the model to eval mode and run it on x (moved to the model's device) without autograd."""
+    model.eval()
+    device = next(model.parameters()).device
+    return model(x.to(device))

@@ -1,0 +1,136 @@
+"""Training data from a `pairs` table: aligned random crops, flips, a local cache of remote files.
+
+The model's input is the LR image at HR size / scale: for super-resolution sets (sr-x2: HR = 2 x LR
+exactly) that is the LR file itself; for sets whose sizes are not an exact multiple (lesson7 shrinks to
+a short side of 96) the LR is resized to HR / scale with bicubic, as fastai's lesson 7 did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.dataset as ds
+import torch
+from PIL import Image
+
+from tasks import storage
+from tasks.catalog import Catalog
+from tasks.errors import PixelmillError
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    pair_id: str
+    lr_uri: str
+    hr_uri: str
+    hr_width: int
+    hr_height: int
+    lr_width: int
+    lr_height: int
+
+
+def load_pairs(catalog: Catalog, set_name: str, split: str) -> tuple[list[PairRecord], int]:
+    """(ok pairs of a split in a stable order, how many error rows were skipped)."""
+    table = catalog.read("pairs", set_name, filter=ds.field("split") == split)
+    rows = table.to_pylist()
+    ok = [PairRecord(r["pair_id"], r["lr_uri"], r["hr_uri"], r["hr_width"], r["hr_height"], r["lr_width"],
+                     r["lr_height"]) for r in rows if r["status"] == "ok"]
+    return sorted(ok, key=lambda r: r.pair_id), len(rows) - len(ok)
+
+
+def infer_scale(records: list[PairRecord]) -> int:
+    """The integer factor when every pair's HR is exactly s x its LR, else 1 (same-size restoration)."""
+    ratios = {(r.hr_width / r.lr_width, r.hr_height / r.lr_height) for r in records}
+    if len(ratios) == 1:
+        (sx, sy), = ratios
+        if sx == sy and sx == int(sx) and int(sx) in (2, 3, 4, 8):
+            return int(sx)
+    return 1
+
+
+def fetch(uri: str, cache_dir: str | None) -> bytes:
+    """Read a file; remote files are kept in cache_dir so later epochs and runs read them locally."""
+    if cache_dir is None or storage.normalize_url(uri).startswith("file://"):
+        return storage.read_bytes(uri)
+    path = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:32])
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            return f.read()
+    data = storage.read_bytes(uri)
+    storage.write_bytes(path, data)
+    return data
+
+
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """(H, W, C) uint8 -> (C, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255)
+
+
+def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    ph, pw = max(0, h - arr.shape[0]), max(0, w - arr.shape[1])
+    if not ph and not pw:
+        return arr
+    mode = "reflect" if ph < arr.shape[0] and pw < arr.shape[1] else "edge"
+    return np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """(input, target) tensors in [0, 1]; train mode crops `crop` LR pixels at random and flips/rotates.
+
+    Eval mode takes the centre crop (or the whole image when crop is None). Decoded images are kept in
+    memory up to `cache_mb` per worker process, since decoding a PNG costs more than a CPU training step.
+    """
+
+    def __init__(self, records: list[PairRecord], scale: int, crop: int | None, train: bool,
+                 in_channels: int = 3, cache_dir: str | None = None, cache_mb: int = 1024):
+        if not records:
+            raise PixelmillError("no usable pairs to train or validate on",
+                                 "check the set name and split (`pixelmill catalog show pairs`)")
+        self.records, self.scale, self.crop, self.train = records, scale, crop, train
+        self.in_channels, self.cache_dir, self.cache_budget = in_channels, cache_dir, cache_mb * 2**20
+        self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cached_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(LR at HR/scale size, HR) as uint8 (H, W, C) arrays."""
+        if i in self._decoded:
+            return self._decoded[i]
+        rec = self.records[i]
+        hr = Image.open(io.BytesIO(fetch(rec.hr_uri, self.cache_dir))).convert("RGB")
+        lr = Image.open(io.BytesIO(fetch(rec.lr_uri, self.cache_dir))).convert("RGB")
+        target = (hr.width // self.scale, hr.height // self.scale)
+        hr = hr.crop((0, 0, target[0] * self.scale, target[1] * self.scale))
+        if lr.size != target:
+            lr = lr.resize(target, Image.Resampling.BICUBIC)
+        if self.in_channels == 1:
+            lr = lr.convert("L")
+        pair = (np.asarray(lr).reshape(lr.height, lr.width, -1), np.asarray(hr))
+        if self._cached_bytes + pair[0].nbytes + pair[1].nbytes <= self.cache_budget:
+            self._decoded[i] = pair
+            self._cached_bytes += pair[0].nbytes + pair[1].nbytes
+        return pair
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lr, hr = self.load(i)
+        s, c = self.scale, self.crop
+        if c is not None:
+            lr, hr = _pad_to(lr, c, c), _pad_to(hr, c * s, c * s)
+            if self.train:  # torch's RNG: seeded per DataLoader worker, so runs repeat
+                y = int(torch.randint(0, lr.shape[0] - c + 1, (1,)))
+                x = int(torch.randint(0, lr.shape[1] - c + 1, (1,)))
+            else:
+                y, x = (lr.shape[0] - c) // 2, (lr.shape[1] - c) // 2
+            lr, hr = lr[y:y + c, x:x + c], hr[y * s:(y + c) * s, x * s:(x + c) * s]
+        if self.train:
+            flip, turns = torch.randint(0, 2, (1,)).item(), torch.randint(0, 4, (1,)).item()
+            if flip:
+                lr, hr = lr[:, ::-1], hr[:, ::-1]
+            lr, hr = np.rot90(lr, turns), np.rot90(hr, turns)
+        return to_tensor(lr), to_tensor(hr)

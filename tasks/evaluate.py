@@ -1,0 +1,64 @@
+"""Evaluation, the pure part: per-image PSNR/SSIM (Y and RGB) of a model and of the baseline, in one pass.
+
+The baseline is what you get without the model: bicubic upscaling for super-resolution, the input
+itself for same-size restoration. Scores follow the SR convention: `scale` pixels cropped at the border,
+Y channel per ITU-R BT.601 (MATLAB), on 8-bit images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from tasks.data import PairDataset, PairRecord
+from tasks.metrics import psnr, ssim
+
+PSNR_CAP = 100.0  # identical images have infinite PSNR; a cap keeps means finite and comparable
+
+
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """(C, H, W) float in [0, 1] -> (H, W, 3) uint8, rounding like saving a PNG would."""
+    arr = t.detach().float().clamp(0, 1).mul(255).round().byte().cpu().numpy().transpose(1, 2, 0)
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+
+
+def baseline(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B, C, H, W) input -> what a plain resize gives at the target size."""
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    return torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic") if scale > 1 else x
+
+
+def scores(pred: np.ndarray, target: np.ndarray, scale: int) -> dict:
+    border = scale if scale > 1 else 0
+    cap = lambda v: min(v, PSNR_CAP)  # noqa: E731
+    return {"psnr_y": cap(psnr(pred, target, crop_border=border, y_channel=True)),
+            "ssim_y": ssim(pred, target, crop_border=border, y_channel=True),
+            "psnr_rgb": cap(psnr(pred, target, crop_border=border)),
+            "ssim_rgb": ssim(pred, target, crop_border=border)}
+
+
+@torch.inference_mode()
+def evaluate_model(model: torch.nn.Module, records: list[PairRecord], scale: int, in_channels: int,
+                   device: torch.device, keep_images: int = 0) -> tuple[list[dict], list[tuple]]:
+    """Per-pair scores for model and baseline; also (input, baseline, model, target) arrays of the first few."""
+    model = model.to(device).eval()
+    data = PairDataset(records, scale, crop=None, train=False, in_channels=in_channels, cache_mb=0)
+    rows, gallery = [], []
+    for i, rec in enumerate(records):
+        x, y = (t.unsqueeze(0).to(device) for t in data[i])
+        pred, base = model(x)[0], baseline(x, scale)[0]
+        target = to_uint8(y[0])
+        m, b = to_uint8(pred), to_uint8(base)
+        rows.append({"pair_id": rec.pair_id, "method": "model"} | scores(m, target, scale))
+        rows.append({"pair_id": rec.pair_id, "method": "baseline"} | scores(b, target, scale))
+        if i < keep_images:
+            gallery.append((to_uint8(x[0]), b, m, target))
+    return rows, gallery
+
+
+def mean_scores(rows: list[dict], method: str) -> dict:
+    chosen = [r for r in rows if r["method"] == method]
+    keys = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+    return {k: float(np.mean([r[k] for r in chosen])) if chosen else math.nan for k in keys} | {"images": len(chosen)}

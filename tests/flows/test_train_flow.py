@@ -1,0 +1,104 @@
+"""Train, evaluate, promote and enhance through the flows and the CLI, on a real Prefect server."""
+
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.crappify import run_crappify
+from flows.evaluate import evaluate
+from flows.ingest import ingest
+from flows.train import train
+from tasks import registry, storage
+from tasks.catalog import Catalog
+from tasks.crappify import CrappifyConfig
+from tasks.errors import PixelmillError
+from tasks.ingest import IngestConfig
+from tasks.train import TrainConfig
+from tests.tasks.test_train import TINY, texture
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, prefect_server):
+    root = tmp_path_factory.mktemp("trainflow")
+    for i in range(12):
+        storage.write_bytes(str(root / "src" / f"t{i}.png"), texture(i, 64))
+    ws = str(root / "ws")
+    ingest(str(root / "src"), dataset="tex", workspace=ws, config=IngestConfig(split_fractions=(0.7, 0.3, 0.0)))
+    run_crappify("tex", CrappifyConfig(recipe="sr-x2"), workspace=ws)
+    return ws
+
+
+def test_train_evaluate_promote_enhance(workspace, tmp_path):
+    cfg = TrainConfig(**TINY, steps=40, val_every=20)
+    first = train("tex-sr-x2", "tiny", cfg, workspace=workspace)
+    assert first["model"] == "tiny:v1" and first["steps"] == 40 and first["scale"] == 2
+    files = {p.rsplit("/", 1)[-1] for p in storage.iter_files(first["uri"]) for p in [p.uri]}
+    assert files == {"weights.safetensors", "config.json", "metadata.json"}
+    meta = registry.read_json(registry.resolve(workspace, "tiny"), "metadata.json")
+    assert meta["pairs_set"] == "tex-sr-x2" and meta["steps"] == 40 and "val_psnr_y" in meta["metrics"]
+
+    result = evaluate("tiny", "tex-sr-x2", split="valid", promote="production", workspace=workspace)
+    assert result["images"] >= 1
+    assert result["promoted"] == (result["gain_psnr_y"] > 0)
+    rows = Catalog(workspace).read("evaluations", "tiny").to_pylist()
+    assert {r["method"] for r in rows} == {"model", "baseline"}
+    assert len([r for r in rows if r["scope"] == "image"]) == 2 * result["images"]
+
+    # a second version that is barely trained must not take the alias from a better one
+    registry.set_alias(workspace, registry.resolve(workspace, "tiny:v1"), "production")
+    train("tex-sr-x2", "tiny", TrainConfig(**(TINY | {"lr": 1e-6}), steps=2, val_every=2), workspace=workspace)
+    second = evaluate("tiny:v2", "tex-sr-x2", promote="production", workspace=workspace)
+    assert second["promoted"] is False
+    assert registry.resolve(workspace, "tiny@production").version == "v1"
+
+    listed = runner.invoke(app, ["models", "list", "--workspace", workspace])
+    assert listed.exit_code == 0 and "tiny:v1" in listed.output and "@production" in listed.output
+
+    src = str(tmp_path / "in.png")
+    Image.new("RGB", (21, 17), (90, 120, 200)).save(src)
+    out = str(tmp_path / "out.png")
+    result = runner.invoke(app, ["enhance", "tiny@production", src, out, "--workspace", workspace])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (42, 34)
+
+
+def test_resume_after_a_crash_continues(workspace):
+    cfg = TrainConfig(**TINY, steps=20, val_every=10)
+    train("tex-sr-x2", "resumable", cfg, workspace=workspace)
+    resumed = train("tex-sr-x2", "resumable", TrainConfig(**TINY, steps=30, val_every=10), workspace=workspace,
+                    resume=True)
+    assert resumed["steps"] == 30 and resumed["model"] == "resumable:v2"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["evaluate", "nope", "--pairs", "tex-sr-x2"], "error: unknown model 'nope'"),
+    (["evaluate", "tiny@staging", "--pairs", "tex-sr-x2"], "has no alias 'staging'"),
+    (["evaluate", "tiny:v99", "--pairs", "tex-sr-x2"], "has no version 'v99'"),
+    (["train", "restoration", "--pairs", "missing-set", "--name", "m"], "has 0 usable train pairs"),
+    (["train", "restoration", "--pairs", "tex-sr-x2", "--name", "never-trained", "--resume"],
+     "no checkpoint to resume"),
+])
+def test_clear_errors(workspace, args, message):
+    result = runner.invoke(app, [*args, "--workspace", workspace])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "hint:" in result.output
+
+
+def test_corrupt_weights_are_a_clear_error(workspace):
+    train("tex-sr-x2", "fragile", TrainConfig(**TINY, steps=2, val_every=2), workspace=workspace)
+    mv = registry.resolve(workspace, "fragile")
+    storage.write_bytes(storage.join(mv.uri, "weights.safetensors"), b"garbage")
+    with pytest.raises(PixelmillError, match="cannot be loaded"):
+        registry.load(mv)
+
+
+def test_enhance_rejects_a_broken_input(workspace, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    result = runner.invoke(app, ["enhance", "tiny", str(bad), str(tmp_path / "o.png"), "--workspace", workspace])
+    assert result.exit_code == 1 and "not_image" in result.output

@@ -1,0 +1,129 @@
+"""Losses on known values; the feature loss's mechanics with random VGG weights (no download)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
+
+from models.losses import (
+    VGG16_BN_FILE,
+    CharbonnierLoss,
+    FeatureLoss,
+    FeatureWeightsMissing,
+    L1SSIMLoss,
+    SSIMLoss,
+    build_loss,
+    gram_matrix,
+)
+
+
+@pytest.fixture
+def pair():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(1, 3, 64, 64, generator=g)
+    pred = (target + 0.1 * torch.randn(1, 3, 64, 64, generator=g)).clamp(0, 1)
+    return pred, target
+
+
+@pytest.fixture(scope="module")
+def feature_loss():
+    with pytest.warns(UserWarning, match="RANDOM"):
+        return FeatureLoss(allow_random=True)
+
+
+def test_l1_of_constant_offset():
+    x = torch.rand(1, 3, 64, 64)
+    assert build_loss("l1")(x + 0.1, x).item() == pytest.approx(0.1, abs=1e-6)
+
+
+def test_charbonnier_known_value():
+    x = torch.zeros(1, 3, 8, 8)
+    eps = 1e-3
+    assert CharbonnierLoss(eps)(x + 0.1, x).item() == pytest.approx(math.sqrt(0.01 + eps**2), rel=1e-6)
+    assert CharbonnierLoss(eps)(x, x).item() == pytest.approx(eps, rel=1e-6)
+
+
+def test_ssim_loss_identical_zero_noisy_positive(pair):
+    pred, target = pair
+    loss = SSIMLoss()
+    assert loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    noisy = loss(pred, target).item()
+    assert 0 < noisy <= 2
+    pred = pred.clone().requires_grad_(True)
+    loss(pred, target).backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+
+
+def test_l1_ssim_is_sum(pair):
+    pred, target = pair
+    combined = build_loss("l1+ssim", ssim_weight=0.5)
+    assert isinstance(combined, L1SSIMLoss)
+    expected = nn.L1Loss()(pred, target) + 0.5 * SSIMLoss()(pred, target)
+    assert combined(pred, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_gram_matrix_by_hand():
+    # one image, 2 channels, 1x2 pixels: rows of F are [1, 2] and [3, 4]
+    x = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    expected = torch.tensor([[[1 + 4, 3 + 8], [3 + 8, 9 + 16]]]) / (2 * 1 * 2)
+    torch.testing.assert_close(gram_matrix(x), expected)
+
+
+def test_feature_loss_zero_identical_positive_otherwise(feature_loss, pair):
+    pred, target = pair
+    assert feature_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert feature_loss(pred, target).item() > 0
+    assert set(feature_loss.metrics) == {"pixel", "feat_0", "feat_1", "feat_2", "gram_0", "gram_1", "gram_2"}
+    assert feature_loss.layer_ids == [22, 32, 42]
+
+
+def test_feature_loss_gradients_reach_pred_not_vgg(feature_loss, pair):
+    pred, target = pair
+    pred = pred.clone().requires_grad_(True)
+    feature_loss(pred, target).backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    assert all(not p.requires_grad and p.grad is None for p in feature_loss.features.parameters())
+    feature_loss.train()
+    assert not feature_loss.features.training
+
+
+def test_feature_loss_is_not_saved(feature_loss):
+    assert feature_loss.state_dict() == {}
+    assert list(nn.ModuleDict({"crit": feature_loss}).state_dict()) == []
+    feature_loss.load_state_dict({})  # strict load of the empty dict works
+
+
+def test_missing_weights_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FeatureWeightsMissing) as err:
+        FeatureLoss()
+    msg = str(err.value)
+    assert VGG16_BN_FILE in msg and str(tmp_path / "checkpoints") in msg and "feature_weights:" in msg
+    with pytest.raises(FeatureWeightsMissing, match="does not exist"):
+        build_loss("feature", weights=str(tmp_path / "nope.pth"))
+
+
+def test_weights_from_path_and_cache(tmp_path, monkeypatch):
+    features = make_layers(cfgs["D"], batch_norm=True)  # same keys as vgg16_bn().features, no classifier
+    state = {f"features.{k}": v for k, v in features.state_dict().items()}
+    path = tmp_path / "vgg16_bn.pth"
+    torch.save(state, path)
+    loss = FeatureLoss(weights=str(path))
+    torch.testing.assert_close(loss.features[40].weight, state["features.40.weight"])
+    torch.testing.assert_close(loss.features[1].running_var, state["features.1.running_var"])
+    # the default location: torchvision's file name in <hub dir>/checkpoints
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(features.state_dict(), tmp_path / "hub" / "checkpoints" / VGG16_BN_FILE)  # a features-only dict too
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    torch.testing.assert_close(FeatureLoss().features[0].weight, state["features.0.weight"])
+
+
+def test_build_loss_names_and_error():
+    assert isinstance(build_loss("charbonnier", eps=1e-2), CharbonnierLoss)
+    assert isinstance(build_loss("ssim"), SSIMLoss)
+    with pytest.raises(ValueError, match="valid names: charbonnier, feature, l1, l1\\+ssim, ssim"):
+        build_loss("l2")

@@ -1,0 +1,293 @@
+"""Every model in the factory passes one shared tester (timm / segmentation_models.pytorch style), plus the blocks
+(ICNR, padding) and the encoder-weights rules (local file, URL, torch hub cache, never a download)."""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.request
+
+import pytest
+import torch
+import torchvision
+
+from models import unet
+from models.blocks import PixelShuffleUp, SelfAttention, crop, icnr_, pad_to_multiple
+from models.checkpoint import load_model_from_bytes, save_model_bytes
+from models.factory import build_model, list_archs
+from models.unet import PlainUNet, ResNetUNet, imagenet_cache_path, predict
+
+# Every registered arch at its defaults (a new arch is tested for free), plus the variants that matter.
+CONFIGS = [{"arch": name} for name in list_archs()] + [
+    # the options, on narrow decoders to keep the run fast
+    {"arch": "unet-resnet18", "scale": 2, "in_channels": 1, "self_attention": True, "norm": "weight",
+     "final_activation": "sigmoid", "decoder_channels": [64, 32, 32, 16, 16]},  # colorization: 1 channel in
+    {"arch": "unet-resnet18", "scale": 4, "blur": False, "norm": "spectral", "decoder_channels": [32, 32, 16, 16, 8]},
+    {"arch": "unet-plain", "scale": 2, "in_channels": 1},
+    {"arch": "unet-plain", "scale": 4, "norm": "spectral", "self_attention": True},
+    {"arch": "unet-plain", "norm": "weight", "blur": False, "depth": 2, "base": 8},
+    {"arch": "critic", "output": "global", "self_attention": True, "base": 16},
+]
+SIZES = [(37, 53), (9, 11), (32, 32)]  # odd, tiny (smaller than the stride), already a multiple
+
+
+def config_id(config: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items() if k != "arch") or "default"
+
+
+@pytest.fixture(scope="module", params=CONFIGS, ids=[f"{c['arch']}[{config_id(c)}]" for c in CONFIGS])
+def case(request):
+    """(config, model) built once per module; each test sets the mode it needs."""
+    torch.manual_seed(0)
+    return request.param, build_model(request.param, pretrained=False)
+
+
+def expected_shape(config: dict, batch: int, h: int, w: int) -> tuple[int, ...]:
+    """What a model with this (complete) config returns for a (batch, C, h, w) input."""
+    if config["arch"] == "critic":
+        stride = 2 ** config["n_layers"]
+        return (batch,) if config["output"] == "global" else (batch, 1, math.ceil(h / stride), math.ceil(w / stride))
+    s = config["scale"]
+    return (batch, config["out_channels"], s * h, s * w)
+
+
+def example_input(config: dict, h: int, w: int, batch: int = 2) -> torch.Tensor:
+    in_channels = config.get("in_channels", 3)
+    return torch.randn(batch, in_channels, h, w, generator=torch.Generator().manual_seed(h * 100 + w))
+
+
+# ------------------------------------------------------------------------------------------------- shared tester
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_output_shape_any_input_size(case, size):
+    config, model = case
+    model.eval()
+    x = example_input(config, *size)
+    with torch.no_grad():
+        y = model(x)
+    assert tuple(y.shape) == expected_shape(model.config, 2, *size)
+    assert torch.isfinite(y).all()
+
+
+def test_gradients_reach_every_parameter(case):
+    config, model = case
+    model.train()
+    model.zero_grad(set_to_none=True)
+    # ResNet U-Nets are the slow ones: a single image just above their 32 px stride
+    x = example_input(config, 33, 35, batch=1) if config["arch"].startswith("unet-resnet") else example_input(config, 37, 53)
+    y = model(x)
+    assert torch.isfinite(y).all()
+    (y.float() ** 2).mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, f"no gradient reaches {no_grad[:5]}"
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients in {bad[:5]}"
+
+
+def test_save_load_round_trip_gives_identical_outputs(case):
+    config, model = case
+    model.eval()
+    x = example_input(config, 37, 53, batch=1)
+    with torch.no_grad():
+        before = model(x)
+    weights, saved_config = save_model_bytes(model)
+    loaded = load_model_from_bytes(weights, json.loads(json.dumps(saved_config)))
+    with torch.no_grad():
+        after = loaded(x)
+    assert torch.equal(before, after)
+    assert loaded.config == model.config
+
+
+def test_config_is_json_and_rebuilds_the_same_architecture(case):
+    config, model = case
+    cfg = model.config
+    assert json.loads(json.dumps(cfg)) == cfg
+    assert {k: v for k, v in cfg.items() if k in config} == config
+    with torch.device("meta"):  # the architecture only: no memory, no init cost
+        rebuilt = build_model(json.loads(json.dumps(cfg)), pretrained=False)
+    assert rebuilt.config == cfg
+    shapes = {n: t.shape for n, t in model.state_dict().items()}
+    assert {n: t.shape for n, t in rebuilt.state_dict().items()} == shapes
+
+
+# ------------------------------------------------------------------------------------------------- blocks
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("norm", ["none", "weight", "spectral"])
+def test_icnr_pixel_shuffle_starts_as_nearest_neighbour(scale, norm):
+    torch.manual_seed(0)
+    up = PixelShuffleUp(8, 3, scale=scale, blur=False, norm=norm).eval()
+    x = torch.randn(2, 8, 5, 7)
+    with torch.no_grad():
+        y = up(x)  # (2, 3, 5s, 7s)
+    assert y.shape == (2, 3, 5 * scale, 7 * scale)
+    blocks = y.reshape(2, 3, 5, scale, 7, scale)
+    assert torch.allclose(blocks, blocks[:, :, :, :1, :, :1].expand_as(blocks), atol=1e-6)
+    assert y.abs().sum() > 0  # not trivially constant
+
+
+def test_icnr_repeats_each_sub_kernel_over_its_shuffle_group():
+    w = icnr_(torch.empty(3 * 4, 5, 3, 3), scale=2)
+    groups = w.reshape(3, 4, 5, 3, 3)
+    assert torch.equal(groups, groups[:, :1].expand_as(groups))
+    with pytest.raises(ValueError, match="multiple of scale"):
+        icnr_(torch.empty(6, 5, 1, 1), scale=2)
+
+
+def test_blur_keeps_the_upsampled_size():
+    up = PixelShuffleUp(4, 2, scale=2, blur=True)
+    assert up(torch.randn(1, 4, 5, 7)).shape == (1, 2, 10, 14)
+
+
+def test_self_attention_is_identity_at_init():
+    attn = SelfAttention(16)
+    x = torch.randn(2, 16, 5, 7)
+    assert torch.equal(attn(x), x)
+
+
+@pytest.mark.parametrize(("h", "w", "mode"), [(37, 53, "reflect"), (5, 7, "replicate"), (32, 64, "none")])
+def test_pad_to_multiple_and_crop(h, w, mode):
+    x = torch.randn(1, 2, h, w)
+    padded, size = pad_to_multiple(x, 32)
+    assert size == (h, w)
+    assert padded.shape[-2] % 32 == 0 and padded.shape[-1] % 32 == 0
+    assert torch.equal(crop(padded, size), x)
+    if mode == "reflect":  # the row after the last one mirrors the one before it
+        assert torch.equal(padded[..., h, :w], x[..., h - 2, :])
+    if mode == "replicate":
+        assert torch.equal(padded[..., -1, :w], x[..., -1, :])
+
+
+def test_predict_runs_in_eval_mode_without_autograd():
+    model = PlainUNet(base=8, depth=2).train()
+    y = predict(model, torch.randn(1, 3, 17, 19))
+    assert not model.training
+    assert y.shape == (1, 3, 17, 19) and not y.requires_grad
+
+
+def test_plain_unet_is_small():
+    n = sum(p.numel() for p in PlainUNet().parameters())
+    assert 200_000 < n < 1_000_000
+
+
+# ------------------------------------------------------------------------------------------------- factory
+
+
+def test_unknown_arch_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown arch 'unet-vgg'") as e:
+        build_model({"arch": "unet-vgg"})
+    for name in list_archs():
+        assert name in str(e.value)
+
+
+def test_unknown_argument_is_named_with_the_valid_ones():
+    with pytest.raises(ValueError, match="'dropout'") as e:
+        build_model({"arch": "unet-plain", "dropout": 0.1})
+    assert "base" in str(e.value) and "depth" in str(e.value)
+    with pytest.raises(ValueError, match="'encoder'"):  # fixed by the arch name
+        build_model({"arch": "unet-resnet18", "encoder": "resnet50"})
+
+
+@pytest.mark.parametrize("bad", [{"scale": 3}, {"norm": "batch"}, {"final_activation": "tanh"}])
+def test_invalid_choices_say_what_is_valid(bad):
+    with pytest.raises(ValueError, match="choose one of"):
+        build_model({"arch": "unet-plain", **bad})
+
+
+# ------------------------------------------------------------------------------------------------- encoder weights
+
+
+@pytest.fixture
+def fake_imagenet(tmp_path):
+    """A 'pretrained' resnet18 state dict file (random weights, torchvision's key names, fc included)."""
+    torch.manual_seed(1)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path / "fake-resnet18.pth"
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """An empty torch hub dir, and any download attempt fails the test."""
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"download attempted: {args}")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return hub
+
+
+def test_weights_from_a_file_fill_the_encoder(fake_imagenet, no_network):
+    path, state = fake_imagenet
+    model = ResNetUNet("resnet18", weights=str(path))
+    assert torch.equal(model.encoder.conv1.weight, state["conv1.weight"])
+    assert torch.equal(model.encoder.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    assert model.encoder.weights_source == str(path)
+
+
+def test_colorization_sums_the_pretrained_rgb_kernels(fake_imagenet, no_network):
+    path, state = fake_imagenet
+    model = ResNetUNet("resnet18", in_channels=1, weights=str(path))
+    assert torch.allclose(model.encoder.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
+
+
+def test_no_weights_and_no_cache_builds_without_downloading(no_network):
+    model = ResNetUNet("resnet18")
+    assert model.encoder.weights_source is None
+    assert model(torch.randn(1, 3, 40, 40)).shape == (1, 3, 40, 40)
+
+
+def test_weights_come_from_the_torch_hub_cache_when_present(fake_imagenet, no_network):
+    path, state = fake_imagenet
+    cached = imagenet_cache_path("resnet18")
+    assert cached.parent == no_network / "checkpoints"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(path.read_bytes())
+    model = ResNetUNet("resnet18")
+    assert model.encoder.weights_source == str(cached)
+    assert torch.equal(model.encoder.conv1.weight, state["conv1.weight"])
+    # 'random' and pretrained=False both ignore the cache
+    assert ResNetUNet("resnet18", weights="random").encoder.weights_source is None
+    assert ResNetUNet("resnet18", pretrained=False).encoder.weights_source is None
+
+
+def test_weights_from_a_url_only_when_given(fake_imagenet, monkeypatch):
+    _, state = fake_imagenet
+    calls = []
+
+    def fake_download(url, **kwargs):
+        calls.append(url)
+        return state
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    model = ResNetUNet("resnet18", weights="https://example.invalid/r18.pth")
+    assert calls == ["https://example.invalid/r18.pth"]
+    assert torch.equal(model.encoder.conv1.weight, state["conv1.weight"])
+
+
+def test_weights_that_do_not_fit_or_do_not_exist(tmp_path, no_network):
+    path = tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="do not fit resnet18"):
+        ResNetUNet("resnet18", weights=str(path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ResNetUNet("resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+def test_loading_a_checkpoint_never_reads_encoder_weights(monkeypatch):
+    model = ResNetUNet("resnet18", weights="random")
+    weights, config = save_model_bytes(model)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("encoder weights read while loading a checkpoint")
+
+    monkeypatch.setattr(unet, "read_encoder_weights", refuse)
+    loaded = load_model_from_bytes(weights, {**config, "weights": "https://example.invalid/r18.pth"})
+    assert torch.equal(loaded.encoder.conv1.weight, model.encoder.conv1.weight)

@@ -1,0 +1,108 @@
+"""The training loop without Prefect, on a tiny real paired set made by the crappify code."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tasks import storage
+from tasks.catalog import Catalog
+from tasks.crappify import CrappifyConfig, crappify_shard, plan_crappify
+from tasks.data import PairDataset, infer_scale, load_pairs
+from tasks.ingest import IngestConfig, existing_versions, finalize_dataset, ingest_shard, plan_ingest
+from tasks.train import TrainConfig, TrainHooks, load_state, one_cycle, train_model
+
+
+def texture(seed: int, size: int = 64) -> bytes:
+    """Smooth shapes plus edges: something a tiny network can learn to upscale better than bicubic."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    img = np.stack([np.sin(2 * np.pi * (x * rng.uniform(1, 4) + y * rng.uniform(1, 4)) + rng.uniform(0, 6))
+                    for _ in range(3)], -1)
+    img = ((img + 1) * 127.5).astype(np.uint8)
+    img[rng.integers(0, size // 2):, rng.integers(0, size // 2):] //= 2
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sr_pairs(tmp_path_factory):
+    """A real x2 paired set (ingest + crappify sr-x2), every image in the train split."""
+    root = tmp_path_factory.mktemp("train")
+    src, ws = root / "src", str(root / "ws")
+    for i in range(10):
+        storage.write_bytes(str(src / f"t{i}.png"), texture(i))
+    config = IngestConfig(split_fractions=(1.0, 0.0, 0.0))
+    catalog = Catalog(ws)
+    for shard in plan_ingest("d", storage.iter_files(str(src)), existing_versions(catalog, "d"), config).shards:
+        ingest_shard(shard, ws, config)
+    finalize_dataset(catalog, "d")
+    cfg = CrappifyConfig(recipe="sr-x2")
+    for shard in plan_crappify(catalog, "d", cfg).shards:
+        crappify_shard(shard, ws, cfg)
+    records, skipped = load_pairs(catalog, "d-sr-x2", "train")
+    assert len(records) == 10 and skipped == 0
+    return records
+
+
+TINY = {"arch": "unet-plain", "arch_kwargs": {"base": 8, "depth": 2}, "batch_size": 4, "crop": 16,
+        "val_crop": 24, "loader_workers": 0, "lr": 3e-3}
+
+
+def test_infer_scale_and_aligned_crops(sr_pairs):
+    assert infer_scale(sr_pairs) == 2
+    ds = PairDataset(sr_pairs, 2, crop=16, train=True)
+    x, y = ds[0]
+    assert x.shape == (3, 16, 16) and y.shape == (3, 32, 32)
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    # the input really is the target shrunk: a 2x2 average of the target is close to the input
+    down = torch.nn.functional.avg_pool2d(y.unsqueeze(0), 2)[0]
+    assert float((down - x).abs().mean()) < 0.08
+
+
+def test_training_reduces_the_loss(sr_pairs):
+    result = train_model(TrainConfig(**TINY, steps=60, val_every=20), sr_pairs, sr_pairs, scale=2)
+    losses = [h["val_loss"] for h in result.history]
+    assert result.step == 60 and len(losses) == 3
+    assert losses[-1] < losses[0] * 0.7
+    assert result.images_per_s > 0
+
+
+def test_resume_continues_from_the_checkpoint_step(sr_pairs):
+    saved: list[bytes] = []
+    cfg = TrainConfig(**TINY, steps=20, val_every=10)
+    train_model(cfg, sr_pairs, sr_pairs, 2, TrainHooks(save_checkpoint=saved.append))
+    assert len(saved) == 2
+    state = load_state(saved[0])
+    assert state["step"] == 10
+    resumed = train_model(cfg, sr_pairs, sr_pairs, 2, resume=state)
+    assert resumed.step == 20 and [h["step"] for h in resumed.history] == [20]
+    with pytest.raises(ValueError, match="another training config"):
+        train_model(TrainConfig(**(TINY | {"lr": 1e-4}), steps=20), sr_pairs, sr_pairs, 2, resume=state)
+
+
+def test_time_budget_stops_early(sr_pairs):
+    result = train_model(TrainConfig(**TINY, steps=100_000, max_minutes=0.02, val_every=10_000), sr_pairs,
+                         sr_pairs, 2)
+    assert 0 < result.step < 100_000
+    assert result.history[-1]["elapsed_s"] >= 1.2
+
+
+def test_one_cycle_shape():
+    assert one_cycle(0.0, 1.0, 0.25) == pytest.approx(1 / 25)
+    assert one_cycle(0.25, 1.0, 0.25) == pytest.approx(1.0)
+    assert one_cycle(1.0, 1.0, 0.25) < 1e-4
+    values = [one_cycle(p / 100, 1.0, 0.25) for p in range(101)]
+    assert values.index(max(values)) == 25
+
+
+def test_bad_config_is_rejected():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="loss"):
+        TrainConfig(loss="mse")
+    with pytest.raises(ValidationError, match="batch_size"):
+        TrainConfig(batch_size=0)
