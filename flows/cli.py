@@ -140,6 +140,8 @@ def train_restoration(
     steps: Annotated[int | None, typer.Option(help="optimizer steps")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="time budget; the schedule fits it")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the model's last checkpoint")] = False,
+    gan_from: Annotated[str | None, typer.Option(help="GAN fine-tuning: start from this model (NAME@ALIAS...)")]
+    = None,
     workspace: Workspace = None,
 ) -> None:
     """Train a restoration U-Net (super-resolution, de-JPEG, de-watermark, denoise, colorize) on a paired set."""
@@ -150,6 +152,8 @@ def train_restoration(
         fields = load_yaml_config(config) if config else {}
         fields |= {k: v for k, v in {"arch": arch, "loss": loss, "steps": steps, "max_minutes": max_minutes}.items()
                    if v is not None}
+        if gan_from:
+            fields["gan"] = (fields.get("gan") or {}) | {"init_from": gan_from}
         summary = train(pairs, name, TrainConfig(**fields), workspace=workspace, resume=resume)
         m = summary["metrics"]
         typer.echo(f"trained {summary['model']}: {summary['steps']} steps in {summary['seconds']:.0f} s "
@@ -304,13 +308,14 @@ def catalog_show(
 def demo(
     directory: Annotated[str, typer.Option("--dir", help="local folder for the demo's bucket and workspace")]
     = "./pixelmill-demo",
+    train_minutes: Annotated[float, typer.Option(help="CPU minutes to train the demo's x2 model (0: skip)")] = 2.0,
 ) -> None:
     """Run the whole pipeline on built-in sample photographs, with a local folder as the bucket."""
     with user_errors():
         from flows.demo import demo as demo_flow
         from flows.demo import print_report
 
-        report = demo_flow(directory)
+        report = demo_flow(directory, train_minutes)
         print_report(report)
         if report["mismatches"]:
             raise typer.Exit(1)

@@ -13,11 +13,15 @@ import os
 from prefect import flow
 
 from flows.crappify import crappify
+from flows.evaluate import evaluate
 from flows.ingest import ingest
+from flows.train import train
 from tasks import storage
 from tasks.catalog import Catalog
 from tasks.crappify import CrappifyConfig
+from tasks.ingest import IngestConfig
 from tasks.samples import Expected, write_sample_photos
+from tasks.train import TrainConfig
 
 
 def check_catalog(rows: list[dict], expected: list[Expected], bucket: str) -> list[str]:
@@ -37,19 +41,30 @@ def check_catalog(rows: list[dict], expected: list[Expected], bucket: str) -> li
 
 
 @flow(name="demo")
-def demo(directory: str = "./pixelmill-demo") -> dict:
-    """Write the sample bucket, ingest it, check the catalog, and crappify the photographs (lesson 7 recipe)."""
+def demo(directory: str = "./pixelmill-demo", train_minutes: float = 2.0) -> dict:
+    """Ingest the sample bucket and check the catalog, crappify it (lesson 7 and x2), train a small x2
+    super-resolution U-Net for `train_minutes` on the CPU, evaluate it against bicubic and promote it."""
     directory = os.path.abspath(directory)
     bucket, workspace = storage.join(directory, "bucket"), storage.join(directory, "workspace")
     expected = write_sample_photos(bucket)
-    summary = ingest(bucket, dataset="samples", workspace=workspace)
+    # a larger valid split than usual: the sample set is small and evaluation wants a few images
+    summary = ingest(bucket, dataset="samples", workspace=workspace,
+                     config=IngestConfig(split_fractions=(0.7, 0.3, 0.0)))
     rows = Catalog(workspace).read("images", "samples").to_pylist()
     mismatches = check_catalog(rows, expected, bucket)
     pairs = crappify("samples", CrappifyConfig(recipe="lesson7", shard_size=8), workspace=workspace)
     if pairs["status"] != {"ok": summary["status"].get("ok", 0)}:
         mismatches.append(f"crappify: expected one ok pair per ok photograph, got {pairs['status']}")
+    sr_pairs = crappify("samples", CrappifyConfig(recipe="sr-x2", shard_size=8), workspace=workspace)
+    trained = evaluation = None
+    if train_minutes > 0:
+        trained = train(sr_pairs["set_name"], "demo-sr-x2", TrainConfig(
+            arch="unet-plain", steps=100_000, max_minutes=train_minutes, batch_size=8, crop=48, val_every=100),
+            workspace=workspace)
+        evaluation = evaluate(trained["model"], sr_pairs["set_name"], split="valid", promote="production",
+                              workspace=workspace)
     return {"bucket": bucket, "workspace": workspace, "summary": summary, "pairs": pairs,
-            "mismatches": mismatches}
+            "trained": trained, "evaluation": evaluation, "mismatches": mismatches}
 
 
 def print_report(report: dict) -> None:
@@ -63,6 +78,14 @@ def print_report(report: dict) -> None:
     print(f"paired set (lesson7 crappify): {report['workspace']}/datasets/{report['pairs']['set_name']}/"
           "{train,valid,test}/{hr,lr}/, cataloged in catalog/pairs/")
     print("see the table: pixelmill catalog show images --workspace " + report["workspace"])
+    if report["trained"]:
+        e = report["evaluation"]
+        print(f"\nmodel {report['trained']['model']}: {report['trained']['steps']} training steps on the CPU, "
+              f"evaluated on {e['images']} held-out images")
+        for label, m in (("model", e["model_scores"]), ("bicubic", e["baseline_scores"])):
+            print(f"  {label:8s} Y-PSNR {m['psnr_y']:.2f} dB   Y-SSIM {m['ssim_y']:.4f}")
+        print(f"  {e['promotion_reason']}")
+        print(f"try it: pixelmill enhance demo-sr-x2@production IMAGE OUT.png --workspace {report['workspace']}")
     if report["mismatches"]:
         print("\nDEMO CHECK FAILED:\n  " + "\n  ".join(report["mismatches"]))
     else:

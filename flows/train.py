@@ -13,17 +13,29 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import registry, steps, storage
-from tasks.catalog import Catalog
+from tasks.catalog import Catalog, check_name
 from tasks.data import infer_scale, load_pairs
 from tasks.errors import PixelmillError
 from tasks.settings import workspace_url
-from tasks.train import TrainConfig
+from tasks.train import TrainConfig, model_config_for
 
 MIN_TRAIN_PAIRS = 2
 
 
 def checkpoint_uri(workspace: str, name: str) -> str:
     return storage.join(registry.models_root(workspace), name, "checkpoints", "last.pt")
+
+
+def pretrained_generator(workspace: str, config: TrainConfig, scale: int) -> dict:
+    """The GAN stage starts from a registered model of the same architecture."""
+    mv = registry.resolve(workspace, config.gan.init_from)
+    model, model_config, _ = registry.load(mv)
+    saved = model_config["model"]
+    differs = {k: (saved.get(k), v) for k, v in model_config_for(config, scale).items() if saved.get(k) != v}
+    if differs:
+        raise PixelmillError(f"{mv.ref} does not match the GAN stage's model: {differs} (saved, asked)",
+                             "give the GAN stage the pretrained model's --arch and arch_kwargs")
+    return model.state_dict()
 
 
 @flow(name="train")
@@ -34,7 +46,7 @@ def train(pairs: str, name: str, config: TrainConfig | None = None, workspace: s
     config = config or TrainConfig()
     workspace = workspace_url(workspace)
     catalog = Catalog(workspace)
-    registry.check_name(name, "model name")
+    check_name(name, "model name")
 
     train_records, bad_train = load_pairs(catalog, pairs, "train")
     val_records, bad_val = load_pairs(catalog, pairs, "valid")
@@ -52,9 +64,10 @@ def train(pairs: str, name: str, config: TrainConfig | None = None, workspace: s
     logger.info("%s: %d train pairs (%d error rows skipped), %d valid (%d skipped), scale x%d", pairs,
                 len(train_records), bad_train, len(val_records), bad_val, scale)
 
+    init_weights = pretrained_generator(workspace, config, scale) if config.gan else None
     remote = not storage.normalize_url(workspace).startswith("file://")
     cache_dir = os.path.join(tempfile.gettempdir(), "pixelmill-cache", pairs) if remote else None
-    result = steps.train_model(config, train_records, val_records, scale, ckpt, resume, cache_dir)
+    result = steps.train_model(config, train_records, val_records, scale, ckpt, resume, cache_dir, init_weights)
 
     recipe_hashes = set(catalog.read("pairs", pairs, columns=["recipe_hash"])["recipe_hash"].to_pylist())
     last = result.history[-1] if result.history else {}

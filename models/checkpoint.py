@@ -16,8 +16,23 @@ from models.factory import build_model
 FORMAT = "pixelmill-model/1"
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside torch.compile (`_orig_mod`) and DataParallel / DistributedDataParallel (`module`)."""
+    while True:
+        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def save_model_bytes(model: nn.Module) -> tuple[bytes, dict]:
-    """Serialize a model built by the factory: (safetensors bytes of its state dict, its config dict)."""
+    """Serialize a model built by the factory (compiled or DDP-wrapped is fine): (safetensors bytes of its state
+    dict, its config dict)."""
+    model = unwrap(model)
+    if not isinstance(getattr(model, "config", None), dict):
+        raise ValueError(f"{type(model).__name__} has no config: build it with models.factory.build_model")
     config = model.config
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(config, sort_keys=True)}

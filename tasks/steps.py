@@ -55,7 +55,7 @@ def crappify_shard(shard: crappify.CrappifyShard, workspace: str, cfg: crappify.
 
 @task(name="train_model", cache_policy=NO_CACHE)
 def train_model(cfg: TrainConfig, train_records: list, val_records: list, scale: int, checkpoint_uri: str,
-                resume: bool, cache_dir: str | None) -> TrainResult:
+                resume: bool, cache_dir: str | None, init_weights: dict | None = None) -> TrainResult:
     """Run the training loop; progress and checkpoints go out at every validation."""
     from prefect import get_run_logger
 
@@ -73,7 +73,8 @@ def train_model(cfg: TrainConfig, train_records: list, val_records: list, scale:
 
     state = train.load_state(storage.read_bytes(checkpoint_uri)) if resume else None
     hooks = train.TrainHooks(on_validation, lambda data: storage.write_bytes(checkpoint_uri, data))
-    return train.train_model(cfg, train_records, val_records, scale, hooks, resume=state, cache_dir=cache_dir)
+    return train.train_model(cfg, train_records, val_records, scale, hooks, resume=state, cache_dir=cache_dir,
+                             init_weights=init_weights)
 
 
 @task(name="evaluate_model", cache_policy=NO_CACHE)

@@ -24,6 +24,20 @@ from tasks.data import PairDataset, PairRecord
 from tasks.metrics import psnr_torch
 
 
+class GanConfig(BaseModel):
+    """GAN fine-tuning of a pretrained generator (the schedule and losses are in tasks/gan.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    init_from: str = Field(description="model reference of the pretrained generator, e.g. sr2@production")
+    critic_base: int = Field(32, ge=4)
+    critic_layers: int = Field(3, ge=1, le=6)
+    critic_lr: float = Field(2e-4, gt=0)
+    content_weight: float = Field(50.0, ge=0)
+    adversarial_weight: float = Field(1.0, gt=0)
+    critic_threshold: float = Field(0.65, gt=0, description="switch to the generator below this critic loss")
+
+
 class TrainConfig(BaseModel):
     """Everything that defines a training run. Defaults train a small U-Net on a CPU in minutes."""
 
@@ -47,6 +61,7 @@ class TrainConfig(BaseModel):
     val_crop: int | None = Field(96, ge=8, description="centre crop for validation; None = whole images")
     seed: int = 0
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes")
+    gan: GanConfig | None = Field(None, description="GAN fine-tuning of a pretrained generator (second stage)")
 
     def fingerprint(self) -> str:
         """What must match for --resume to continue a run (the budget may change)."""
@@ -138,8 +153,11 @@ def load_state(data: bytes) -> dict:
 
 def train_model(cfg: TrainConfig, train_records: list[PairRecord], val_records: list[PairRecord], scale: int,
                 hooks: TrainHooks | None = None, resume: dict | None = None, cache_dir: str | None = None,
-                device: torch.device | None = None) -> TrainResult:
-    """Build model, data, loss and optimizer from cfg and train; `resume` is a loaded checkpoint state."""
+                device: torch.device | None = None, init_weights: dict | None = None) -> TrainResult:
+    """Build model, data, loss and optimizer from cfg and train.
+
+    `resume` is a loaded checkpoint state; `init_weights` a pretrained generator's state dict (GAN stage).
+    """
     hooks = hooks or TrainHooks()
     device = device or pick_device()
     torch.manual_seed(cfg.seed)
@@ -151,6 +169,14 @@ def train_model(cfg: TrainConfig, train_records: list[PairRecord], val_records: 
     loss_fn = build_loss(cfg.loss, **({"weights": cfg.feature_weights} if cfg.loss == "feature" else {}))
     loss_fn = loss_fn.to(device)  # a missing feature network fails here, before the first step
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)
+    critic = critic_optimizer = None
+    if cfg.gan:
+        from tasks.gan import critic_for  # tasks.gan builds on this module
+
+        critic = critic_for(cfg.gan).to(device)
+        critic_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.gan.critic_lr, betas=(0.0, 0.99))
     step, elapsed = 0, 0.0
     if resume is not None:
         if resume["fingerprint"] != cfg.fingerprint() or resume["scale"] != scale:
@@ -158,9 +184,17 @@ def train_model(cfg: TrainConfig, train_records: list[PairRecord], val_records: 
                              "start a new run (without --resume) or use the same config")
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
+        if critic is not None:
+            critic.load_state_dict(resume["critic"])
+            critic_optimizer.load_state_dict(resume["critic_optimizer"])
         step, elapsed = resume["step"], resume["elapsed"]
         torch.set_rng_state(resume["torch_rng"])
         torch.manual_seed(cfg.seed + step)  # fresh but reproducible draws after the resume point
+    if cfg.gan:
+        from tasks.gan import gan_steps
+
+        return gan_steps(model, critic, optimizer, critic_optimizer, loss_fn, train_ds, val_ds, cfg, scale, hooks,
+                         device, step, elapsed)
     return train_steps(model, optimizer, loss_fn, train_ds, val_ds, cfg, scale, hooks, device, step, elapsed)
 
 

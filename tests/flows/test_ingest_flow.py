@@ -113,10 +113,13 @@ def test_summary_is_published_as_a_markdown_artifact(sample_folder, tmp_path):
 
 
 def test_demo_checks_itself(tmp_path):
-    report = demo(str(tmp_path / "demo"))
+    report = demo(str(tmp_path / "demo"), train_minutes=0.05)
     assert report["mismatches"] == []
     assert report["summary"]["status"] == {"error": 4, "ok": 15}
     assert report["pairs"]["status"] == {"ok": 15}
+    assert report["trained"]["model"] == "demo-sr-x2:v1" and report["trained"]["steps"] > 0
+    assert report["evaluation"]["images"] >= 1
+    assert report["evaluation"]["promoted"] == (report["evaluation"]["gain_psnr_y"] > 0)
 
 
 runner = CliRunner()

@@ -102,3 +102,19 @@ def test_enhance_rejects_a_broken_input(workspace, tmp_path):
     bad.write_bytes(b"nope")
     result = runner.invoke(app, ["enhance", "tiny", str(bad), str(tmp_path / "o.png"), "--workspace", workspace])
     assert result.exit_code == 1 and "not_image" in result.output
+
+
+def test_gan_fine_tuning_from_the_cli(workspace, tmp_path):
+    import yaml
+
+    train("tex-sr-x2", "gan-base", TrainConfig(**TINY, steps=10, val_every=10), workspace=workspace)
+    config = tmp_path / "gan.yaml"
+    config.write_text(yaml.safe_dump(TINY | {"val_every": 2, "gan": {"critic_base": 8, "critic_layers": 2}}))
+    args = ["train", "restoration", "--pairs", "tex-sr-x2", "--name", "gan-tuned", "--gan-from", "gan-base",
+            "--config", str(config), "--steps", "4", "--workspace", workspace]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = registry.read_json(registry.resolve(workspace, "gan-tuned"), "metadata.json")
+    assert meta["steps"] == 4 and "critic_loss" in meta["metrics"]
+    wrong = runner.invoke(app, [*args[:-2], "--arch", "unet-resnet18", "--workspace", workspace])
+    assert wrong.exit_code == 1 and "does not match the GAN stage's model" in wrong.output

@@ -106,3 +106,21 @@ def test_bad_config_is_rejected():
         TrainConfig(loss="mse")
     with pytest.raises(ValidationError, match="batch_size"):
         TrainConfig(batch_size=0)
+
+
+def test_gan_stage_trains_generator_and_critic_from_a_pretrained_generator(sr_pairs):
+    from tasks.train import GanConfig
+
+    pre = train_model(TrainConfig(**TINY, steps=20, val_every=20), sr_pairs, sr_pairs, 2)
+    weights = {k: v.clone() for k, v in pre.model.state_dict().items()}
+    saved: list[bytes] = []
+    cfg = TrainConfig(**TINY, steps=6, val_every=3, gan=GanConfig(init_from="x", critic_base=8, critic_layers=2))
+    result = train_model(cfg, sr_pairs, sr_pairs, 2, TrainHooks(save_checkpoint=saved.append), init_weights=weights)
+    assert result.step == 6 and len(result.history) == 2
+    assert {"adversarial", "critic_loss", "val_psnr_y"} <= result.history[-1].keys()
+    changed = any(not torch.equal(weights[k], v) for k, v in result.model.state_dict().items())
+    assert changed  # the generator was updated by the adversarial stage
+    state = load_state(saved[0])
+    assert state["step"] == 3 and "critic" in state
+    resumed = train_model(cfg, sr_pairs, sr_pairs, 2, resume=state, init_weights=weights)
+    assert resumed.step == 6
