@@ -1,7 +1,8 @@
 """The model registry format: safetensors weights (no pickle) + a JSON-able config that rebuilds the model.
 
 This module works on bytes only; where the files live (local disk, s3://, memory://) is the caller's business.
-The weights file also carries the config in its safetensors metadata, so it can be rebuilt from the file alone.
+The weights file also carries the config in its safetensors metadata, so it can be rebuilt from the file alone,
+and the same model always gives the same bytes (content hashes are stable).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def save_model_bytes(model: nn.Module) -> tuple[bytes, dict]:
         raise ValueError(f"{type(model).__name__} has no config: build it with models.factory.build_model")
     config = model.config
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "config": json.dumps(config, sort_keys=True)}
+    # one metadata key: safetensors writes several in a random (hash map) order, and the bytes must be deterministic
+    metadata = {"pixelmill": json.dumps({"format": FORMAT, "config": config}, sort_keys=True)}
     return safetensors.torch.save(state, metadata=metadata), config
 
 
@@ -47,9 +49,9 @@ def read_config(weights_bytes: bytes) -> dict:
         raise ValueError("not a safetensors file: the header is longer than the data")
     header = json.loads(weights_bytes[8 : 8 + header_len])
     meta = header.get("__metadata__") or {}
-    if "config" not in meta:
+    if "pixelmill" not in meta:
         raise ValueError("these weights carry no pixelmill config; pass the config explicitly")
-    return json.loads(meta["config"])
+    return json.loads(meta["pixelmill"])["config"]
 
 
 def load_model_from_bytes(weights_bytes: bytes, config: dict | None = None) -> nn.Module:

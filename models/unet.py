@@ -6,8 +6,8 @@
 - `predict`: run a model in eval mode under torch.inference_mode().
 
 Both U-Nets take (B, in_channels, H, W) of any size, pad it (reflect) to a multiple of their stride, and return
-(B, out_channels, scale*H, scale*W). They predict the image directly (no residual added): the caller normalizes
-the input and maps the output back. `model.config` is the JSON-able dict that rebuilds the architecture.
+(B, out_channels, scale*H, scale*W). By default they predict the image directly; residual=True adds their
+output to the bicubic-upscaled input instead (the training flow's default for restoration). `model.config` is the JSON-able dict that rebuilds the architecture.
 """
 
 from __future__ import annotations
@@ -169,6 +169,28 @@ def output_head(ch: int, out_channels: int, final_activation: str) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+def check_residual(residual: bool, in_channels: int, out_channels: int, final_activation: str) -> None:
+    if residual and (final_activation != "none" or out_channels not in (in_channels, 3) or in_channels not in (1, 3)):
+        raise ValueError("residual=True needs an image out (out_channels 3, or equal to in_channels) and "
+                         f"final_activation 'none'; got in={in_channels}, out={out_channels}, {final_activation!r}")
+
+
+def zero_last_conv_(head: nn.Sequential) -> None:
+    """Residual nets start as the identity on top of bicubic, not bicubic plus random noise."""
+    nn.init.zeros_(head[0].weight)
+    nn.init.zeros_(head[0].bias)
+
+
+def residual_base(x: torch.Tensor, scale: int, out_channels: int) -> torch.Tensor:
+    """What the network adds its output to when residual=True: the input, upscaled bicubic (grey repeated).
+
+    Restoration nets then start at the baseline's quality and learn only the correction, which trains
+    far faster than predicting the whole image (VDSR's global residual).
+    """
+    x = x.expand(-1, out_channels, -1, -1) if x.shape[1] != out_channels else x  # (B, C_out, H, W)
+    return nn.functional.interpolate(x, scale_factor=scale, mode="bicubic") if scale > 1 else x
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # models
 
@@ -195,16 +217,18 @@ class ResNetUNet(ConfiguredModule):
     def __init__(self, encoder: Encoder, in_channels: int = 3, out_channels: int = 3, scale: int = 1,
                  blur: bool = True, self_attention: bool = False, norm: Norm = "none", weights: str | None = None,
                  final_activation: Literal["none", "sigmoid"] = "none",
-                 decoder_channels: tuple[int, ...] = (256, 128, 64, 64, 32), *, pretrained: bool = True):
+                 decoder_channels: tuple[int, ...] = (256, 128, 64, 64, 32), residual: bool = False, *,
+                 pretrained: bool = True):
         check_choice("encoder", encoder, tuple(ENCODER_CHANNELS))
+        check_residual(residual, in_channels, out_channels, final_activation)
         check_choice("norm", norm, NORMS)
         check_choice("scale", scale, SCALES)
         if len(decoder_channels) != 5:
             raise ValueError(f"decoder_channels needs 5 values (strides 16, 8, 4, 2, 1), got {list(decoder_channels)}")
         super().__init__(f"unet-{encoder}", in_channels=in_channels, out_channels=out_channels, scale=scale,
                          blur=blur, self_attention=self_attention, norm=norm, weights=weights,
-                         final_activation=final_activation, decoder_channels=decoder_channels)
-        self.scale = scale
+                         final_activation=final_activation, decoder_channels=decoder_channels, residual=residual)
+        self.scale, self.residual, self.out_channels = scale, residual, out_channels
         self.encoder = ResNetEncoder(encoder, in_channels, weights, pretrained)
         c0, c1, c2, c3, c4 = self.encoder.channels
         d = decoder_channels
@@ -217,8 +241,11 @@ class ResNetUNet(ConfiguredModule):
         ])
         self.upscale = upscale_stages(d[4], scale, blur, norm)
         self.head = output_head(d[4], out_channels, final_activation)
+        if residual:
+            zero_last_conv_(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inp = x  # (B, C_in, H, W)
         x, (H, W) = pad_to_multiple(x, self.stride)  # (B, C_in, H', W'), H' and W' multiples of 32
         x0, x1, x2, x3, x4 = self.encoder(x)
         y = x4  # (B, c4, H'/32, W'/32)
@@ -226,7 +253,8 @@ class ResNetUNet(ConfiguredModule):
             y = block(y, skip)  # ... -> (B, d4, H', W')
         y = self.upscale(y)  # (B, d4, s*H', s*W')
         y = self.head(y)  # (B, C_out, s*H', s*W')
-        return crop(y, (self.scale * H, self.scale * W))  # (B, C_out, s*H, s*W)
+        y = crop(y, (self.scale * H, self.scale * W))  # (B, C_out, s*H, s*W)
+        return y + residual_base(inp, self.scale, self.out_channels) if self.residual else y
 
 
 class PlainUNet(ConfiguredModule):
@@ -240,15 +268,16 @@ class PlainUNet(ConfiguredModule):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 1, base: int = 32, depth: int = 3,
                  blur: bool = True, self_attention: bool = False, norm: Norm = "none",
-                 final_activation: Literal["none", "sigmoid"] = "none", growth: float = 1.5):
+                 final_activation: Literal["none", "sigmoid"] = "none", growth: float = 1.5, residual: bool = False):
         check_choice("norm", norm, NORMS)
+        check_residual(residual, in_channels, out_channels, final_activation)
         check_choice("scale", scale, SCALES)
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         super().__init__("unet-plain", in_channels=in_channels, out_channels=out_channels, scale=scale, base=base,
                          depth=depth, growth=growth, blur=blur, self_attention=self_attention, norm=norm,
-                         final_activation=final_activation)
-        self.scale, self.stride = scale, 2**depth
+                         final_activation=final_activation, residual=residual)
+        self.scale, self.stride, self.residual, self.out_channels = scale, 2**depth, residual, out_channels
         ch = [round(base * growth**i) for i in range(depth + 1)]
         self.stem = nn.Sequential(ConvBlock(in_channels, ch[0], norm=norm), ConvBlock(ch[0], ch[0], norm=norm))
         self.down = nn.ModuleList([
@@ -262,8 +291,11 @@ class PlainUNet(ConfiguredModule):
         ])
         self.upscale = upscale_stages(ch[0], scale, blur, norm)
         self.head = output_head(ch[0], out_channels, final_activation)
+        if residual:
+            zero_last_conv_(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inp = x  # (B, C_in, H, W)
         x, (H, W) = pad_to_multiple(x, self.stride)  # (B, C_in, H', W'), multiples of 2**depth
         skips = [self.stem(x)]  # (B, base, H', W')
         for down in self.down:
@@ -273,7 +305,8 @@ class PlainUNet(ConfiguredModule):
             y = up(y, skips.pop())  # one level up
         y = self.upscale(y)  # (B, base, s*H', s*W')
         y = self.head(y)  # (B, C_out, s*H', s*W')
-        return crop(y, (self.scale * H, self.scale * W))  # (B, C_out, s*H, s*W)
+        y = crop(y, (self.scale * H, self.scale * W))  # (B, C_out, s*H, s*W)
+        return y + residual_base(inp, self.scale, self.out_channels) if self.residual else y
 
 
 @torch.inference_mode()

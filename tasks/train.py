@@ -101,8 +101,10 @@ def one_cycle(progress: float, peak: float, pct_start: float) -> float:
 
 
 def model_config_for(cfg: TrainConfig, scale: int) -> dict:
+    """Restoration nets learn a correction to the bicubic-upscaled input unless arch_kwargs says otherwise."""
     in_channels = 1 if cfg.task == "colorize" else 3
-    return {"arch": cfg.arch, "in_channels": in_channels, "out_channels": 3, "scale": scale, **cfg.arch_kwargs}
+    return {"arch": cfg.arch, "in_channels": in_channels, "out_channels": 3, "scale": scale, "residual": True,
+            **cfg.arch_kwargs}
 
 
 def make_loader(dataset: PairDataset, cfg: TrainConfig, shuffle: bool) -> torch.utils.data.DataLoader:

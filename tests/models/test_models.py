@@ -308,3 +308,22 @@ def test_loading_a_checkpoint_never_reads_encoder_weights(monkeypatch):
     monkeypatch.setattr(unet, "read_encoder_weights", refuse)
     loaded = load_model_from_bytes(weights, {**config, "weights": "https://example.invalid/r18.pth"})
     assert torch.equal(loaded.encoder.conv1.weight, model.encoder.conv1.weight)
+
+
+@pytest.mark.parametrize("arch", ["unet-plain", "unet-resnet18"])
+@pytest.mark.parametrize("scale,in_channels", [(1, 3), (2, 3), (1, 1)])
+def test_residual_nets_start_from_the_upscaled_input(arch, scale, in_channels):
+    torch.manual_seed(0)
+    extra = {"weights": "random"} if arch != "unet-plain" else {}
+    model = build_model({"arch": arch, "scale": scale, "in_channels": in_channels, "residual": True, **extra}).eval()
+    for p in model.head.parameters():  # silence the learned part: what is left is the residual base
+        torch.nn.init.zeros_(p)
+    x = torch.rand(1, in_channels, 35, 37)
+    expected = torch.nn.functional.interpolate(x.expand(-1, 3, -1, -1), scale_factor=scale, mode="bicubic") \
+        if scale > 1 else x.expand(-1, 3, -1, -1)
+    assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+def test_residual_needs_an_image_output():
+    with pytest.raises(ValueError, match="residual=True needs an image out"):
+        build_model({"arch": "unet-plain", "out_channels": 12, "residual": True})
