@@ -24,7 +24,6 @@ from tasks.reports import gallery_markdown, markdown_table
 from tasks.settings import workspace_url
 
 
-
 def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "PNG")

@@ -18,7 +18,6 @@ from tasks.ingest import IngestConfig, dataset_name_for
 from tasks.reports import images_markdown, images_summary
 from tasks.settings import workspace_url
 
-
 # Shards in flight at once: each already runs IngestConfig.io_threads threads, and Prefect's default
 # pool is unbounded (a 1,000-shard plan would start 8,000 threads, each holding a decoded image).
 SHARDS_AT_ONCE = 4

@@ -7,7 +7,8 @@
 
 Both U-Nets take (B, in_channels, H, W) of any size, pad it (reflect) to a multiple of their stride, and return
 (B, out_channels, scale*H, scale*W). By default they predict the image directly; residual=True adds their
-output to the bicubic-upscaled input instead (the training flow's default for restoration). `model.config` is the JSON-able dict that rebuilds the architecture.
+output to the bicubic-upscaled input instead (the training flow's default for restoration).
+`model.config` is the JSON-able dict that rebuilds the architecture.
 """
 
 from __future__ import annotations

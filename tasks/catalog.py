@@ -143,7 +143,8 @@ class Catalog:
         """Write (or atomically replace) one part; returns its URI."""
         schema = schema_of(table)
         data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), schema=schema)
-        uri = storage.join(self.table_url(table), check_name(group, "group"), f"part-{check_name(part, 'part')}.parquet")
+        name = f"part-{check_name(part, 'part')}.parquet"
+        uri = storage.join(self.table_url(table), check_name(group, "group"), name)
         storage.write_bytes(uri, to_parquet_bytes(data.cast(schema)))
         return uri
 

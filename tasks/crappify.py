@@ -162,7 +162,8 @@ def crappify_one(job: PairJob, shard: CrappifyShard, set_root: str, max_pixels: 
     except Exception as exc:  # bad input or a degradation that cannot handle it: a row, not a crash
         return row | {"error": f"{type(exc).__name__}: {exc}"}
     lr_ext = "jpg" if recipe.lr_format == "jpeg" else "png"
-    row |= {"hr_uri": storage.join(folder, "hr", f"{name}.png"), "lr_uri": storage.join(folder, "lr", f"{name}.{lr_ext}"),
+    row |= {"hr_uri": storage.join(folder, "hr", f"{name}.png"),
+            "lr_uri": storage.join(folder, "lr", f"{name}.{lr_ext}"),
             "mask_uri": storage.join(folder, "mask", f"{name}.png") if mask else None,
             "params": json.dumps(result.params, sort_keys=True), "status": "ok", "error": None,
             "hr_width": result.hr.width, "hr_height": result.hr.height,

@@ -14,6 +14,7 @@ import math
 import time
 
 import torch
+
 from models.factory import build_model
 from tasks.train import GanConfig, TrainHooks, TrainResult, forever, make_loader, one_cycle, validate
 

@@ -58,9 +58,9 @@ def train_model(cfg: TrainConfig, train_records: list, val_records: list, scale:
                 resume: bool, cache_dir: str | None, init_weights: dict | None = None) -> TrainResult:
     """Run the training loop; progress and checkpoints go out at every validation."""
     from prefect import get_run_logger
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     from tasks import train  # torch is imported only by the flows that train
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, description=f"training {cfg.arch}: share of the step/time budget")

@@ -11,6 +11,7 @@ AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3 for 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -219,10 +220,8 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def remove(uri: str) -> None:
     fs, path = resolve(uri, archives=False)
-    try:
+    with contextlib.suppress(StorageError):  # already gone: removal is idempotent
         retry(lambda: fs.rm_file(path), what=uri)
-    except StorageError:
-        pass  # already gone: removal is idempotent
 
 
 def list_names(url: str, suffix: str = "") -> list[str]:

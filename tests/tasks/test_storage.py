@@ -72,7 +72,8 @@ def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path):
     target = str(tmp_path / "deep" / "dir" / "out.bin")
     storage.write_bytes(target, b"first")
     storage.write_bytes(target, b"second")
-    assert open(target, "rb").read() == b"second"
+    with open(target, "rb") as f:
+        assert f.read() == b"second"
     assert os.listdir(tmp_path / "deep" / "dir") == ["out.bin"]
 
 

@@ -57,7 +57,7 @@ def test_infer_scale_and_aligned_crops(sr_pairs):
     ds = PairDataset(sr_pairs, 2, crop=16, train=True)
     x, y = ds[0]
     assert x.shape == (3, 16, 16) and y.shape == (3, 32, 32)
-    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
     # the input really is the target shrunk: a 2x2 average of the target is close to the input
     down = torch.nn.functional.avg_pool2d(y.unsqueeze(0), 2)[0]
     assert float((down - x).abs().mean()) < 0.08

@@ -1,0 +1,138 @@
+"""Training benchmarks: throughput of the train flow against a bare PyTorch loop, and a quality run.
+
+    python bench/train.py throughput [--steps 300]
+    python bench/train.py quality [--minutes 20]
+
+Both build an x2 super-resolution paired set from ../shared/data/restoration (CBSD68 + CSun_Hays80:
+ingest, then crappify with the sr-x2 recipe; not timed) in a scratch workspace.
+throughput: the same model, data set class, loader settings and optimizer, for the same number of steps,
+    once as a bare loop and once through the `train` flow (Prefect task, validation, checkpoint, registry
+    save, artifacts). Target: flow >= 0.95 x the bare loop.
+quality: trains through the flow for a fixed time budget, then runs the `evaluate` flow on the held-out
+    valid split. Target on this CPU in 20 minutes: >= +1.5 dB Y-PSNR over bicubic.
+Prints one JSON object on stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "restoration"
+
+
+def make_pairs(workspace: str) -> str:
+    from flows.crappify import run_crappify
+    from flows.ingest import ingest
+    from tasks.crappify import CrappifyConfig
+
+    for folder in ("CBSD68", "CSun_Hays80"):
+        ingest(str(DATA / folder), dataset="restoration", workspace=workspace)
+    return run_crappify("restoration", CrappifyConfig(recipe="sr-x2"), workspace=workspace)["set_name"]
+
+
+def bare_loop(cfg, records, scale: int, steps: int) -> float:
+    """images/s of the obvious loop: same model, data, loader and optimizer, nothing else."""
+    from models.factory import build_model
+    from tasks.data import PairDataset
+    from tasks.train import make_loader, model_config_for
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_config_for(cfg, scale)).train()
+    loader = make_loader(PairDataset(records, scale, cfg.crop, train=True), cfg, shuffle=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = torch.nn.L1Loss()
+    done, started = 0, time.perf_counter()
+    while done < steps:
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == steps:
+                break
+    return steps * cfg.batch_size / (time.perf_counter() - started)
+
+
+def throughput(workspace: str, pairs: str, steps: int, repeats: int) -> dict:
+    from flows.train import train
+    from tasks.catalog import Catalog
+    from tasks.data import infer_scale, load_pairs
+    from tasks.train import TrainConfig
+
+    records, _ = load_pairs(Catalog(workspace), pairs, "train")
+    scale = infer_scale(records)
+    cfg = TrainConfig(steps=steps, val_every=steps, val_images=4)
+    bare, flow = [], []
+    for i in range(repeats):  # interleaved, so both sides see the same machine load
+        bare.append(bare_loop(cfg, records, scale, steps))
+        started = time.perf_counter()
+        train(pairs, f"bench-throughput-{i}", cfg, workspace=workspace)
+        flow.append(steps * cfg.batch_size / (time.perf_counter() - started))
+    return {"steps": steps, "batch_size": cfg.batch_size, "crop": cfg.crop, "arch": cfg.arch,
+            "loader_workers": cfg.loader_workers, "bare_images_per_s": [round(v, 2) for v in bare],
+            "flow_images_per_s": [round(v, 2) for v in flow],
+            "ratio_flow_vs_bare": round(max(flow) / max(bare), 3),
+            "ratios_per_repeat": [round(f / b, 3) for f, b in zip(flow, bare, strict=True)],
+            "target_ratio": 0.95, "meets_target": max(flow) / max(bare) >= 0.95,
+            "flow_includes": "Prefect task, one validation, checkpoint, registry save, artifacts"}
+
+
+def quality(workspace: str, pairs: str, minutes: float, arch: str, arch_kwargs: dict) -> dict:
+    from flows.evaluate import evaluate
+    from flows.train import train
+    from tasks.train import TrainConfig
+
+    cfg = TrainConfig(arch=arch, arch_kwargs=arch_kwargs, steps=10**7, max_minutes=minutes, batch_size=16,
+                      crop=48, lr=2e-3, val_every=500)
+    trained = train(pairs, "bench-quality", cfg, workspace=workspace)
+    result = evaluate(trained["model"], pairs, split="valid", workspace=workspace)
+    m, b = result["model_scores"], result["baseline_scores"]
+    return {"minutes": minutes, "arch": arch, "arch_kwargs": arch_kwargs, "steps": trained["steps"],
+            "train_images_per_s": round(trained["images_per_s"], 2), "valid_images": result["images"],
+            "model": {k: round(v, 4) for k, v in m.items()}, "bicubic": {k: round(v, 4) for k, v in b.items()},
+            "gain_psnr_y_db": round(result["gain_psnr_y"], 3), "target_gain_db": 1.5,
+            "meets_target": result["gain_psnr_y"] >= 1.5}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["throughput", "quality"])
+    parser.add_argument("--steps", type=int, default=300, help="throughput: steps per side")
+    parser.add_argument("--repeats", type=int, default=2, help="throughput: interleaved repeats")
+    parser.add_argument("--minutes", type=float, default=20.0, help="quality: training budget")
+    parser.add_argument("--arch", default="unet-plain")
+    parser.add_argument("--arch-kwargs", default="{}", help="JSON, e.g. '{\"base\": 48}'")
+    parser.add_argument("--workdir", default=None, help="scratch workspace (default: a temporary folder)")
+    args = parser.parse_args()
+    if not DATA.exists():
+        sys.exit(f"{DATA} not found: the benchmarks read the shared restoration photographs")
+    workspace = args.workdir or tempfile.mkdtemp(prefix="pixelmill-bench-train-")
+    started = time.perf_counter()
+    pairs = make_pairs(workspace)
+    setup = time.perf_counter() - started
+    if args.what == "throughput":
+        result = throughput(workspace, pairs, args.steps, args.repeats)
+    else:
+        result = quality(workspace, pairs, args.minutes, args.arch, json.loads(args.arch_kwargs))
+    print(json.dumps({"benchmark": f"train-{args.what}", "cpu_count": os.cpu_count(),
+                      "torch_threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available()
+                      else "cpu", "loadavg_end": os.getloadavg(), "setup_seconds_untimed": round(setup, 1),
+                      "workspace": workspace, **result}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
