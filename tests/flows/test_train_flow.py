@@ -16,7 +16,8 @@ from tasks.crappify import CrappifyConfig
 from tasks.errors import PixelmillError
 from tasks.ingest import IngestConfig
 from tasks.train import TrainConfig
-from tests.tasks.test_train import TINY, texture
+from tests.helpers import texture_png
+from tests.tasks.test_train import TINY
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 runner = CliRunner()
@@ -26,7 +27,7 @@ runner = CliRunner()
 def workspace(tmp_path_factory, prefect_server):
     root = tmp_path_factory.mktemp("trainflow")
     for i in range(12):
-        storage.write_bytes(str(root / "src" / f"t{i}.png"), texture(i, 64))
+        storage.write_bytes(str(root / "src" / f"t{i}.png"), texture_png(i, 64))
     ws = str(root / "ws")
     ingest(str(root / "src"), dataset="tex", workspace=ws, config=IngestConfig(split_fractions=(0.7, 0.3, 0.0)))
     run_crappify("tex", CrappifyConfig(recipe="sr-x2"), workspace=ws)

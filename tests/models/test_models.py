@@ -31,14 +31,6 @@ CONFIGS = [{"arch": name} for name in list_archs()] + [
 SIZES = [(37, 53), (9, 11), (32, 32)]  # odd, tiny (smaller than the stride), already a multiple
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are tiny: one thread is faster, and on a busy 2-core machine OpenMP barriers between two
-    threads cost ~20 ms per op (measured: 15x slower), so run single-threaded and restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def config_id(config: dict) -> str:

@@ -12,41 +12,18 @@ from tasks import storage
 from tasks.catalog import Catalog
 from tasks.crappify import CrappifyConfig, crappify_shard, plan_crappify
 from tasks.errors import ConfigError
-from tasks.ingest import IngestConfig, existing_versions, finalize_dataset, ingest_shard, plan_ingest
-
-
-def png(w: int, h: int, seed: int, mode: str = "RGB") -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).convert(mode).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def ingest_folder(src: str, ws: str, dataset: str = "d", **cfg) -> None:
-    config = IngestConfig(**cfg)
-    catalog = Catalog(ws)
-    for shard in plan_ingest(dataset, storage.iter_files(src), existing_versions(catalog, dataset), config).shards:
-        ingest_shard(shard, ws, config)
-    finalize_dataset(catalog, dataset)
-
-
-def run_crappify(ws: str, dataset: str = "d", **cfg) -> list[dict]:
-    config = CrappifyConfig(**cfg)
-    plan = plan_crappify(Catalog(ws), dataset, config)
-    for shard in plan.shards:
-        crappify_shard(shard, ws, config)
-    return Catalog(ws).read("pairs", plan.set_name).to_pylist()
+from tests.helpers import crappify_local, ingest_local, noise_png
 
 
 @pytest.fixture
 def photos(tmp_path):
     src = tmp_path / "src"
     for i in range(7):
-        storage.write_bytes(str(src / f"p{i}.png"), png(64 + 8 * i, 48, i))
-    storage.write_bytes(str(src / "dup.png"), png(64, 48, 0))  # duplicate of p0: no second pair
+        storage.write_bytes(str(src / f"p{i}.png"), noise_png(64 + 8 * i, 48, i))
+    storage.write_bytes(str(src / "dup.png"), noise_png(64, 48, 0))  # duplicate of p0: no second pair
     storage.write_bytes(str(src / "broken.png"), b"not an image")
     ws = str(tmp_path / "ws")
-    ingest_folder(str(src), ws)
+    ingest_local(str(src), ws)
     return ws
 
 
@@ -61,7 +38,7 @@ def files_under(root: str) -> dict[str, bytes]:
 
 
 def test_sr_pairs_have_exact_sizes_and_mirrored_names(photos):
-    rows = run_crappify(photos, recipe="sr-x4", shard_size=3)
+    rows = crappify_local(photos, recipe="sr-x4", shard_size=3)
     assert len(rows) == 7 and {r["status"] for r in rows} == {"ok"}
     for r in rows:
         assert (r["hr_width"] % 4, r["hr_height"] % 4) == (0, 0)
@@ -73,7 +50,7 @@ def test_sr_pairs_have_exact_sizes_and_mirrored_names(photos):
 
 
 def test_lesson7_writes_jpeg_inputs_and_records_the_quality(photos):
-    rows = run_crappify(photos, recipe="lesson7")
+    rows = crappify_local(photos, recipe="lesson7")
     for r in rows:
         lr = Image.open(io.BytesIO(storage.read_bytes(r["lr_uri"])))
         assert lr.format == "JPEG" and min(lr.size) == 96
@@ -82,13 +59,13 @@ def test_lesson7_writes_jpeg_inputs_and_records_the_quality(photos):
 
 
 def test_same_inputs_give_identical_bytes_whatever_the_sharding(photos, tmp_path):
-    run_crappify(photos, recipe="realistic", shard_size=1, name="a", threads=1)
-    run_crappify(photos, recipe="realistic", shard_size=5, name="b", threads=4)
+    crappify_local(photos, recipe="realistic", shard_size=1, name="a", threads=1)
+    crappify_local(photos, recipe="realistic", shard_size=5, name="b", threads=4)
     root = os.path.join(photos, "datasets")
     a, b = files_under(os.path.join(root, "a")), files_under(os.path.join(root, "b"))
     assert a.keys() == b.keys() and len(a) == 14
     assert all(a[k] == b[k] for k in a)
-    other = run_crappify(photos, recipe="realistic", name="c", seed=1)
+    other = crappify_local(photos, recipe="realistic", name="c", seed=1)
     c = files_under(os.path.join(root, "c"))
     assert sum(a[k] != c[k] for k in a if "/lr/" in k) == len(other)  # another seed, other draws
 
@@ -100,19 +77,19 @@ def test_rerun_makes_only_missing_pairs_and_resumes_after_a_crash(photos):
     crappify_shard(plan.shards[0], photos, CrappifyConfig(**cfg))  # then the run "crashes"
     resumed = plan_crappify(Catalog(photos), "d", CrappifyConfig(**cfg))
     assert resumed.existing == 3 and sum(len(s.jobs) for s in resumed.shards) == 4
-    rows = run_crappify(photos, **cfg)
+    rows = crappify_local(photos, **cfg)
     assert len(rows) == 7 and len({r["pair_id"] for r in rows}) == 7
     assert plan_crappify(Catalog(photos), "d", CrappifyConfig(**cfg)).shards == []
 
 
 def test_a_set_cannot_mix_recipes(photos):
-    run_crappify(photos, recipe="dejpeg", name="mixed")
+    crappify_local(photos, recipe="dejpeg", name="mixed")
     with pytest.raises(ConfigError, match="another recipe definition"):
         plan_crappify(Catalog(photos), "d", CrappifyConfig(recipe="denoise", name="mixed"))
 
 
 def test_split_filter_and_empty_dataset(photos):
-    train = run_crappify(photos, recipe="colorize", split="train", name="train-only")
+    train = crappify_local(photos, recipe="colorize", split="train", name="train-only")
     assert {r["split"] for r in train} <= {"train"}
     with pytest.raises(ConfigError, match="no ok images in data set 'nope'"):
         plan_crappify(Catalog(photos), "nope", CrappifyConfig())
@@ -131,10 +108,10 @@ def test_unknown_recipe_and_bad_yaml_fail_before_any_work(photos, tmp_path):
 def test_an_image_that_disappeared_becomes_an_error_row(tmp_path):
     src, ws = tmp_path / "src", str(tmp_path / "ws")
     for i in range(3):
-        storage.write_bytes(str(src / f"{i}.png"), png(32, 32, i))
-    ingest_folder(str(src), ws)
+        storage.write_bytes(str(src / f"{i}.png"), noise_png(32, 32, i))
+    ingest_local(str(src), ws)
     os.remove(src / "1.png")
-    rows = {r["image_uri"].rsplit("/", 1)[1]: r for r in run_crappify(ws, recipe="sr-x2")}
+    rows = {r["image_uri"].rsplit("/", 1)[1]: r for r in crappify_local(ws, recipe="sr-x2")}
     assert rows["1.png"]["status"] == "error" and "does not exist" in rows["1.png"]["error"]
     assert rows["1.png"]["hr_uri"] is None
     assert rows["0.png"]["status"] == rows["2.png"]["status"] == "ok"
@@ -143,12 +120,12 @@ def test_an_image_that_disappeared_becomes_an_error_row(tmp_path):
 def test_masks_travel_with_the_pair_resized_nearest(tmp_path):
     images, masks, ws = tmp_path / "img", tmp_path / "ann", str(tmp_path / "ws")
     labels = np.random.default_rng(3).integers(0, 12, (50, 70), np.uint8)
-    storage.write_bytes(str(images / "a.png"), png(70, 50, 1))
+    storage.write_bytes(str(images / "a.png"), noise_png(70, 50, 1))
     buf = io.BytesIO()
     Image.fromarray(labels, "L").save(buf, "PNG")
     storage.write_bytes(str(masks / "a.png"), buf.getvalue())
-    ingest_folder(str(images), ws, masks=str(masks))
-    (row,) = run_crappify(ws, recipe="sr-x2")
+    ingest_local(str(images), ws, masks=str(masks))
+    (row,) = crappify_local(ws, recipe="sr-x2")
     mask = np.asarray(Image.open(io.BytesIO(storage.read_bytes(row["mask_uri"]))))
     assert mask.shape == (row["lr_height"], row["lr_width"]) == (25, 35)
     assert set(np.unique(mask)) <= set(np.unique(labels))  # labels kept, never blended

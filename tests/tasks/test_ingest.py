@@ -1,48 +1,24 @@
 """The ingest logic without Prefect: planning, one shard end to end, masks, and the data-set tidy-up."""
 
-import io
 import time
 from collections import Counter
 
-import numpy as np
 import pytest
-from PIL import Image
 from pydantic import ValidationError
 
 from tasks import storage
-from tasks.catalog import Catalog
 from tasks.ingest import (
     IngestConfig,
     assign_split,
     dataset_name_for,
-    existing_versions,
-    finalize_dataset,
-    ingest_shard,
     plan_ingest,
 )
-
-
-def png(w: int, h: int, seed: int = 0, mode: str = "RGB") -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).convert(mode).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def run_ingest(source: str, workspace: str, dataset: str = "d", **cfg) -> Catalog:
-    """What the flow does, minus Prefect: plan, every shard, finalize."""
-    config = IngestConfig(**cfg)
-    catalog = Catalog(workspace)
-    plan = plan_ingest(dataset, storage.iter_files(source), existing_versions(catalog, dataset), config)
-    for shard in plan.shards:
-        ingest_shard(shard, workspace, config)
-    finalize_dataset(catalog, dataset)
-    return catalog
+from tests.helpers import ingest_local, noise_png
 
 
 def test_sample_files_give_the_expected_rows(sample_folder, tmp_path):
     root, expected = sample_folder
-    rows = {r["uri"]: r for r in run_ingest(str(root), str(tmp_path), shard_size=7).read("images", "d").to_pylist()}
+    rows = {r["uri"]: r for r in ingest_local(str(root), str(tmp_path), shard_size=7).read("images", "d").to_pylist()}
     assert len(rows) == len(expected)  # README.txt is not an image: not cataloged
     for exp in expected:
         row = rows[storage.join(str(root), exp.name)]
@@ -57,7 +33,7 @@ def test_sample_files_give_the_expected_rows(sample_folder, tmp_path):
 
 def test_plan_shards_skips_unchanged_and_counts_other_files(tmp_path):
     for i in range(25):
-        storage.write_bytes(str(tmp_path / f"img{i:02d}.png"), png(4, 4, i))
+        storage.write_bytes(str(tmp_path / f"img{i:02d}.png"), noise_png(4, 4, i))
     (tmp_path / "notes.txt").write_text("x")
     files = list(storage.iter_files(str(tmp_path)))
     plan = plan_ingest("d", files, {}, IngestConfig(shard_size=10))
@@ -74,13 +50,13 @@ def test_plan_shards_skips_unchanged_and_counts_other_files(tmp_path):
 def test_changed_and_new_files_are_picked_up_with_one_row_per_file(tmp_path):
     src, ws = tmp_path / "src", str(tmp_path / "ws")
     for i in range(6):
-        storage.write_bytes(str(src / f"{i}.png"), png(8, 8, i))
-    catalog = run_ingest(str(src), ws, shard_size=4)
+        storage.write_bytes(str(src / f"{i}.png"), noise_png(8, 8, i))
+    catalog = ingest_local(str(src), ws, shard_size=4)
     before = {r["uri"]: r for r in catalog.read("images", "d").to_pylist()}
     time.sleep(0.01)
-    storage.write_bytes(str(src / "2.png"), png(16, 8, 99))  # changed content and size
-    storage.write_bytes(str(src / "new.png"), png(8, 8, 100))
-    after = {r["uri"]: r for r in run_ingest(str(src), ws, shard_size=4).read("images", "d").to_pylist()}
+    storage.write_bytes(str(src / "2.png"), noise_png(16, 8, 99))  # changed content and size
+    storage.write_bytes(str(src / "new.png"), noise_png(8, 8, 100))
+    after = {r["uri"]: r for r in ingest_local(str(src), ws, shard_size=4).read("images", "d").to_pylist()}
     assert len(after) == 7 and catalog.read("images", "d").num_rows == 7
     changed = storage.join(str(src), "2.png")
     assert (after[changed]["width"], before[changed]["width"]) == (16, 8)
@@ -89,11 +65,11 @@ def test_changed_and_new_files_are_picked_up_with_one_row_per_file(tmp_path):
 
 def test_duplicates_are_flagged_not_dropped(tmp_path):
     src = tmp_path / "src"
-    same = png(8, 8, 1)
+    same = noise_png(8, 8, 1)
     for name in ("a.png", "b.png", "c/d.png"):
         storage.write_bytes(str(src / name), same)
-    storage.write_bytes(str(src / "other.png"), png(8, 8, 2))
-    rows = run_ingest(str(src), str(tmp_path / "ws"), shard_size=2).read("images", "d").to_pylist()
+    storage.write_bytes(str(src / "other.png"), noise_png(8, 8, 2))
+    rows = ingest_local(str(src), str(tmp_path / "ws"), shard_size=2).read("images", "d").to_pylist()
     dup = {r["uri"].rsplit("/", 1)[1]: r["duplicate_of"] for r in rows}
     first = storage.join(str(src), "a.png")
     assert dup == {"a.png": None, "b.png": first, "d.png": first, "other.png": None}
@@ -102,13 +78,13 @@ def test_duplicates_are_flagged_not_dropped(tmp_path):
 
 def test_masks_from_a_folder_with_the_same_names(tmp_path):
     images, masks = tmp_path / "train", tmp_path / "trainannot"
-    storage.write_bytes(str(images / "a.png"), png(10, 6, 1))
-    storage.write_bytes(str(masks / "a.png"), png(10, 6, 1, mode="L"))
-    storage.write_bytes(str(images / "b.png"), png(10, 6, 2))
-    storage.write_bytes(str(masks / "b.png"), png(9, 6, 2, mode="L"))  # wrong size
-    storage.write_bytes(str(images / "c.png"), png(10, 6, 3))  # no mask
+    storage.write_bytes(str(images / "a.png"), noise_png(10, 6, 1))
+    storage.write_bytes(str(masks / "a.png"), noise_png(10, 6, 1, mode="L"))
+    storage.write_bytes(str(images / "b.png"), noise_png(10, 6, 2))
+    storage.write_bytes(str(masks / "b.png"), noise_png(9, 6, 2, mode="L"))  # wrong size
+    storage.write_bytes(str(images / "c.png"), noise_png(10, 6, 3))  # no mask
     rows = {r["uri"].rsplit("/", 1)[1]: r for r in
-            run_ingest(str(images), str(tmp_path / "ws"), masks=str(masks)).read("images", "d").to_pylist()}
+            ingest_local(str(images), str(tmp_path / "ws"), masks=str(masks)).read("images", "d").to_pylist()}
     assert rows["a.png"]["status"] == "ok" and rows["a.png"]["mask_uri"] == storage.join(str(masks), "a.png")
     assert rows["b.png"]["error"] == "mask_size: mask 9x6 differs from image 10x6"
     assert rows["c.png"]["error"].startswith("mask_missing:")
@@ -116,10 +92,10 @@ def test_masks_from_a_folder_with_the_same_names(tmp_path):
 
 def test_masks_by_name_pattern_are_not_cataloged_as_images(tmp_path):
     src = tmp_path / "src"
-    storage.write_bytes(str(src / "x.png"), png(5, 5, 1))
-    storage.write_bytes(str(src / "x_P.png"), png(5, 5, 1, mode="L"))
-    storage.write_bytes(str(src / "y.png"), png(5, 5, 2))
-    rows = run_ingest(str(src), str(tmp_path / "ws"), masks="{stem}_P.png").read("images", "d").to_pylist()
+    storage.write_bytes(str(src / "x.png"), noise_png(5, 5, 1))
+    storage.write_bytes(str(src / "x_P.png"), noise_png(5, 5, 1, mode="L"))
+    storage.write_bytes(str(src / "y.png"), noise_png(5, 5, 2))
+    rows = ingest_local(str(src), str(tmp_path / "ws"), masks="{stem}_P.png").read("images", "d").to_pylist()
     assert sorted(r["uri"].rsplit("/", 1)[1] for r in rows) == ["x.png", "y.png"]
     assert Counter(r["status"] for r in rows) == {"ok": 1, "error": 1}
 

@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 import yaml
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from tasks.degrade import GaussianNoise, Jpeg
 from tasks.recipes import (
@@ -17,6 +17,7 @@ from tasks.recipes import (
     list_recipes,
     load_recipe,
 )
+from tests.helpers import make_image
 
 # Recipes whose LR is a pure function of the image: the seed must not matter.
 DETERMINISTIC = {"sr-x2", "sr-x4", "colorize"}
@@ -24,18 +25,7 @@ SAME_SIZE = {"dejpeg", "watermark", "denoise", "colorize"}
 SCALE = {"sr-x2": 2, "sr-x4": 4, "realistic": 4}
 
 
-def make_image(w: int = 200, h: int = 150, mode: str = "RGB", seed: int = 0) -> Image.Image:
-    """Gradients, a sine texture, two shapes and a little noise (the same recipe as test_degrade)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    texture = 60 * np.sin(x / 3.0) * np.cos(y / 4.0)
-    a = np.stack([x / w * 200 + texture, y / h * 200 - texture, 128 + texture], axis=-1)
-    a += rng.normal(0, 6, a.shape)
-    img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((w // 8, h // 8, w // 3, h // 2), fill=(250, 30, 30))
-    draw.ellipse((w // 2, h // 3, w - 10, h - 10), fill=(20, 40, 230))
-    return img.convert(mode)
+
 
 
 def decode(data: bytes) -> Image.Image:

@@ -1,31 +1,13 @@
 """The training loop without Prefect, on a tiny real paired set made by the crappify code."""
 
-import io
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tasks import storage
-from tasks.catalog import Catalog
-from tasks.crappify import CrappifyConfig, crappify_shard, plan_crappify
 from tasks.data import PairDataset, infer_scale, load_pairs
-from tasks.ingest import IngestConfig, existing_versions, finalize_dataset, ingest_shard, plan_ingest
 from tasks.train import TrainConfig, TrainHooks, load_state, one_cycle, train_model
-
-
-def texture(seed: int, size: int = 64) -> bytes:
-    """Smooth shapes plus edges: something a tiny network can learn to upscale better than bicubic."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    img = np.stack([np.sin(2 * np.pi * (x * rng.uniform(1, 4) + y * rng.uniform(1, 4)) + rng.uniform(0, 6))
-                    for _ in range(3)], -1)
-    img = ((img + 1) * 127.5).astype(np.uint8)
-    img[rng.integers(0, size // 2):, rng.integers(0, size // 2):] //= 2
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return buf.getvalue()
+from tests.helpers import crappify_local, ingest_local, texture_png
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +16,9 @@ def sr_pairs(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     src, ws = root / "src", str(root / "ws")
     for i in range(10):
-        storage.write_bytes(str(src / f"t{i}.png"), texture(i))
-    config = IngestConfig(split_fractions=(1.0, 0.0, 0.0))
-    catalog = Catalog(ws)
-    for shard in plan_ingest("d", storage.iter_files(str(src)), existing_versions(catalog, "d"), config).shards:
-        ingest_shard(shard, ws, config)
-    finalize_dataset(catalog, "d")
-    cfg = CrappifyConfig(recipe="sr-x2")
-    for shard in plan_crappify(catalog, "d", cfg).shards:
-        crappify_shard(shard, ws, cfg)
+        storage.write_bytes(str(src / f"t{i}.png"), texture_png(i))
+    catalog = ingest_local(str(src), ws, split_fractions=(1.0, 0.0, 0.0))
+    crappify_local(ws, recipe="sr-x2")
     records, skipped = load_pairs(catalog, "d-sr-x2", "train")
     assert len(records) == 10 and skipped == 0
     return records
