@@ -7,11 +7,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from datetime import UTC, datetime
 
-import numpy as np
-from PIL import Image
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
@@ -20,14 +17,8 @@ from tasks.catalog import Catalog
 from tasks.data import infer_scale, load_pairs
 from tasks.errors import PixelmillError
 from tasks.evaluate import mean_scores
-from tasks.reports import gallery_markdown, markdown_table
+from tasks.reports import gallery_markdown, markdown_table, png_bytes
 from tasks.settings import workspace_url
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @flow(name="evaluate")

@@ -16,10 +16,12 @@ from tasks import registry, steps, storage
 from tasks.catalog import Catalog, check_name
 from tasks.data import infer_scale, load_pairs
 from tasks.errors import PixelmillError
+from tasks.reports import gallery_markdown, png_bytes
 from tasks.settings import workspace_url
 from tasks.train import TrainConfig, model_config_for
 
 MIN_TRAIN_PAIRS = 2
+GALLERY_IMAGES = 3
 
 
 def checkpoint_uri(workspace: str, name: str) -> str:
@@ -81,10 +83,13 @@ def train(pairs: str, name: str, config: TrainConfig | None = None, workspace: s
     if result.history:
         create_table_artifact(result.history, key=f"train-{name}".lower().replace("_", "-").replace(".", "-"),
                               description=f"{mv.ref}: losses and validation per {config.val_every} steps")
+    _, gallery = steps.evaluate_model(workspace, mv.ref, val_records[:GALLERY_IMAGES], scale, GALLERY_IMAGES)
     create_markdown_artifact(
         f"## trained {mv.ref}\n\n{config.arch} x{scale} on `{pairs}`: {result.step} steps in {result.seconds:.0f} s "
         f"({result.images_per_s:.1f} images/s).\n\nlast validation: "
         + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items())
-        + f"\n\nweights: `{mv.uri}`", key=f"model-{name}".lower().replace("_", "-").replace(".", "-"))
+        + f"\n\nweights: `{mv.uri}`\n\n**validation images**\n\n"
+        + gallery_markdown(["input", "baseline", "model", "target"], [[png_bytes(a) for a in g] for g in gallery]),
+        key=f"model-{name}".lower().replace("_", "-").replace(".", "-"))
     return {"model": mv.ref, "uri": mv.uri, "steps": result.step, "seconds": result.seconds,
             "images_per_s": result.images_per_s, "scale": scale, "metrics": last}

@@ -88,6 +88,13 @@ def thumbnail_data_uri(data: bytes, height: int = 96) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def png_bytes(arr) -> bytes:
+    """An (H, W, 3) uint8 array as PNG bytes, for galleries."""
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def gallery_markdown(columns: list[str], rows: list[list[bytes]], height: int = 96) -> str:
     """A before/after table: one image per cell, columns like ["input", "target"]."""
     cells = [[f"![]({thumbnail_data_uri(b, height)})" for b in row] for row in rows]

@@ -19,8 +19,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.factory import build_model
-from models.losses import build_loss
+from models.losses import FeatureWeightsMissing, build_loss
 from tasks.data import PairDataset, PairRecord
+from tasks.errors import ConfigError
 from tasks.metrics import psnr_torch
 
 
@@ -168,8 +169,11 @@ def train_model(cfg: TrainConfig, train_records: list[PairRecord], val_records: 
     train_ds = PairDataset(train_records, scale, cfg.crop, train=True, in_channels=in_channels, cache_dir=cache_dir)
     val_ds = PairDataset(val_records[: cfg.val_images], scale, cfg.val_crop, train=False, in_channels=in_channels,
                          cache_dir=cache_dir)
-    loss_fn = build_loss(cfg.loss, **({"weights": cfg.feature_weights} if cfg.loss == "feature" else {}))
-    loss_fn = loss_fn.to(device)  # a missing feature network fails here, before the first step
+    try:  # a missing feature network fails here, before the first step
+        loss_fn = build_loss(cfg.loss, **({"weights": cfg.feature_weights} if cfg.loss == "feature" else {}))
+    except FeatureWeightsMissing as exc:
+        raise ConfigError(str(exc), "or train with --loss l1 (no pretrained network needed)") from None
+    loss_fn = loss_fn.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if init_weights is not None:
         model.load_state_dict(init_weights)

@@ -109,3 +109,14 @@ def test_gan_stage_trains_generator_and_critic_from_a_pretrained_generator(sr_pa
     assert state["step"] == 3 and "critic" in state
     resumed = train_model(cfg, sr_pairs, sr_pairs, 2, resume=state, init_weights=weights)
     assert resumed.step == 6
+
+
+def test_missing_feature_weights_stop_before_the_first_step(sr_pairs, tmp_path, monkeypatch):
+    from tasks.errors import ConfigError
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    steps_taken = []
+    hooks = TrainHooks(on_validation=steps_taken.append)
+    with pytest.raises(ConfigError, match="vgg16_bn") as info:
+        train_model(TrainConfig(**TINY, loss="feature", steps=5, val_every=1), sr_pairs, sr_pairs, 2, hooks)
+    assert "feature_weights" in info.value.message and steps_taken == []
