@@ -24,6 +24,7 @@ twice. Called alone (no ctx), `jpeg` draws its own quality.
 import hashlib
 import io
 import string
+import threading
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
@@ -189,6 +190,20 @@ class Jpeg(Op):
 _ALPHANUMERIC = string.ascii_letters + string.digits
 
 
+_fonts = threading.local()
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's scalable default font (Pillow >= 10.1); loading it costs more than drawing a number.
+
+    One cache per thread: a FreeType face must not be used by two threads at once.
+    """
+    cache = _fonts.__dict__.setdefault("by_size", {})
+    if size not in cache:
+        cache[size] = ImageFont.load_default(size=size)
+    return cache[size]
+
+
 class Watermark(Op):
     """Text blended onto the image at a random position.
 
@@ -226,7 +241,7 @@ class Watermark(Op):
         text = self._draw_text(rng, ctx)
         size, opacity = _integer(rng, self.size), _uniform(rng, self.opacity)
         fill = self._draw_fill(rng, img.mode)
-        font = ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable; 0.1 ms, so no shared cache
+        font = _font(size)
         left, top, right, bottom = font.getbbox(text)  # relative to the drawing origin
         w, h = img.size
         if self.position == "top_left":

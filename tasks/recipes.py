@@ -19,6 +19,7 @@ fields (`get_recipe("my-recipe.yaml")`), for example:
 A bad file fails before any work with a `RecipeError` naming each bad field (`steps.1.quality`).
 """
 
+import functools
 import hashlib
 import io
 import json
@@ -75,9 +76,15 @@ class Recipe(BaseModel):
     @property
     def recipe_hash(self) -> str:
         """First 16 hex chars of the sha256 of the canonical JSON definition (description excluded)."""
-        definition = self.model_dump(mode="json", exclude={"description"})
-        canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _recipe_hash(self)
+
+
+@functools.lru_cache(maxsize=256)
+def _recipe_hash(recipe: Recipe) -> str:
+    # Asked several times per image: cache it (frozen recipes are hashable).
+    definition = recipe.model_dump(mode="json", exclude={"description"})
+    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
