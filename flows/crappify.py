@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -20,9 +21,10 @@ from tasks.reports import gallery_markdown, pairs_markdown, pairs_summary
 from tasks.settings import workspace_url
 
 GALLERY_PAIRS = 4
+SHARDS_IN_FLIGHT = 2  # on threads: enough to keep the process pool busy while one shard writes its part
 
 
-@flow(name="crappify")
+@flow(name="crappify", task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_IN_FLIGHT))
 def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str | None = None) -> dict:
     """Make (HR target, LR input) pairs with a named degradation recipe; reruns only make missing pairs."""
     logger = get_run_logger()
@@ -35,7 +37,10 @@ def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str 
                 plan.recipe.name, plan.recipe.recipe_hash, todo, len(plan.shards), plan.existing)
 
     progress = create_progress_artifact(0.0, description=f"crappify {plan.set_name}: shards done")
-    futures = steps.crappify_shard.map(plan.shards, workspace=unmapped(workspace), cfg=unmapped(config))
+    # On threads, shards feed one local process pool of `workers`; on Dask, the workers are the processes.
+    on_threads = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
+    futures = steps.crappify_shard.map(plan.shards, workspace=unmapped(workspace), cfg=unmapped(config),
+                                       processes=unmapped(config.workers if on_threads else 1))
     for done, future in enumerate(as_completed(futures), start=1):
         future.result()
         update_progress_artifact(progress, 100.0 * done / len(plan.shards))
@@ -56,10 +61,11 @@ def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str 
     return summary
 
 
+
 def task_runner_for(dask: str | None, workers: int, workspace: str):
     """Threads by default; `dask="local"` starts a LocalCluster of `workers` processes; else a scheduler address."""
     if dask is None:
-        return ThreadPoolTaskRunner(max_workers=workers)
+        return ThreadPoolTaskRunner(max_workers=SHARDS_IN_FLIGHT)
     if storage.normalize_url(workspace).startswith("memory://"):
         raise ConfigError("a memory:// workspace cannot be shared with Dask worker processes",
                           "use a folder or bucket as the workspace, or run without --dask")

@@ -48,9 +48,10 @@ def plan_crappify(workspace: str, dataset: str, cfg: crappify.CrappifyConfig) ->
 
 
 @task(name="crappify_shard", task_run_name="crappify-{shard.set_name}-{shard.shard_id}", **SHARD_RETRIES)
-def crappify_shard(shard: crappify.CrappifyShard, workspace: str, cfg: crappify.CrappifyConfig) -> ingest.ShardResult:
+def crappify_shard(shard: crappify.CrappifyShard, workspace: str, cfg: crappify.CrappifyConfig,
+                   processes: int = 1) -> ingest.ShardResult:
     """Make a shard's pairs and write its catalog part."""
-    return crappify.crappify_shard(shard, workspace, cfg)
+    return crappify.crappify_shard(shard, workspace, cfg, processes)
 
 
 @task(name="train_model", cache_policy=NO_CACHE)

@@ -130,3 +130,12 @@ def test_masks_travel_with_the_pair_resized_nearest(tmp_path):
     assert mask.shape == (row["lr_height"], row["lr_width"]) == (25, 35)
     assert set(np.unique(mask)) <= set(np.unique(labels))  # labels kept, never blended
     assert np.array_equal(mask, labels[1::2, 1::2])  # PIL samples the centre of each 2x2 block
+
+
+def test_a_process_pool_gives_the_same_bytes_as_one_process(photos):
+    config = CrappifyConfig(recipe="lesson7", name="pool")
+    plan = plan_crappify(Catalog(photos), "d", config)
+    crappify_shard(plan.shards[0], photos, config, processes=2)
+    pooled = {r["pair_id"]: storage.read_bytes(r["lr_uri"]) for r in Catalog(photos).read("pairs", "pool").to_pylist()}
+    inline = {r["pair_id"]: storage.read_bytes(r["lr_uri"]) for r in crappify_local(photos, recipe="lesson7", name="one")}
+    assert len(pooled) == 7 and pooled == inline
