@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import multiprocessing
+import os
 import posixpath
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -182,16 +183,26 @@ def set_root(workspace: str, set_name: str) -> str:
     return storage.join(storage.normalize_url(workspace), "datasets", set_name)
 
 
-@functools.cache
 def image_pool(processes: int) -> ProcessPoolExecutor:
     """One pool per process, for its lifetime: started once (about a second), shared by all shards in flight.
 
     forkserver, not fork: children start from a clean process instead of a copy of Prefect's threads and
     locks. Processes, not threads: about 4 ms of each image's work is Python that holds the GIL.
     """
+    return _pool(processes, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))))
+
+
+@functools.cache
+def _pool(processes: int, storage_env: tuple) -> ProcessPoolExecutor:
+    # Children fork from the forkserver, whose environment is the one it started with: hand them today's
+    # storage settings (endpoint, credentials), and start a new pool when those change.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["tasks.crappify"])
-    return ProcessPoolExecutor(processes, mp_context=context)
+    return ProcessPoolExecutor(processes, mp_context=context, initializer=_use_env, initargs=(dict(storage_env),))
+
+
+def _use_env(env: dict) -> None:
+    os.environ.update(env)
 
 
 def crappify_shard(shard: CrappifyShard, workspace: str, cfg: CrappifyConfig, processes: int = 1) -> ShardResult:
