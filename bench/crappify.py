@@ -26,16 +26,16 @@ import argparse
 import contextlib
 import hashlib
 import io
-import json
 import multiprocessing as mp
 import os
 import platform
 import random
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _common import run_benchmark
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "restoration" / "CBSD68"
 TARGET_RATIO = 0.9  # flow images/s over the pool's, at equal workers
@@ -192,26 +192,7 @@ def load1() -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    own_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="pixelmill-bench-crappify-")) if own_workdir else args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    # Before Prefect is imported: a generous server start timeout, no analytics, quiet console,
-    # and a private Prefect home (its own fresh database) unless the caller points us at a server.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    isolated_home = "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ
-    if isolated_home:
-        os.environ["PREFECT_HOME"] = str(workdir / "prefect-home")
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON
-            result = run(args, workdir)
-            result["prefect_home"] = "private, fresh database" if isolated_home else "caller's settings"
-    finally:
-        if own_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(result, indent=2))
-    return result
+    return run_benchmark("crappify", args.workdir, lambda workdir: run(args, workdir))
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
