@@ -36,3 +36,13 @@ def run_benchmark(name: str, workdir: Path | None, run: Callable[[Path], dict]) 
             shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result, indent=2))
     return result
+
+
+def parse_with_quick(parser, argv: list[str] | None):
+    """Parse the arguments every benchmark shares the meaning of: --quick (n=200), --n and --repeats >= 1."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n = 200
+    if args.n < 1 or args.repeats < 1:
+        parser.error("--n and --repeats must be >= 1")
+    return args

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import run_benchmark
+from _common import parse_with_quick, run_benchmark
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "restoration" / "CBSD68"
 TARGET_RATIO = 0.9  # flow images/s over the pool's, at equal workers
@@ -82,12 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard-size", type=int, default=None, help="images per task (default: CrappifyConfig's)")
     p.add_argument("--repeats", type=int, default=1, help="run each configuration this many times, keep the best")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.n = 200
-    if args.n < 1 or args.repeats < 1:
-        p.error("--n and --repeats must be >= 1")
-    return args
+    return parse_with_quick(p, argv)
 
 
 def build_inputs(source: Path, src: Path, n: int) -> dict:

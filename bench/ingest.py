@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import run_benchmark
+from _common import parse_with_quick, run_benchmark
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCE_GLOBS = ("camvid/train/*.png", "restoration/CBSD68/*.png", "restoration/CSun_Hays80/*")
@@ -45,12 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="run each side this many times, keep the best")
     p.add_argument("--shard-size", type=int, default=None, help="files per task (default: IngestConfig's)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.n = 200
-    if args.n < 1 or args.repeats < 1:
-        p.error("--n and --repeats must be >= 1")
-    return args
+    return parse_with_quick(p, argv)
 
 
 def real_files(source: Path) -> list[Path]:
