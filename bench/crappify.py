@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_inputs(source: Path, src: Path, n: int) -> dict:
     """Write n PNGs with distinct content into src (repeats get a unique trailer after IEND)."""
-    from tasks.images import open_image
+    from pixelmill.tasks.core.images import open_image
 
     originals = sorted(f for f in source.glob("*.png") if f.is_file())
     if not originals:
@@ -195,10 +195,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     import prefect
     from prefect import flow, task
 
-    from flows.crappify import run_crappify, task_runner_for
-    from flows.ingest import ingest
-    from tasks.catalog import Catalog
-    from tasks.crappify import CrappifyConfig, set_root
+    from pixelmill.flows.crappify import run_crappify, task_runner_for
+    from pixelmill.flows.ingest import ingest
+    from pixelmill.tasks.core.catalog import Catalog
+    from pixelmill.tasks.core.layout import Layout
+    from pixelmill.tasks.prep.crappify import CrappifyConfig
 
     loadavg_before = [round(v, 2) for v in os.getloadavg()]
     src, ws = workdir / "src", str(workdir / "workspace")
@@ -273,7 +274,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                             if summary["made"] != 0:
                                 raise SystemExit(f"{name}: the rerun made {summary['made']} pairs, expected 0")
                             fixed["flow_rerun_nothing_to_do_seconds"] = round(rerun_s, 3)
-                        shutil.rmtree(set_root(ws, name).removeprefix("file://"), ignore_errors=True)
+                        shutil.rmtree(Layout.of(ws).paired_set(name).removeprefix("file://"), ignore_errors=True)
                         record(f"flow_{runner}_w{k}_t{t}", seconds, load, pairs_ok=statuses.count("ok"))
 
     pool = {k: best[f"pool_w{k}"]["images_per_s"] for k in args.workers}

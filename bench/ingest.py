@@ -61,7 +61,7 @@ def real_files(source: Path) -> list[Path]:
 
 def build_inputs(originals: list[Path], src: Path, n: int) -> dict:
     """Write n files with distinct content into src; returns a description of what was written."""
-    from tasks.images import open_image
+    from pixelmill.tasks.core.images import open_image
 
     src.mkdir(parents=True)
     seen: set[str] = set()
@@ -83,7 +83,7 @@ def build_inputs(originals: list[Path], src: Path, n: int) -> dict:
 
 
 def bare_loop(src: str) -> int:
-    from tasks import images, storage
+    from pixelmill.tasks.core import images, storage
 
     count = 0
     for f in storage.iter_files(src):
@@ -96,7 +96,7 @@ def bare_loop(src: str) -> int:
 
 
 def bare_loop_threaded(src: str, threads: int = BARE_THREADS) -> int:
-    from tasks import images, storage
+    from pixelmill.tasks.core import images, storage
 
     def one(uri: str) -> None:
         data = storage.read_bytes(uri)
@@ -124,9 +124,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     import prefect
     from prefect import flow
 
-    from flows.ingest import ingest
-    from tasks.catalog import Catalog
-    from tasks.ingest import IngestConfig
+    from pixelmill.flows.ingest import ingest
+    from pixelmill.tasks.core.catalog import Catalog
+    from pixelmill.tasks.prep.ingest import IngestConfig
 
     cfg = IngestConfig() if args.shard_size is None else IngestConfig(shard_size=args.shard_size)
     src = workdir / "src"

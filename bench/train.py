@@ -34,51 +34,63 @@ DATA = REPO.parent / "shared" / "data" / "restoration"
 
 
 def make_pairs(workspace: str) -> str:
-    from flows.crappify import run_crappify
-    from flows.ingest import ingest
-    from tasks.crappify import CrappifyConfig
+    from pixelmill.flows.crappify import run_crappify
+    from pixelmill.flows.ingest import ingest
+    from pixelmill.tasks.prep.crappify import CrappifyConfig
 
     for folder in ("CBSD68", "CSun_Hays80"):
         ingest(str(DATA / folder), dataset="restoration", workspace=workspace)
     return run_crappify("restoration", CrappifyConfig(recipe="sr-x2"), workspace=workspace)["set_name"]
 
 
-def bare_loop(cfg, records, scale: int, steps: int) -> float:
-    """images/s of the obvious loop: same model, data, loader and optimizer, nothing else."""
-    from models.factory import build_model
-    from tasks.data import PairDataset
-    from tasks.train import make_loader, model_config_for
+def bare_loop(cfg, workspace: str, pairs: str, steps: int) -> float:
+    """images/s of the obvious loop: same model, data, loader, optimizer, device, AMP and channels_last as the
+    flow (fp16 autocast and channels_last on CUDA), nothing else: no schedule, validation or checkpoints."""
+    from pixelmill.tasks.training.loop import pick_device
+    from pixelmill.tasks.training.objectives import RestorationObjective
 
+    objective = RestorationObjective(cfg, workspace, pairs)
+    device = pick_device(cfg.device)
+    cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
-    model = build_model(model_config_for(cfg, scale)).train()
-    loader = make_loader(PairDataset(records, scale, cfg.crop, train=True), cfg, shuffle=True)
+    model = objective.build_model().to(device).train()
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    train_ds, _ = objective.datasets(None)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=cfg.loader_workers, pin_memory=cuda)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     loss_fn = torch.nn.L1Loss()
     done, started = 0, time.perf_counter()
     while done < steps:
         for x, y in loader:
-            loss = loss_fn(model(x), y)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+                pred = model(x)
+            loss = loss_fn(pred.float(), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             done += 1
             if done == steps:
                 break
+    if cuda:
+        torch.cuda.synchronize()
     return steps * cfg.batch_size / (time.perf_counter() - started)
 
 
 def throughput(workspace: str, pairs: str, steps: int, repeats: int) -> dict:
-    from flows.train import train
-    from tasks.catalog import Catalog
-    from tasks.data import infer_scale, load_pairs
-    from tasks.train import TrainConfig
+    from pixelmill.flows.train import train
+    from pixelmill.tasks.training.config import TrainConfig
 
-    records, _ = load_pairs(Catalog(workspace), pairs, "train")
-    scale = infer_scale(records)
     cfg = TrainConfig(steps=steps, val_every=steps, val_images=4)
     bare, flow, loop = [], [], []
     for i in range(repeats):  # interleaved, so both sides see the same machine load
-        bare.append(bare_loop(cfg, records, scale, steps))
+        bare.append(bare_loop(cfg, workspace, pairs, steps))
         started = time.perf_counter()
         summary = train(pairs, f"bench-throughput-{i}", cfg, workspace=workspace)
         flow.append(steps * cfg.batch_size / (time.perf_counter() - started))
@@ -96,9 +108,9 @@ def throughput(workspace: str, pairs: str, steps: int, repeats: int) -> dict:
 
 
 def quality(workspace: str, pairs: str, minutes: float, arch: str, arch_kwargs: dict) -> dict:
-    from flows.evaluate import evaluate
-    from flows.train import train
-    from tasks.train import TrainConfig
+    from pixelmill.flows.evaluate import evaluate
+    from pixelmill.flows.train import train
+    from pixelmill.tasks.training.config import TrainConfig
 
     cfg = TrainConfig(arch=arch, arch_kwargs=arch_kwargs, steps=10**7, max_minutes=minutes, batch_size=16,
                       crop=48, lr=2e-3, val_every=500)

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from tasks.errors import ConfigError, PixelmillError
+from pixelmill.tasks.core.errors import ConfigError, PixelmillError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="pixelmill: restore and segment image archives in bulk, as Prefect flows.")
@@ -70,9 +70,9 @@ def ingest(
 ) -> None:
     """Catalog the images under SOURCE into the `images` table (bad files become error rows)."""
     with user_errors():
-        from flows.ingest import ingest as ingest_flow
-        from tasks.ingest import IngestConfig
-        from tasks.reports import images_markdown
+        from pixelmill.flows.ingest import ingest as ingest_flow
+        from pixelmill.tasks.prep.ingest import IngestConfig
+        from pixelmill.tasks.reports import images_markdown
 
         try:
             fractions = tuple(float(x) for x in split.split(","))
@@ -100,9 +100,9 @@ def crappify(
 ) -> None:
     """Make a paired training set (HR target, degraded LR input) from a data set's ok images."""
     with user_errors():
-        from flows.crappify import run_crappify
-        from tasks.crappify import CrappifyConfig
-        from tasks.reports import pairs_markdown
+        from pixelmill.flows.crappify import run_crappify
+        from pixelmill.tasks.prep.crappify import CrappifyConfig
+        from pixelmill.tasks.reports import pairs_markdown
 
         cfg = CrappifyConfig(recipe=recipe, split=split, name=name, seed=seed, workers=workers,
                              shard_size=shard_size)
@@ -116,7 +116,7 @@ def crappify(
 def recipes() -> None:
     """List the shipped degradation recipes and their steps."""
     with user_errors():
-        from tasks.recipes import list_recipes
+        from pixelmill.tasks.prep.recipes import list_recipes
 
         for recipe in list_recipes():
             typer.secho(f"{recipe.name}  (hash {recipe.recipe_hash}, LR as {recipe.lr_format})", bold=True)
@@ -128,38 +128,53 @@ def recipes() -> None:
                    "{op: jpeg, quality: [30, 70]}]")
 
 
+Pairs = Annotated[str, typer.Option(help="paired set name (from `pixelmill crappify`)")]
+ModelName = Annotated[str, typer.Option(help="model name in the registry")]
+Arch = Annotated[str | None, typer.Option(help="unet-plain, unet-resnet18/34/50 (`pixelmill models archs`)")]
+Loss = Annotated[str | None, typer.Option(help="l1, charbonnier, feature, ssim or l1+ssim")]
+ConfigFile = Annotated[str | None, typer.Option(help="YAML file with TrainConfig fields; flags override it")]
+Steps = Annotated[int | None, typer.Option(help="optimizer steps")]
+MaxMinutes = Annotated[float | None, typer.Option(help="time budget; the schedule fits it")]
+Resume = Annotated[bool, typer.Option(help="continue from the model's last checkpoint")]
+GanFrom = Annotated[str | None, typer.Option(help="GAN fine-tuning: start from this model (NAME@ALIAS...)")]
+
+
 @train_app.command("restoration")
-def train_restoration(
-    pairs: Annotated[str, typer.Option(help="paired set name (from `pixelmill crappify`)")],
-    name: Annotated[str, typer.Option(help="model name in the registry")],
-    arch: Annotated[str | None, typer.Option(help="unet-plain, unet-resnet18/34/50 (`pixelmill models archs`)")]
-    = None,
-    loss: Annotated[str | None, typer.Option(help="l1, charbonnier, feature, ssim or l1+ssim")] = None,
-    config: Annotated[str | None, typer.Option(help="YAML file with TrainConfig fields; flags override it")]
-    = None,
-    steps: Annotated[int | None, typer.Option(help="optimizer steps")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="time budget; the schedule fits it")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the model's last checkpoint")] = False,
-    gan_from: Annotated[str | None, typer.Option(help="GAN fine-tuning: start from this model (NAME@ALIAS...)")]
-    = None,
-    workspace: Workspace = None,
-) -> None:
-    """Train a restoration U-Net (super-resolution, de-JPEG, de-watermark, denoise, colorize) on a paired set."""
+def train_restoration(pairs: Pairs, name: ModelName, arch: Arch = None, loss: Loss = None, config: ConfigFile = None,
+                      steps: Steps = None, max_minutes: MaxMinutes = None, resume: Resume = False,
+                      gan_from: GanFrom = None, workspace: Workspace = None) -> None:
+    """Train a restoration U-Net (super-resolution, de-JPEG, de-watermark, denoise) on a paired set."""
+    run_training("restoration", pairs, name, config, {"arch": arch, "loss": loss, "steps": steps,
+                                                      "max_minutes": max_minutes}, gan_from, resume, workspace)
+
+
+@train_app.command("colorize")
+def train_colorize(pairs: Pairs, name: ModelName, arch: Arch = None, loss: Loss = None, config: ConfigFile = None,
+                   steps: Steps = None, max_minutes: MaxMinutes = None, resume: Resume = False,
+                   gan_from: GanFrom = None, workspace: Workspace = None) -> None:
+    """Train a colorization U-Net (grey input, colour target) on a paired set, e.g. one made with --recipe colorize."""
+    run_training("colorize", pairs, name, config, {"arch": arch, "loss": loss, "steps": steps,
+                                                   "max_minutes": max_minutes}, gan_from, resume, workspace)
+
+
+def run_training(task: str, source: str, name: str, config: str | None, flags: dict, gan_from: str | None,
+                 resume: bool, workspace: str | None) -> None:
+    """YAML config, then flags, then the subcommand's task; run the train flow and print its summary."""
     with user_errors():
-        from flows.train import train
-        from tasks.train import TrainConfig
+        from pixelmill.flows.train import train
+        from pixelmill.tasks.training.config import TrainConfig
 
         fields = load_yaml_config(config) if config else {}
-        fields |= {k: v for k, v in {"arch": arch, "loss": loss, "steps": steps, "max_minutes": max_minutes}.items()
-                   if v is not None}
+        fields |= {k: v for k, v in flags.items() if v is not None} | {"task": task}
         if gan_from:
             fields["gan"] = (fields.get("gan") or {}) | {"init_from": gan_from}
-        summary = train(pairs, name, TrainConfig(**fields), workspace=workspace, resume=resume)
-        m = summary["metrics"]
+        summary = train(source, name, TrainConfig(**fields), workspace=workspace, resume=resume)
+        scale = f", x{summary['scale']}" if summary.get("scale") else ""
         typer.echo(f"trained {summary['model']}: {summary['steps']} steps in {summary['seconds']:.0f} s "
-                   f"({summary['images_per_s']:.1f} images/s), x{summary['scale']}")
-        if m:
-            typer.echo(f"last validation: Y-PSNR {m['val_psnr_y']:.2f} dB (baseline {m['val_psnr_y_baseline']:.2f})")
+                   f"({summary['images_per_s']:.1f} images/s){scale}")
+        shown = {k: v for k, v in summary["metrics"].items() if k.startswith("val_")}
+        if shown:
+            typer.echo("last validation: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
         typer.echo(f"weights: {summary['uri']}")
 
 
@@ -173,14 +188,13 @@ def evaluate(
 ) -> None:
     """Score a model against the baseline (bicubic or the input) with PSNR/SSIM on Y and RGB."""
     with user_errors():
-        from flows.evaluate import evaluate as evaluate_flow
+        from pixelmill.flows.evaluate import evaluate as evaluate_flow
 
         s = evaluate_flow(model, pairs, split=split, promote=promote, workspace=workspace)
         typer.echo(f"{s['model']} on {s['pairs']}/{s['split']} ({s['images']} images)")
         for label, m in (("model", s["model_scores"]), ("baseline", s["baseline_scores"])):
-            typer.echo(f"  {label:9s} Y-PSNR {m['psnr_y']:.2f} dB  Y-SSIM {m['ssim_y']:.4f}  "
-                       f"RGB-PSNR {m['psnr_rgb']:.2f} dB  RGB-SSIM {m['ssim_rgb']:.4f}")
-        typer.echo(f"  gain {s['gain_psnr_y']:+.2f} dB")
+            typer.echo(f"  {label:9s} " + "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "images"))
+        typer.echo(f"  gain over the baseline ({s['baseline']}): {s['gain']:+.4g} ({s['score_key']})")
         if promote:
             typer.echo(s["promotion_reason"])
 
@@ -189,9 +203,9 @@ def evaluate(
 def models_list(workspace: Workspace = None) -> None:
     """Every model version with its aliases and last validation."""
     with user_errors():
-        from tasks import registry
-        from tasks.catalog import Catalog
-        from tasks.settings import workspace_url
+        from pixelmill.tasks.core import registry
+        from pixelmill.tasks.core.catalog import Catalog
+        from pixelmill.tasks.core.settings import workspace_url
 
         ws = workspace_url(workspace)
         rows = Catalog(ws).read("models").to_pylist()
@@ -213,8 +227,8 @@ def models_promote(
 ) -> None:
     """Point an alias at a model version (no checks: `evaluate --promote` is the checked way)."""
     with user_errors():
-        from tasks import registry
-        from tasks.settings import workspace_url
+        from pixelmill.tasks.core import registry
+        from pixelmill.tasks.core.settings import workspace_url
 
         ws = workspace_url(workspace)
         mv = registry.resolve(ws, model)
@@ -225,7 +239,7 @@ def models_promote(
 @models_app.command("archs")
 def models_archs() -> None:
     """The architectures the factory can build."""
-    from models.factory import list_archs
+    from pixelmill.models.factory import list_archs
 
     typer.echo("\n".join(list_archs()))
 
@@ -239,11 +253,11 @@ def enhance(
 ) -> None:
     """Run a model on one image."""
     with user_errors():
-        from tasks import registry, storage
-        from tasks.images import ImageError, decode_image
-        from tasks.inference import encode_like, enhance_image
-        from tasks.settings import workspace_url
-        from tasks.train import pick_device
+        from pixelmill.tasks.core import registry, storage
+        from pixelmill.tasks.core.images import ImageError, decode_image
+        from pixelmill.tasks.core.settings import workspace_url
+        from pixelmill.tasks.inference.enhance import encode_like, enhance_image
+        from pixelmill.tasks.training.loop import pick_device
 
         mv = registry.resolve(workspace_url(workspace), model)
         net, config, _ = registry.load(mv)
@@ -251,7 +265,7 @@ def enhance(
             img = decode_image(storage.read_bytes(input_image))
         except ImageError as exc:
             raise PixelmillError(f"{input_image}: {exc}", "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF") from None
-        out = enhance_image(net, config, img, pick_device())
+        out = enhance_image(net, config, img, pick_device(config.get("train_config", {}).get("device", "auto")))
         storage.write_bytes(output_image, encode_like(out, output_image))
         typer.echo(f"{mv.ref}: {img.width}x{img.height} -> {out.width}x{out.height} written to {output_image}")
 
@@ -259,7 +273,7 @@ def enhance(
 def load_yaml_config(path: str) -> dict:
     import yaml
 
-    from tasks import storage
+    from pixelmill.tasks.core import storage
 
     try:
         data = yaml.safe_load(storage.read_bytes(path))
@@ -279,9 +293,15 @@ def catalog_show(
 ) -> None:
     """A readable summary of a catalog table."""
     with user_errors():
-        from tasks.catalog import Catalog
-        from tasks.reports import images_markdown, images_summary, markdown_table, pairs_markdown, pairs_summary
-        from tasks.settings import workspace_url
+        from pixelmill.tasks.core.catalog import Catalog
+        from pixelmill.tasks.core.settings import workspace_url
+        from pixelmill.tasks.reports import (
+            images_markdown,
+            images_summary,
+            markdown_table,
+            pairs_markdown,
+            pairs_summary,
+        )
 
         catalog = Catalog(workspace_url(workspace))
         data = catalog.read(table, dataset)
@@ -312,8 +332,8 @@ def demo(
 ) -> None:
     """Run the whole pipeline on built-in sample photographs, with a local folder as the bucket."""
     with user_errors():
-        from flows.demo import demo as demo_flow
-        from flows.demo import print_report
+        from pixelmill.flows.demo import demo as demo_flow
+        from pixelmill.flows.demo import print_report
 
         report = demo_flow(directory, train_minutes)
         print_report(report)

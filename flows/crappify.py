@@ -13,12 +13,13 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks import steps, storage
-from tasks.catalog import Catalog
-from tasks.crappify import CrappifyConfig
-from tasks.errors import ConfigError
-from tasks.reports import gallery_markdown, pairs_markdown, pairs_summary
-from tasks.settings import workspace_url
+from pixelmill.tasks import steps
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.errors import ConfigError
+from pixelmill.tasks.core.settings import workspace_url
+from pixelmill.tasks.prep.crappify import CrappifyConfig
+from pixelmill.tasks.reports import artifact_key, gallery_markdown, pairs_markdown, pairs_summary
 
 GALLERY_PAIRS = 4
 SHARDS_IN_FLIGHT = 2  # on threads: enough to keep the process pool busy while one shard writes its part
@@ -56,7 +57,7 @@ def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str 
     create_markdown_artifact(
         pairs_markdown(summary, f"crappify {plan.set_name}")
         + f"\n\n{todo} made now, {plan.existing} already there.\n\n**before / after**\n\n{gallery}",
-        key=f"crappify-{plan.set_name}".lower().replace("_", "-").replace(".", "-"),
+        key=artifact_key("crappify", plan.set_name),
         description=f"paired set {plan.set_name} ({plan.recipe.name})")
     return summary
 

@@ -12,16 +12,16 @@ import os
 
 from prefect import flow
 
-from flows.crappify import crappify
-from flows.evaluate import evaluate
-from flows.ingest import ingest
-from flows.train import train
-from tasks import storage
-from tasks.catalog import Catalog
-from tasks.crappify import CrappifyConfig
-from tasks.ingest import IngestConfig
-from tasks.samples import Expected, write_sample_photos
-from tasks.train import TrainConfig
+from pixelmill.flows.crappify import crappify
+from pixelmill.flows.evaluate import evaluate
+from pixelmill.flows.ingest import ingest
+from pixelmill.flows.train import train
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.prep.crappify import CrappifyConfig
+from pixelmill.tasks.prep.ingest import IngestConfig
+from pixelmill.tasks.prep.samples import Expected, write_sample_photos
+from pixelmill.tasks.training.config import TrainConfig
 
 
 def check_catalog(rows: list[dict], expected: list[Expected], bucket: str) -> list[str]:
@@ -68,7 +68,7 @@ def demo(directory: str = "./pixelmill-demo", train_minutes: float = 2.0) -> dic
 
 
 def print_report(report: dict) -> None:
-    from tasks.reports import images_markdown, pairs_markdown
+    from pixelmill.tasks.reports import images_markdown, pairs_markdown
 
     print(images_markdown(report["summary"], "demo: images catalog"))
     print("\n" + pairs_markdown(report["pairs"], f"demo: paired set {report['pairs']['set_name']}"))

@@ -12,11 +12,11 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks import steps
-from tasks.catalog import Catalog
-from tasks.ingest import IngestConfig, dataset_name_for
-from tasks.reports import images_markdown, images_summary
-from tasks.settings import workspace_url
+from pixelmill.tasks import steps
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.settings import workspace_url
+from pixelmill.tasks.prep.ingest import IngestConfig, dataset_name_for
+from pixelmill.tasks.reports import artifact_key, images_markdown, images_summary
 
 # Shards in flight at once: each already runs IngestConfig.io_threads threads, and Prefect's default
 # pool is unbounded (a 1,000-shard plan would start 8,000 threads, each holding a decoded image).
@@ -53,7 +53,7 @@ def ingest(source: str, dataset: str | None = None, workspace: str | None = None
         images_markdown(summary, f"ingest {dataset}") +
         f"\n\n{summary['new_or_changed']} new or changed, {plan.unchanged} unchanged, "
         f"{plan.other_files} non-image files skipped.",
-        key=f"ingest-{dataset}".lower().replace("_", "-").replace(".", "-"),
+        key=artifact_key("ingest", dataset),
         description=f"images catalog summary for {dataset}")
     return summary
 

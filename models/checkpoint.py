@@ -12,7 +12,7 @@ import json
 import safetensors.torch
 from torch import nn
 
-from models.factory import build_model
+from pixelmill.models.factory import build_model
 
 FORMAT = "pixelmill-model/1"
 

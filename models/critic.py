@@ -12,7 +12,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.blocks import ConfiguredModule, ConvBlock, SelfAttention, apply_norm, check_choice, pad_to_multiple
+from pixelmill.models.blocks import (
+    ConfiguredModule,
+    ConvBlock,
+    SelfAttention,
+    apply_norm,
+    check_choice,
+    pad_to_multiple,
+)
 
 OUTPUTS = ("patch", "global")
 

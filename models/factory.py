@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from models.critic import Critic
-from models.unet import PlainUNet, ResNetUNet
+from pixelmill.models.critic import Critic
+from pixelmill.models.unet import PlainUNet, ResNetUNet
 
 # Constructor keywords that are not configuration (they change how weights are initialised, not the model).
 NOT_CONFIG = ("pretrained",)

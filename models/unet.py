@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torch import nn
 
-from models.blocks import (
+from pixelmill.models.blocks import (
     NORMS,
     ConfiguredModule,
     ConvBlock,

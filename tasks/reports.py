@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections import Counter
 
 import pyarrow as pa
@@ -31,6 +32,16 @@ def images_summary(table: pa.Table, max_errors: int = 20) -> dict:
                                           errors["error"].to_pylist()[:max_errors], strict=True)],
         "errors_total": errors.num_rows,
     }
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) from names that may hold '.' or '_'."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def round_values(row: dict, digits: int = 4) -> dict:
+    """Floats to `digits` significant digits, for tables people read (0.01751, not 0.017507145181298256)."""
+    return {k: float(f"{v:.{digits}g}") if isinstance(v, float) else v for k, v in row.items()}
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -1,25 +1,40 @@
 """Thin Prefect wrappers around the pure functions: names, retries, logging. No logic lives here.
 
 Caching is off: idempotence comes from the catalog (a rerun of a shard rewrites the same part), and
-Prefect's result cache would only add input hashing to every call.
+Prefect's result cache would only add input hashing to every call. Tasks take and return references
+(workspace URL, set and model names, small configs and summaries), never images, tensors or models.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from concurrent.futures.process import BrokenProcessPool
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import crappify, ingest, storage
-from tasks.catalog import Catalog
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.errors import PixelmillError
+from pixelmill.tasks.core.shards import ShardResult
+from pixelmill.tasks.prep import crappify, ingest
+from pixelmill.tasks.reports import artifact_key
+from pixelmill.tasks.training.config import TrainConfig
 
-if TYPE_CHECKING:
-    from tasks.train import TrainConfig, TrainResult
 
-# Transient storage errors are already retried inside tasks/storage.py; a task-level retry covers the
-# rest (a worker lost mid-shard). Retrying a shard is safe because its catalog part is replaced whole.
-SHARD_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def retry_if_transient(task, task_run, state) -> bool:
+    """Retry what a retry can fix: storage hiccups and lost worker processes; never a config or input error."""
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, PixelmillError):  # the user's to fix: retrying only delays the message
+        return False
+    return isinstance(exc, BrokenProcessPool | MemoryError) or (isinstance(exc, BaseException)
+                                                                and storage.is_transient(exc))
+
+
+# Transient storage errors are already retried inside tasks/core/storage.py; a task-level retry covers what
+# outlasts those (a longer outage, a worker process lost mid-shard). Retrying a shard is safe because its
+# catalog part is replaced whole.
+SHARD_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient,
+                     cache_policy=NO_CACHE)
 
 
 @task(name="plan_ingest", cache_policy=NO_CACHE)
@@ -30,7 +45,7 @@ def plan_ingest(source: str, dataset: str, workspace: str, cfg: ingest.IngestCon
 
 
 @task(name="ingest_shard", task_run_name="ingest-{shard.dataset}-{shard.shard_id}", **SHARD_RETRIES)
-def ingest_shard(shard: ingest.Shard, workspace: str, cfg: ingest.IngestConfig) -> ingest.ShardResult:
+def ingest_shard(shard: ingest.Shard, workspace: str, cfg: ingest.IngestConfig) -> ShardResult:
     """Validate a shard of files and write its catalog part."""
     return ingest.ingest_shard(shard, workspace, cfg)
 
@@ -49,40 +64,36 @@ def plan_crappify(workspace: str, dataset: str, cfg: crappify.CrappifyConfig) ->
 
 @task(name="crappify_shard", task_run_name="crappify-{shard.set_name}-{shard.shard_id}", **SHARD_RETRIES)
 def crappify_shard(shard: crappify.CrappifyShard, workspace: str, cfg: crappify.CrappifyConfig,
-                   processes: int = 1) -> ingest.ShardResult:
+                   processes: int = 1) -> ShardResult:
     """Make a shard's pairs and write its catalog part."""
     return crappify.crappify_shard(shard, workspace, cfg, processes)
 
 
-@task(name="train_model", cache_policy=NO_CACHE)
-def train_model(cfg: TrainConfig, train_records: list, val_records: list, scale: int, checkpoint_uri: str,
-                resume: bool, cache_dir: str | None, init_weights: dict | None = None) -> TrainResult:
-    """Run the training loop; progress and checkpoints go out at every validation."""
+@task(name="train_model", task_run_name="train-{name}", cache_policy=NO_CACHE)
+def train_model(workspace: str, source: str, name: str, cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train on a set, register the model; progress and checkpoints go out at every validation."""
     from prefect import get_run_logger
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    from tasks import train  # torch is imported only by the flows that train
+    from pixelmill.tasks.training.runs import train_and_register  # torch: only in the flows that train
 
     logger = get_run_logger()
-    progress = create_progress_artifact(0.0, description=f"training {cfg.arch}: share of the step/time budget")
+    progress = create_progress_artifact(0.0, key=artifact_key("train-progress", name),
+                                        description=f"training {name}: share of the step/time budget")
 
     def on_validation(metrics: dict) -> None:
-        logger.info("step %(step)d  train_loss %(train_loss).4f  val_loss %(val_loss).4f  "
-                    "val_psnr_y %(val_psnr_y).2f dB (baseline %(val_psnr_y_baseline).2f)", metrics)
+        logger.info("step %d  %s", metrics["step"],
+                    "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step" and isinstance(v, float)))
         budget = max(metrics["step"] / cfg.steps, metrics["elapsed_s"] / 60 / (cfg.max_minutes or 1e9))
         update_progress_artifact(progress, min(100.0, 100.0 * budget))
 
-    state = train.load_state(storage.read_bytes(checkpoint_uri)) if resume else None
-    hooks = train.TrainHooks(on_validation, lambda data: storage.write_bytes(checkpoint_uri, data))
-    return train.train_model(cfg, train_records, val_records, scale, hooks, resume=state, cache_dir=cache_dir,
-                             init_weights=init_weights)
+    return train_and_register(workspace, source, name, cfg, resume, on_validation, on_start=logger.info)
 
 
-@task(name="evaluate_model", cache_policy=NO_CACHE)
-def evaluate_model(workspace: str, ref: str, records: list, scale: int, gallery: int = 3) -> tuple[list, list]:
-    """Per-pair scores of a model version and of the baseline (and a few images for the report)."""
-    from tasks import evaluate, registry, train
+@task(name="evaluate_model", task_run_name="evaluate-{ref}", cache_policy=NO_CACHE)
+def evaluate_model(workspace: str, ref: str, source: str, split: str = "valid", gallery: int = 0,
+                   limit: int | None = None, record: bool = True) -> dict:
+    """Score a registered model and its baseline on a split (rows to the catalog, gallery to the workspace)."""
+    from pixelmill.tasks.training.runs import evaluate_registered
 
-    mv = registry.resolve(workspace, ref)
-    model, config, _ = registry.load(mv)
-    return evaluate.evaluate_model(model, records, scale, config.get("in_channels", 3), train.pick_device(), gallery)
+    return evaluate_registered(workspace, ref, source, split, gallery, limit, record)

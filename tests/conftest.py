@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.samples import write_sample_photos
+from pixelmill.tasks.prep.samples import write_sample_photos
 
 
 @pytest.fixture(scope="session")

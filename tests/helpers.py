@@ -7,10 +7,10 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks import storage
-from tasks.catalog import Catalog
-from tasks.crappify import CrappifyConfig, crappify_shard, plan_crappify
-from tasks.ingest import IngestConfig, existing_versions, finalize_dataset, ingest_shard, plan_ingest
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.prep.crappify import CrappifyConfig, crappify_shard, plan_crappify
+from pixelmill.tasks.prep.ingest import IngestConfig, existing_versions, finalize_dataset, ingest_shard, plan_ingest
 
 
 def noise_png(w: int, h: int, seed: int = 0, mode: str = "RGB") -> bytes:

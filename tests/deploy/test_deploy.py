@@ -107,7 +107,7 @@ def test_parameters_pass_the_servers_schema_check(dep):
 
 def test_ingest_configs_are_real_ingest_configs():
     """A typo inside `config` must fail here, not at 02:30: IngestConfig forbids unknown keys."""
-    from tasks.ingest import IngestConfig
+    from pixelmill.tasks.prep.ingest import IngestConfig
 
     configs = [d["parameters"]["config"] for d in DEPLOYMENTS if "config" in (d.get("parameters") or {})]
     assert configs, "no deployment passes an IngestConfig"

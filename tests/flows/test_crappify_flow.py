@@ -8,13 +8,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.crappify import run_crappify
-from flows.ingest import ingest
-from tasks import storage
-from tasks.catalog import Catalog
-from tasks.crappify import CrappifyConfig
-from tasks.errors import ConfigError
+from pixelmill.flows.cli import app
+from pixelmill.flows.crappify import run_crappify
+from pixelmill.flows.ingest import ingest
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.errors import ConfigError
+from pixelmill.tasks.prep.crappify import CrappifyConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

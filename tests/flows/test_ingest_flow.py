@@ -8,13 +8,13 @@ import zipfile
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.demo import check_catalog, demo
-from flows.ingest import ingest
-from tasks import storage
-from tasks.catalog import Catalog
-from tasks.ingest import IngestConfig
-from tasks.samples import sample_files
+from pixelmill.flows.cli import app
+from pixelmill.flows.demo import check_catalog, demo
+from pixelmill.flows.ingest import ingest
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.prep.ingest import IngestConfig
+from pixelmill.tasks.prep.samples import sample_files
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -96,7 +96,7 @@ def test_s3_bucket_and_s3_zip_with_workspace_on_s3(s3_bucket):
 
 @pytest.mark.s3
 def test_missing_bucket_fails_the_flow_with_a_clear_error(s3_server, tmp_path):
-    from tasks.errors import StorageError
+    from pixelmill.tasks.core.errors import StorageError
 
     with pytest.raises(StorageError, match="s3://pixelmill-no-such-bucket/x does not exist"):
         ingest("s3://pixelmill-no-such-bucket/x", dataset="x", workspace=str(tmp_path))

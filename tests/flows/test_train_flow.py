@@ -5,19 +5,19 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.crappify import run_crappify
-from flows.evaluate import evaluate
-from flows.ingest import ingest
-from flows.train import train
-from tasks import registry, storage
-from tasks.catalog import Catalog
-from tasks.crappify import CrappifyConfig
-from tasks.errors import PixelmillError
-from tasks.ingest import IngestConfig
-from tasks.train import TrainConfig
+from pixelmill.flows.cli import app
+from pixelmill.flows.crappify import run_crappify
+from pixelmill.flows.evaluate import evaluate
+from pixelmill.flows.ingest import ingest
+from pixelmill.flows.train import train
+from pixelmill.tasks.core import registry, storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.errors import PixelmillError
+from pixelmill.tasks.prep.crappify import CrappifyConfig
+from pixelmill.tasks.prep.ingest import IngestConfig
+from pixelmill.tasks.training.loop import TrainConfig
 from tests.helpers import texture_png
-from tests.tasks.test_train import TINY
+from tests.tasks.training.test_train import TINY
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 runner = CliRunner()

@@ -8,8 +8,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from models.checkpoint import load_model_from_bytes, read_config, save_model_bytes
-from models.factory import build_model
+from pixelmill.models.checkpoint import load_model_from_bytes, read_config, save_model_bytes
+from pixelmill.models.factory import build_model
 
 SMALL = {"arch": "unet-plain", "base": 8, "depth": 2}
 

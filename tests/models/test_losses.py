@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from models.losses import (
+from pixelmill.models.losses import (
     VGG16_BN_FILE,
     CharbonnierLoss,
     FeatureLoss,

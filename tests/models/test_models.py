@@ -11,11 +11,11 @@ import pytest
 import torch
 import torchvision
 
-from models import unet
-from models.blocks import PixelShuffleUp, SelfAttention, crop, icnr_, pad_to_multiple
-from models.checkpoint import load_model_from_bytes, save_model_bytes
-from models.factory import build_model, list_archs
-from models.unet import PlainUNet, ResNetUNet, adapt_first_conv, imagenet_cache_path, predict
+from pixelmill.models import unet
+from pixelmill.models.blocks import PixelShuffleUp, SelfAttention, crop, icnr_, pad_to_multiple
+from pixelmill.models.checkpoint import load_model_from_bytes, save_model_bytes
+from pixelmill.models.factory import build_model, list_archs
+from pixelmill.models.unet import PlainUNet, ResNetUNet, adapt_first_conv, imagenet_cache_path, predict
 
 # Every registered arch at its defaults (a new arch is tested for free), plus the variants that matter.
 CONFIGS = [{"arch": name} for name in list_archs()] + [

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import storage
-from tasks.catalog import Catalog
-from tasks.crappify import CrappifyConfig, crappify_shard, plan_crappify
-from tasks.errors import ConfigError
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.errors import ConfigError
+from pixelmill.tasks.prep.crappify import CrappifyConfig, crappify_shard, plan_crappify
 from tests.helpers import crappify_local, ingest_local, noise_png
 
 

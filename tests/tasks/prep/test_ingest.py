@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from tasks import storage
-from tasks.ingest import (
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.prep.ingest import (
     IngestConfig,
     assign_split,
     dataset_name_for,

@@ -17,9 +17,9 @@ import pyarrow.dataset as ds
 import torch
 from PIL import Image
 
-from tasks import storage
-from tasks.catalog import Catalog
-from tasks.errors import PixelmillError
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.errors import PixelmillError
 
 
 @dataclass(frozen=True)
@@ -79,19 +79,21 @@ def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """(input, target) tensors in [0, 1]; train mode crops `crop` LR pixels at random and flips/rotates.
+    """(input, target) tensors in [0, 1]; train mode crops `crop` LR pixels at random and flips/rotates,
+    with draws that depend only on (seed, item number), never on a global RNG.
 
     Eval mode takes the centre crop (or the whole image when crop is None). Decoded images are kept in
     memory up to `cache_mb` per worker process, since decoding a PNG costs more than a CPU training step.
     """
 
     def __init__(self, records: list[PairRecord], scale: int, crop: int | None, train: bool,
-                 in_channels: int = 3, cache_dir: str | None = None, cache_mb: int = 1024):
+                 in_channels: int = 3, cache_dir: str | None = None, cache_mb: int = 1024, seed: int = 0):
         if not records:
             raise PixelmillError("no usable pairs to train or validate on",
                                  "check the set name and split (`pixelmill catalog show pairs`)")
         self.records, self.scale, self.crop, self.train = records, scale, crop, train
         self.in_channels, self.cache_dir, self.cache_budget = in_channels, cache_dir, cache_mb * 2**20
+        self.seed = seed
         self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._cached_bytes = 0
 
@@ -118,19 +120,40 @@ class PairDataset(torch.utils.data.Dataset):
         return pair
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lr, hr = self.load(i)
+        """Item `i % len(self)`; in train mode `i` also seeds its crop and flips (see `SampleStream`)."""
+        lr, hr = self.load(i % len(self.records))
         s, c = self.scale, self.crop
+        rng = np.random.default_rng([self.seed, i]) if self.train else None
         if c is not None:
             lr, hr = _pad_to(lr, c, c), _pad_to(hr, c * s, c * s)
-            if self.train:  # torch's RNG: seeded per DataLoader worker, so runs repeat
-                y = int(torch.randint(0, lr.shape[0] - c + 1, (1,)))
-                x = int(torch.randint(0, lr.shape[1] - c + 1, (1,)))
+            if rng is not None:
+                y, x = int(rng.integers(0, lr.shape[0] - c + 1)), int(rng.integers(0, lr.shape[1] - c + 1))
             else:
                 y, x = (lr.shape[0] - c) // 2, (lr.shape[1] - c) // 2
             lr, hr = lr[y:y + c, x:x + c], hr[y * s:(y + c) * s, x * s:(x + c) * s]
-        if self.train:
-            flip, turns = torch.randint(0, 2, (1,)).item(), torch.randint(0, 4, (1,)).item()
+        if rng is not None:
+            flip, turns = int(rng.integers(0, 2)), int(rng.integers(0, 4))
             if flip:
                 lr, hr = lr[:, ::-1], hr[:, ::-1]
             lr, hr = np.rot90(lr, turns), np.rot90(hr, turns)
         return to_tensor(lr), to_tensor(hr)
+
+
+class SampleStream(torch.utils.data.Sampler):
+    """An endless stream of item numbers: epoch e is a permutation of 0..n-1 seeded by (seed, e), each number
+    offset by e*n so that it also names the draw of its augmentation.
+
+    Everything a batch contains is a function of (seed, position in the stream): a run resumed at position p
+    sees exactly the batches an uninterrupted run saw from p on, whatever the number of loader workers.
+    """
+
+    def __init__(self, n: int, seed: int, start: int = 0):
+        self.n, self.seed, self.start = n, seed, start
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start, self.n)
+        while True:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            for j in order[offset:].tolist():
+                yield epoch * self.n + j
+            epoch, offset = epoch + 1, 0

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks.degrade import GaussianNoise, Jpeg
-from tasks.recipes import (
+from pixelmill.tasks.prep.degrade import GaussianNoise, Jpeg
+from pixelmill.tasks.prep.recipes import (
     RECIPES,
     Recipe,
     RecipeError,

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from skimage import data as skdata
 
-from tasks import storage
+from pixelmill.tasks.core import storage
 
 
 @dataclass(frozen=True)

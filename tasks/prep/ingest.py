@@ -6,22 +6,21 @@ No Prefect here: flows/ingest.py maps `ingest_shard` over the plan and calls `fi
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 import re
-from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks import storage
-from tasks.catalog import Catalog, check_name
-from tasks.errors import PixelmillError, StorageError
-from tasks.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
-from tasks.storage import FileInfo
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog, check_name
+from pixelmill.tasks.core.errors import PixelmillError, StorageError
+from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
+from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, shard_id
+from pixelmill.tasks.core.storage import FileInfo
 
 SPLITS = ("train", "valid", "test")
 
@@ -72,13 +71,6 @@ class IngestPlan:
     unchanged: int = 0
     other_files: int = 0  # files whose extension is not an image's: counted, not cataloged
     mask_files: int = 0
-
-
-@dataclass
-class ShardResult:
-    shard_id: str
-    files: int
-    counts: dict[str, int] = field(default_factory=dict)  # by status
 
 
 def dataset_name_for(source_url: str) -> str:
@@ -140,10 +132,9 @@ def plan_ingest(dataset: str, files: Iterable[FileInfo], existing: dict[str, tup
         else:
             todo.append(info)
     settings = cfg.model_dump_json(exclude={"shard_size", "io_threads", "force"})
-    for start in range(0, len(todo), cfg.shard_size):
-        chunk = tuple(todo[start: start + cfg.shard_size])
-        key = json.dumps([dataset, settings, [(f.uri, f.size, f.version) for f in chunk]])
-        plan.shards.append(Shard(dataset, hashlib.sha256(key.encode()).hexdigest()[:20], chunk))
+    for chunk in chunks(todo, cfg.shard_size):
+        plan.shards.append(Shard(dataset, shard_id(dataset, settings, [(f.uri, f.size, f.version) for f in chunk]),
+                                 chunk))
     return plan
 
 
@@ -193,8 +184,7 @@ def ingest_shard(shard: Shard, workspace: str, cfg: IngestConfig) -> ShardResult
     now = datetime.now(UTC)
     with ThreadPoolExecutor(min(cfg.io_threads, len(shard.files)) or 1) as pool:
         rows = list(pool.map(lambda f: ingest_file(f, shard.dataset, cfg, now), shard.files))
-    Catalog(workspace).write_part("images", shard.dataset, shard.shard_id, rows)
-    return ShardResult(shard.shard_id, len(rows), dict(Counter(r["status"] for r in rows)))
+    return commit_shard(Catalog(workspace), "images", shard.dataset, shard.shard_id, rows)
 
 
 def existing_versions(catalog: Catalog, dataset: str) -> dict[str, tuple[int, str]]:

@@ -24,7 +24,7 @@ from typing import TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.errors import StorageError
+from pixelmill.tasks.core.errors import StorageError
 
 T = TypeVar("T")
 

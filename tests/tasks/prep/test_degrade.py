@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 
-from tasks.degrade import (
+from pixelmill.tasks.prep.degrade import (
     Blur,
     Chain,
     Degradation,

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.catalog import IMAGES, Catalog
-from tasks.errors import ConfigError
+from pixelmill.tasks.core.catalog import IMAGES, Catalog
+from pixelmill.tasks.core.errors import ConfigError
 
 
 def rows(n: int, dataset: str = "d", start: int = 0) -> list[dict]:

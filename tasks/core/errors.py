@@ -2,7 +2,7 @@
 
 Everything that is the user's to fix (a missing bucket, a bad config, an unknown table) raises
 `PixelmillError`; the CLI prints it as two readable lines instead of a traceback.
-Bad *images* are not errors of this kind: they become catalog rows (see tasks/images.py).
+Bad *images* are not errors of this kind: they become catalog rows (see tasks/core/images.py).
 """
 
 from __future__ import annotations

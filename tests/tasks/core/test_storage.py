@@ -5,8 +5,8 @@ import zipfile
 
 import pytest
 
-from tasks import storage
-from tasks.errors import StorageError
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.errors import StorageError
 
 FILES = {"b.jpg": b"B", "a/z.png": b"AZ", "a/b/c.gif": b"ABC", "c.txt": b"C", ".DS_Store": b"x",
          "__MACOSX/a.jpg": b"mac"}

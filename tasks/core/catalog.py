@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from tasks import storage
-from tasks.errors import ConfigError
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.errors import ConfigError
+from pixelmill.tasks.core.layout import Layout
 
 UTC_TIME = pa.timestamp("us", tz="UTC")
 
@@ -124,7 +125,7 @@ class Catalog:
 
     def table_url(self, table: str) -> str:
         schema_of(table)
-        return storage.join(self.workspace, "catalog", table)
+        return Layout(self.workspace).table(table)
 
     def groups(self, table: str) -> list[str]:
         fs, path = storage.resolve(self.table_url(table))

@@ -32,7 +32,7 @@ import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.degrade import (
+from pixelmill.tasks.prep.degrade import (
     OP_NAMES,
     Blur,
     Degradation,

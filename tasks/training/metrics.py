@@ -14,6 +14,10 @@ super-resolution literature:
   drops the same 5-pixel margin before averaging.
 
 Pure numpy in float64 (no scipy, no cv2). `psnr_torch` is the batched version for validation while training.
+
+Accumulators (`Mean`, `MetricSet`) collect per-image values over batches the way torchvision's
+`ConfusionMatrix`/`MetricLogger` do: `update` per batch, `compute` at the end, `merge` to combine workers.
+They keep sums and counts, never means of means, so the result does not depend on how images were batched.
 """
 
 from __future__ import annotations
@@ -139,4 +143,50 @@ def psnr_torch(
     return 10.0 * torch.log10(255.0**2 / mse)  # mse == 0 -> inf
 
 
-__all__ = ["modcrop", "psnr", "psnr_torch", "rgb_to_y", "ssim"]
+PSNR_CAP = 100.0  # identical images have infinite PSNR; a cap keeps means finite and comparable
+
+
+class Mean:
+    """The mean of per-item values, exact over any batching; `cap` bounds each value (PSNR's inf)."""
+
+    def __init__(self, cap: float | None = None):
+        self.cap, self.total, self.count = cap, 0.0, 0
+
+    def update(self, values, weight: int | None = None) -> None:
+        """Add per-item values (a tensor, list or number); a scalar with `weight` stands for that many items."""
+        if isinstance(values, torch.Tensor):
+            values = values.detach().double().flatten().tolist()
+        if not isinstance(values, list | tuple):
+            values = [float(values)] * (weight or 1)
+        for v in values:
+            self.total += min(v, self.cap) if self.cap is not None else v
+        self.count += len(values)
+
+    def merge(self, other: Mean) -> Mean:
+        self.total, self.count = self.total + other.total, self.count + other.count
+        return self
+
+    def compute(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+
+class MetricSet:
+    """Named accumulators: `update(name=values, ...)` per batch, `compute()` -> {name: value}."""
+
+    def __init__(self, **accumulators):
+        self.accumulators = accumulators
+
+    def update(self, **values) -> None:
+        for name, v in values.items():
+            self.accumulators[name].update(v)
+
+    def merge(self, other: MetricSet) -> MetricSet:
+        for name, acc in self.accumulators.items():
+            acc.merge(other.accumulators[name])
+        return self
+
+    def compute(self) -> dict[str, float]:
+        return {name: acc.compute() for name, acc in self.accumulators.items()}
+
+
+__all__ = ["Mean", "MetricSet", "PSNR_CAP", "modcrop", "psnr", "psnr_torch", "rgb_to_y", "ssim"]

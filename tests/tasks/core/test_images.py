@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.images import ImageError, decode_image, normalize_mode, open_image
-from tasks.samples import _png_with_size
+from pixelmill.tasks.core.images import ImageError, decode_image, normalize_mode, open_image
+from pixelmill.tasks.prep.samples import _png_with_size
 
 
 def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:

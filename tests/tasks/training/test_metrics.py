@@ -9,7 +9,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from tasks.metrics import modcrop, psnr, psnr_torch, rgb_to_y, ssim
+from pixelmill.tasks.training.metrics import modcrop, psnr, psnr_torch, rgb_to_y, ssim
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from models.checkpoint import load_model_from_bytes, save_model_bytes
-from tasks import storage
-from tasks.catalog import Catalog, check_name
-from tasks.errors import PixelmillError
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog, check_name
+from pixelmill.tasks.core.errors import PixelmillError
+from pixelmill.tasks.core.layout import Layout
 
 _VERSION = re.compile(r"^v(\d+)$")
 _REF = re.compile(r"^([^:@/]+)(?:@([^:@]+)|:([^:@]+))?$")
@@ -38,10 +38,6 @@ class ModelVersion:
         return f"{self.name}:{self.version}"
 
 
-def models_root(workspace: str) -> str:
-    return storage.join(storage.normalize_url(workspace), "models")
-
-
 def code_version() -> str:
     """The git commit when run from a checkout, else the installed package version."""
     try:
@@ -55,7 +51,7 @@ def code_version() -> str:
 
 
 def names(workspace: str) -> list[str]:
-    fs, path = storage.resolve(models_root(workspace))
+    fs, path = storage.resolve(Layout.of(workspace).models)
     try:
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=True)
                       if e["type"] == "directory")
@@ -65,7 +61,7 @@ def names(workspace: str) -> list[str]:
 
 def versions(workspace: str, name: str) -> list[str]:
     """Complete versions of a model, oldest first."""
-    root = storage.join(models_root(workspace), name)
+    root = Layout.of(workspace).model(name)
     fs, path = storage.resolve(root)
     try:
         entries = fs.ls(path, detail=True)
@@ -77,7 +73,7 @@ def versions(workspace: str, name: str) -> list[str]:
 
 
 def aliases(workspace: str, name: str) -> dict[str, str]:
-    uri = storage.join(models_root(workspace), name, "aliases.json")
+    uri = Layout.of(workspace).aliases(name)
     return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else {}
 
 
@@ -96,7 +92,7 @@ def resolve(workspace: str, ref: str) -> ModelVersion:
     have = versions(workspace, name)
     if not have:
         known = ", ".join(names(workspace)) or "none yet"
-        raise PixelmillError(f"unknown model {name!r} in {models_root(workspace)}",
+        raise PixelmillError(f"unknown model {name!r} in {Layout.of(workspace).models}",
                              f"known models: {known}; train one with `pixelmill train restoration`")
     if alias:
         table = aliases(workspace, name)
@@ -108,7 +104,7 @@ def resolve(workspace: str, ref: str) -> ModelVersion:
     version = version or have[-1]
     if version not in have:
         raise PixelmillError(f"model {name!r} has no version {version!r}", f"versions: {', '.join(have)}")
-    return ModelVersion(name, version, storage.join(models_root(workspace), name, version))
+    return ModelVersion(name, version, Layout.of(workspace).model_version(name, version))
 
 
 def read_json(mv: ModelVersion, file: str) -> dict:
@@ -117,6 +113,8 @@ def read_json(mv: ModelVersion, file: str) -> dict:
 
 def load(mv: ModelVersion):
     """(model in eval mode, config, metadata); a corrupt or mismatched checkpoint is a clear error."""
+    from pixelmill.models.checkpoint import load_model_from_bytes  # torch: only where weights are read
+
     config = read_json(mv, "config.json")
     try:
         model = load_model_from_bytes(storage.read_bytes(storage.join(mv.uri, "weights.safetensors")), config["model"])
@@ -130,10 +128,12 @@ def load(mv: ModelVersion):
 
 def save(workspace: str, name: str, model, config: dict, metadata: dict) -> ModelVersion:
     """Write a new version (weights, config, then metadata) and its row in the `models` table."""
+    from pixelmill.models.checkpoint import save_model_bytes
+
     check_name(name, "model name")
     have = versions(workspace, name)
     version = f"v{int(have[-1][1:]) + 1 if have else 1}"
-    mv = ModelVersion(name, version, storage.join(models_root(workspace), name, version))
+    mv = ModelVersion(name, version, Layout.of(workspace).model_version(name, version))
     weights, model_config = save_model_bytes(model)
     config = {**config, "model": model_config}
     metadata = {**metadata, "name": name, "version": version, "code_version": code_version(),
@@ -153,4 +153,17 @@ def save(workspace: str, name: str, model, config: dict, metadata: dict) -> Mode
 def set_alias(workspace: str, mv: ModelVersion, alias: str) -> None:
     check_name(alias, "alias")
     table = aliases(workspace, mv.name) | {alias: mv.version}
-    storage.write_bytes(storage.join(models_root(workspace), mv.name, "aliases.json"), json.dumps(table).encode())
+    storage.write_bytes(Layout.of(workspace).aliases(mv.name), json.dumps(table).encode())
+
+
+def decide_promotion(ref: str, alias_ref: str, key: str, model: dict, baseline: dict, current: dict | None,
+                     current_version: str | None) -> tuple[bool, str]:
+    """Promote only if the model beats the baseline and the alias's current model, on the same data."""
+    if model[key] <= baseline[key]:
+        return False, f"not promoted: {key} {model[key]:.4g} does not beat the baseline's {baseline[key]:.4g}"
+    if current is not None and model[key] <= current[key]:
+        return False, (f"not promoted: {alias_ref} ({current_version}) scores {key} {current[key]:.4g}, "
+                       f"this one {model[key]:.4g}")
+    return True, (f"promoted: {ref} is now {alias_ref} ({key} {model[key]:.4g} vs baseline {baseline[key]:.4g}, "
+                  f"previous {current_version or 'none'}"
+                  + (f" at {current[key]:.4g})" if current is not None else ")"))

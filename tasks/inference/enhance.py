@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.data import to_tensor
-from tasks.evaluate import to_uint8
+from pixelmill.tasks.training.datasets import to_tensor
+from pixelmill.tasks.training.evaluate import to_uint8
 
 
 @torch.inference_mode()

@@ -12,22 +12,15 @@ import math
 import numpy as np
 import torch
 
-from tasks.data import PairDataset, PairRecord
-from tasks.metrics import psnr, ssim
-
-PSNR_CAP = 100.0  # identical images have infinite PSNR; a cap keeps means finite and comparable
+from pixelmill.models.unet import residual_base
+from pixelmill.tasks.training.datasets import PairDataset, PairRecord
+from pixelmill.tasks.training.metrics import PSNR_CAP, psnr, ssim
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:
     """(C, H, W) float in [0, 1] -> (H, W, 3) uint8, rounding like saving a PNG would."""
     arr = t.detach().float().clamp(0, 1).mul(255).round().byte().cpu().numpy().transpose(1, 2, 0)
     return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
-
-
-def baseline(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """(B, C, H, W) input -> what a plain resize gives at the target size."""
-    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-    return torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic") if scale > 1 else x
 
 
 def scores(pred: np.ndarray, target: np.ndarray, scale: int) -> dict:
@@ -40,7 +33,7 @@ def scores(pred: np.ndarray, target: np.ndarray, scale: int) -> dict:
 
 
 @torch.inference_mode()
-def evaluate_model(model: torch.nn.Module, records: list[PairRecord], scale: int, in_channels: int,
+def evaluate_pairs(model: torch.nn.Module, records: list[PairRecord], scale: int, in_channels: int,
                    device: torch.device, keep_images: int = 0) -> tuple[list[dict], list[tuple]]:
     """Per-pair scores for model and baseline; also (input, baseline, model, target) arrays of the first few."""
     model = model.to(device).eval()
@@ -48,7 +41,7 @@ def evaluate_model(model: torch.nn.Module, records: list[PairRecord], scale: int
     rows, gallery = [], []
     for i, rec in enumerate(records):
         x, y = (t.unsqueeze(0).to(device) for t in data[i])
-        pred, base = model(x)[0], baseline(x, scale)[0]
+        pred, base = model(x)[0], residual_base(x, scale, 3)[0]  # the baseline: a plain (bicubic) resize
         target = to_uint8(y[0])
         m, b = to_uint8(pred), to_uint8(base)
         rows.append({"pair_id": rec.pair_id, "method": "model"} | scores(m, target, scale))

@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import posixpath
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,13 +27,14 @@ import pyarrow.dataset as ds
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks import storage
-from tasks.catalog import Catalog, check_name
-from tasks.degrade import derive_seed
-from tasks.errors import ConfigError
-from tasks.images import DEFAULT_MAX_PIXELS, ImageFacts, normalize_mode, open_image
-from tasks.ingest import ShardResult
-from tasks.recipes import Recipe, apply_recipe, encode_png, get_recipe
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog, check_name
+from pixelmill.tasks.core.errors import ConfigError
+from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, ImageFacts, normalize_mode, open_image
+from pixelmill.tasks.core.layout import Layout
+from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, shard_id
+from pixelmill.tasks.prep.degrade import derive_seed
+from pixelmill.tasks.prep.recipes import Recipe, apply_recipe, encode_png, get_recipe
 
 Split = Literal["train", "valid", "test", "all"]
 
@@ -121,11 +121,8 @@ def plan_crappify(catalog: Catalog, dataset: str, cfg: CrappifyConfig) -> Crappi
                           "pass a new --name, or delete the set's folder and catalog part to remake it")
     done = set(made["pair_id"].to_pylist())
     todo = [j for j in jobs if pair_id(j.image_sha256, recipe.recipe_hash, cfg.seed) not in done]
-    shards = []
-    for start in range(0, len(todo), cfg.shard_size):
-        chunk = tuple(todo[start: start + cfg.shard_size])
-        key = json.dumps([set_name, recipe.recipe_hash, cfg.seed, [j.image_sha256 for j in chunk]])
-        shards.append(CrappifyShard(set_name, hashlib.sha256(key.encode()).hexdigest()[:20], recipe, cfg.seed, chunk))
+    shards = [CrappifyShard(set_name, shard_id(set_name, recipe.recipe_hash, cfg.seed, [j.image_sha256 for j in chunk]),
+                            recipe, cfg.seed, chunk) for chunk in chunks(todo, cfg.shard_size)]
     return CrappifyPlan(set_name, recipe, shards, existing=len(jobs) - len(todo))
 
 
@@ -179,10 +176,6 @@ def crappify_one(job: PairJob, recipe: Recipe, global_seed: int, set_name: str, 
     return row
 
 
-def set_root(workspace: str, set_name: str) -> str:
-    return storage.join(storage.normalize_url(workspace), "datasets", set_name)
-
-
 def image_pool(processes: int) -> ProcessPoolExecutor:
     """One pool per process, for its lifetime: started once (about a second), shared by all shards in flight.
 
@@ -197,7 +190,7 @@ def _pool(processes: int, storage_env: tuple) -> ProcessPoolExecutor:
     # Children fork from the forkserver, whose environment is the one it started with: hand them today's
     # storage settings (endpoint, credentials), and start a new pool when those change.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tasks.crappify"])
+    context.set_forkserver_preload(["pixelmill.tasks.prep.crappify"])
     return ProcessPoolExecutor(processes, mp_context=context, initializer=_use_env, initargs=(dict(storage_env),))
 
 
@@ -213,8 +206,9 @@ def crappify_shard(shard: CrappifyShard, workspace: str, cfg: CrappifyConfig, pr
     processes cannot see it.
     """
     now = datetime.now(UTC)
+    set_root = Layout.of(workspace).paired_set(shard.set_name)
     make = functools.partial(crappify_one, recipe=shard.recipe, global_seed=shard.seed, set_name=shard.set_name,
-                             set_root=set_root(workspace, shard.set_name), max_pixels=cfg.max_pixels, now=now)
+                             set_root=set_root, max_pixels=cfg.max_pixels, now=now)
     in_memory = any(storage.normalize_url(u).startswith("memory://")
                     for u in (workspace, *(j.image_uri for j in shard.jobs)))
     if processes > 1 and not in_memory:
@@ -222,5 +216,4 @@ def crappify_shard(shard: CrappifyShard, workspace: str, cfg: CrappifyConfig, pr
     else:
         with ThreadPoolExecutor(cfg.threads) as pool:
             rows = list(pool.map(make, shard.jobs))
-    Catalog(workspace).write_part("pairs", shard.set_name, shard.shard_id, rows)
-    return ShardResult(shard.shard_id, len(rows), dict(Counter(r["status"] for r in rows)))
+    return commit_shard(Catalog(workspace), "pairs", shard.set_name, shard.shard_id, rows)

@@ -1,0 +1,47 @@
+"""How bulk work is cut into shards and how a shard commits: ingest, crappify and apply share this.
+
+A shard is tens to hundreds of items (Prefect's per-task cost is milliseconds, one item's work is too).
+Its id hashes everything that defines its output, so a rerun of the same shard rewrites the same catalog
+part (`part-{shard_id}.parquet`) instead of adding one: retries and reruns never duplicate rows.
+A shard writes its outputs first and its catalog part last, so a crash never leaves a row without its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pixelmill.tasks.core.catalog import Catalog
+
+T = TypeVar("T")
+
+
+@dataclass
+class ShardResult:
+    """What a shard task returns: small, whatever the shard's size."""
+
+    shard_id: str
+    items: int
+    counts: dict[str, int] = field(default_factory=dict)  # rows by status
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[tuple[T, ...]]:
+    """Consecutive chunks of `size` items (the last one shorter)."""
+    for start in range(0, len(items), size):
+        yield tuple(items[start: start + size])
+
+
+def shard_id(*key: object) -> str:
+    """A stable id from JSON-able inputs: the same inputs give the same id on every run and machine."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def commit_shard(catalog: Catalog, table: str, group: str, shard: str, rows: Iterable[dict]) -> ShardResult:
+    """Write the shard's catalog part (atomically replacing an earlier attempt) and count its statuses."""
+    rows = list(rows)
+    catalog.write_part(table, group, shard, rows)
+    return ShardResult(shard, len(rows), dict(Counter(r["status"] for r in rows)))

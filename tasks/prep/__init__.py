@@ -1,0 +1,1 @@
+"""Making data: ingest (sources -> images table), degradations and recipes, crappify (-> pairs), samples."""

@@ -1,0 +1,200 @@
+"""The one training loop, without Prefect. It knows nothing about what is learned: an objective does.
+
+Reads like torchvision's references/segmentation/train.py: `train_model` builds the model and optimizer
+from the objective, restores a checkpoint, then alternates `train_one_epoch`-style stepping with
+`evaluate`. What every model task gets from here, once: AdamW with biases and norm weights out of weight
+decay, the one-cycle schedule driven by the step or time budget, AMP (fp16) and channels_last on CUDA,
+gradient clipping, validation and a checkpoint every `val_every` steps and at the end, and exact resume.
+
+A checkpoint is one dict: model, optimizer, objective state (a GAN's critic), step, elapsed seconds,
+samples consumed, torch RNG and the config fingerprint. Data order and augmentations derive from
+(seed, sample position), so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from pixelmill.tasks.core.errors import ConfigError
+from pixelmill.tasks.training.config import TrainConfig
+from pixelmill.tasks.training.datasets import SampleStream
+
+
+@dataclass
+class TrainHooks:
+    """What the caller does at each validation: report metrics, store a checkpoint."""
+
+    on_validation: Callable[[dict], None] = lambda metrics: None
+    save_checkpoint: Callable[[bytes], None] = lambda state: None
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    step: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The config's device choice made concrete: 'auto' is CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device", "use device: auto or cpu")
+    return torch.device(name)
+
+
+def one_cycle(progress: float, peak: float, pct_start: float) -> float:
+    """fastai's one-cycle shape: cosine warm-up from peak/25 to peak, cosine anneal to ~0."""
+    start, end = peak / 25, peak / 1e5
+    if progress < pct_start:
+        t = progress / pct_start
+        return start + (peak - start) * (1 - math.cos(math.pi * t)) / 2
+    t = min(1.0, (progress - pct_start) / (1 - pct_start))
+    return end + (peak - end) * (1 + math.cos(math.pi * t)) / 2
+
+
+def configure_optimizer(params: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float,
+                        **adam) -> torch.optim.Optimizer:
+    """AdamW where only weight matrices and kernels decay (nanoGPT's rule): biases, norm weights and other
+    1-D parameters are offsets and scales, and pulling them towards 0 only hurts."""
+    params = [p for _, p in params if p.requires_grad]
+    decay, no_decay = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **adam)
+
+
+class Amp:
+    """Mixed precision on CUDA (fp16 autocast and a loss scaler per optimizer), plain fp32 elsewhere.
+
+    Objectives run every forward pass under `autocast()` and every update through `step()`, so AMP and
+    clipping are written once for the generator, a critic, or whatever else an objective trains.
+    """
+
+    def __init__(self, device: torch.device, grad_clip: float):
+        self.device, self.enabled, self.grad_clip = device, device.type == "cuda", grad_clip
+        self.scalers: dict[int, torch.amp.GradScaler] = {}
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.enabled)
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(self.device, non_blocking=True)
+        return t.contiguous(memory_format=torch.channels_last) if self.enabled and t.ndim == 4 else t
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> None:
+        """Backward, unscale, clip to `grad_clip`, step, for one optimizer."""
+        scaler = self.scalers.setdefault(id(optimizer), torch.amp.GradScaler("cuda", enabled=self.enabled))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+
+def make_loader(dataset, cfg: TrainConfig, train: bool, start: int = 0) -> torch.utils.data.DataLoader:
+    """Train: an endless stream of batches from `start` (samples already consumed). Validation: one pass."""
+    workers = cfg.loader_workers
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=SampleStream(len(dataset), cfg.seed, start) if train else None,
+        num_workers=workers, persistent_workers=workers > 0 and not train,
+        pin_memory=torch.cuda.is_available())
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, objective, loader, amp: Amp) -> dict[str, float]:
+    """One pass over the validation loader into the objective's metric accumulators."""
+    model.eval()
+    metrics = objective.new_metrics()
+    for batch in loader:
+        with amp.autocast():
+            objective.validation_step(model, [amp.to_device(t) for t in batch], metrics)
+    model.train()
+    return metrics.compute()
+
+
+def state_bytes(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def load_state(data: bytes) -> dict:
+    # weights_only: a checkpoint is data (tensors, numbers), never code
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, resume: dict | None = None,
+                cache_dir: str | None = None) -> TrainResult:
+    """Train the objective's model for cfg's step and time budget; `resume` is a loaded checkpoint."""
+    hooks = hooks or TrainHooks()
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = objective.build_model().to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    objective.setup(model, device)  # the loss (a missing feature network fails here), a critic
+    optimizer = configure_optimizer(model.named_parameters(), cfg.lr, cfg.weight_decay)
+    step, elapsed, samples = 0, 0.0, 0
+    if resume is not None:
+        if resume.get("fingerprint") != cfg.fingerprint() or resume.get("objective_name") != objective.name:
+            raise ConfigError("the checkpoint was made with another training config or data set",
+                              "start a new run (without --resume), or resume with the same config")
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        objective.load_state_dict(resume["objective"])
+        step, elapsed, samples = resume["step"], resume["elapsed"], resume["samples"]
+        torch.set_rng_state(resume["torch_rng"])
+    train_ds, val_ds = objective.datasets(cache_dir)
+    amp = Amp(device, cfg.grad_clip)
+    batches = iter(make_loader(train_ds, cfg, train=True, start=samples))
+    val_loader = make_loader(val_ds, cfg, train=False)
+    budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    history: list[dict] = []
+    run_started = time.perf_counter()
+    started, images = run_started - elapsed, 0  # `elapsed` counts the time before a resume too
+    last: dict = {}
+
+    def validate_and_checkpoint() -> None:
+        metrics = {"step": step, **last, "lr": optimizer.param_groups[0]["lr"],
+                   "elapsed_s": round(elapsed, 1)} | evaluate(model, objective, val_loader, amp)
+        history.append(metrics)
+        hooks.on_validation(metrics)
+        hooks.save_checkpoint(state_bytes({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
+            "objective_name": objective.name, "step": step, "elapsed": elapsed, "samples": samples,
+            "fingerprint": cfg.fingerprint(), "torch_rng": torch.get_rng_state()}))
+
+    model.train()
+    while step < cfg.steps and elapsed < budget:
+        batch = [amp.to_device(t) for t in next(batches)]
+        samples += batch[0].shape[0]
+        for group in optimizer.param_groups:
+            group["lr"] = one_cycle(max(step / cfg.steps, elapsed / budget), cfg.lr, cfg.pct_start)
+        with amp.autocast():
+            loss, logs = objective.training_step(model, batch, amp)
+        last |= logs
+        if loss is not None:  # None: the objective spent this batch on something else (a critic's turn)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at step {step}: lower --lr or check the data")
+            amp.step(loss, optimizer, model.parameters())
+            step, images, last["train_loss"] = step + 1, images + batch[0].shape[0], loss.item()
+        elapsed = time.perf_counter() - started
+        if loss is not None and step % cfg.val_every == 0:
+            validate_and_checkpoint()
+    if not history or history[-1]["step"] != step:  # stopped by the budget between validations
+        validate_and_checkpoint()
+    with contextlib.suppress(Exception):  # end the loader's worker processes now, not at garbage collection
+        batches._shutdown_workers()
+    this_run = time.perf_counter() - run_started
+    return TrainResult(model.eval(), step, history, elapsed, images / this_run if images else 0.0)

@@ -1,0 +1,76 @@
+"""Whole training and evaluation runs by reference, as the Prefect tasks call them.
+
+In: a workspace URL, a source name (a pairs set), a model name or reference, a config. Out: a small summary
+with the new model's reference, never a model or tensors, so a GPU worker can run the task and any other
+process can pick up from the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pixelmill.tasks.core import registry, storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.layout import Layout
+from pixelmill.tasks.training.config import TrainConfig
+from pixelmill.tasks.training.loop import TrainHooks, load_state, pick_device, train_model
+from pixelmill.tasks.training.objectives import build_objective, objective_class
+
+
+def train_and_register(workspace: str, source: str, name: str, cfg: TrainConfig, resume: bool = False,
+                       on_validation: Callable[[dict], None] = lambda metrics: None,
+                       on_start: Callable[[str], None] = lambda text: None) -> dict:
+    """Train cfg's objective on `source`, checkpointing to the workspace; register the model; summarize."""
+    layout = Layout.of(workspace)
+    objective = build_objective(cfg, workspace, source)
+    on_start(objective.describe())
+    checkpoint = layout.checkpoint(name)
+    state = load_state(storage.read_bytes(checkpoint)) if resume else None
+    hooks = TrainHooks(on_validation, lambda data: storage.write_bytes(checkpoint, data))
+    cache_dir = None if layout.is_local else os.path.join(tempfile.gettempdir(), "pixelmill-cache", source)
+    result = train_model(objective, cfg, hooks, resume=state, cache_dir=cache_dir)
+    last = result.history[-1] if result.history else {}
+    metadata = objective.registry_metadata() | {"steps": result.step, "seconds": round(result.seconds, 1),
+                                                "metrics": last}
+    mv = registry.save(workspace, name, result.model,
+                       config=objective.registry_config() | {"train_config": cfg.model_dump(mode="json")},
+                       metadata=metadata)
+    return {"model": mv.ref, "uri": mv.uri, "steps": result.step, "seconds": result.seconds,
+            "images_per_s": result.images_per_s, **objective.registry_config(), "baseline": objective.baseline,
+            "metrics": last, "history": result.history}
+
+
+def evaluation_id(model_ref: str, source: str, split: str) -> str:
+    return hashlib.sha256(f"{model_ref}|{source}|{split}".encode()).hexdigest()[:16]
+
+
+def evaluate_registered(workspace: str, ref: str, source: str, split: str = "valid", gallery: int = 0,
+                        limit: int | None = None, record: bool = True) -> dict:
+    """Score a registered model and its baseline on a split; rows to the `evaluations` table when `record`,
+    gallery images to the workspace's reports folder. Returns means, counts and the gallery's URIs."""
+    from pixelmill.tasks.reports import png_bytes
+
+    mv = registry.resolve(workspace, ref)
+    model, config, _ = registry.load(mv)
+    objective = objective_class(config["task"])
+    ev = objective.evaluate_split(model, config, workspace, source, split, pick_device(), gallery, limit)
+    eid = evaluation_id(mv.ref, source, split)
+    if record:
+        common = {"evaluation_id": eid, "model": mv.ref, "pairs_set": source, "split": split,
+                  "created_at": datetime.now(UTC)}
+        rows = [common | r | {"scope": "image", "images": 1} for r in ev.rows]
+        rows += [common | m | {"method": method, "scope": "mean"} for method, m in ev.means.items()]
+        Catalog(workspace).write_part("evaluations", mv.name, eid, rows)
+    report = Layout.of(workspace).report("evaluate", eid)
+    uris = []
+    for i, images in enumerate(ev.gallery):
+        uris.append([storage.join(report, f"{i:03d}-{label}.png") for label in objective.gallery_labels])
+        for uri, image in zip(uris[-1], images, strict=True):
+            storage.write_bytes(uri, png_bytes(image))
+    return {"model": mv.ref, "task": config["task"], "evaluation_id": eid, "images": ev.images,
+            "skipped": ev.skipped, "means": ev.means, "score_key": objective.score_key, "baseline": ev.baseline,
+            "gallery_labels": list(objective.gallery_labels), "gallery": uris}
