@@ -2,13 +2,14 @@
 
     make demo                 # or: pixelmill demo --dir ./pixelmill-demo
 
-It checks its own result: every photograph must be an ok row with the right size, every broken file an
-error row of the right kind.
+It checks its own result: one catalog row per sample file and no other, every photograph an ok row with the
+right size and format, every broken file an error row of the right kind.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 from prefect import flow
 
@@ -25,18 +26,24 @@ from pixelmill.tasks.training.config import TrainConfig
 
 
 def check_catalog(rows: list[dict], expected: list[Expected], bucket: str) -> list[str]:
-    """What differs between the catalog and what the sample files must give (empty when all is right)."""
+    """What differs between the catalog and what the sample files must give (empty when all is right):
+    exactly one row per sample file, no other rows, and each row's status, size, format or error kind."""
+    names = {storage.join(bucket, exp.name): exp.name for exp in expected}
+    rows_per_uri = Counter(r["uri"] for r in rows)
+    problems = [f"{uri}: a catalog row for a file that is not a sample" for uri in rows_per_uri if uri not in names]
+    problems += [f"{names[uri]}: {n} catalog rows, expected one" for uri, n in rows_per_uri.items()
+                 if uri in names and n > 1]
     by_uri = {r["uri"]: r for r in rows}
-    problems = []
     for exp in expected:
         row = by_uri.get(storage.join(bucket, exp.name))
         if row is None:
             problems.append(f"{exp.name}: no catalog row")
         elif exp.error_kind and (row["status"] != "error" or not row["error"].startswith(exp.error_kind)):
             problems.append(f"{exp.name}: expected error {exp.error_kind}, got {row['status']} {row['error']}")
-        elif not exp.error_kind and (row["status"], row["width"], row["height"]) != ("ok", exp.width, exp.height):
-            problems.append(f"{exp.name}: expected ok {exp.width}x{exp.height}, got {row['status']} "
-                            f"{row['width']}x{row['height']} {row['error'] or ''}")
+        elif not exp.error_kind and ((row["status"], row["width"], row["height"], row["format"])
+                                     != ("ok", exp.width, exp.height, exp.format)):
+            problems.append(f"{exp.name}: expected ok {exp.format} {exp.width}x{exp.height}, got {row['status']} "
+                            f"{row['format']} {row['width']}x{row['height']} {row['error'] or ''}".rstrip())
     return problems
 
 
@@ -90,8 +97,9 @@ def print_report(report: dict) -> None:
         print("\nDEMO CHECK FAILED:\n  " + "\n  ".join(report["mismatches"]))
     else:
         s = report["summary"]["status"]
-        print(f"\ndemo check passed: {s.get('ok', 0)} photographs ok with the right sizes, "
-              f"{s.get('error', 0)} broken files recorded as error rows, {report['pairs']['pairs']} training pairs.")
+        print(f"\ndemo check passed: one catalog row per file, {s.get('ok', 0)} photographs ok with the right sizes "
+              f"and formats, {s.get('error', 0)} broken files recorded as error rows, "
+              f"{report['pairs']['pairs']} training pairs.")
     if os.environ.get("PREFECT_API_URL"):
         print(f"runs are in the Prefect UI of {os.environ['PREFECT_API_URL']}")
     else:

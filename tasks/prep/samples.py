@@ -24,6 +24,7 @@ class Expected:
     width: int | None  # None for files that must be error rows
     height: int | None
     error_kind: str | None = None
+    format: str | None = None  # the Pillow format the file was written in: what its catalog row must say
 
 
 def _encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -45,41 +46,40 @@ def sample_files() -> dict[str, tuple[bytes, Expected]]:
     """name -> (file bytes, what ingest must report)."""
     files: dict[str, tuple[bytes, Expected]] = {}
 
-    def add(name: str, payload: bytes, size: tuple[int, int] | None, error_kind: str | None = None) -> None:
-        files[name] = (payload, Expected(name, *(size or (None, None)), error_kind))
+    def add_image(name: str, im: Image.Image, fmt: str, size: tuple[int, int] | None = None, **save) -> None:
+        files[name] = (_encode(im, fmt, **save), Expected(name, *(size or im.size), format=fmt))
+
+    def add_broken(name: str, payload: bytes, error_kind: str) -> None:
+        files[name] = (payload, Expected(name, None, None, error_kind))
 
     rgb = {n: Image.fromarray(getattr(skdata, n)()) for n in
            ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "hubble_deep_field")}
     gray = {n: Image.fromarray(getattr(skdata, n)()) for n in ("camera", "coins", "moon", "page", "clock")}
     for n in ("astronaut", "chelsea", "coffee"):
-        add(f"photos/{n}.jpg", _encode(rgb[n], "JPEG", quality=92), rgb[n].size)
-    add("photos/cat.png", _encode(rgb["cat"], "PNG"), rgb["cat"].size)
-    add("photos/immunohistochemistry.webp", _encode(rgb["immunohistochemistry"], "WEBP", quality=90),
-        rgb["immunohistochemistry"].size)
-    add("photos/hubble.tif", _encode(rgb["hubble_deep_field"], "TIFF"), rgb["hubble_deep_field"].size)
-    add("gray/camera.png", _encode(gray["camera"], "PNG"), gray["camera"].size)
-    add("gray/coins.bmp", _encode(gray["coins"], "BMP"), gray["coins"].size)
-    add("gray/clock.gif", _encode(gray["clock"], "GIF"), gray["clock"].size)
+        add_image(f"photos/{n}.jpg", rgb[n], "JPEG", quality=92)
+    add_image("photos/cat.png", rgb["cat"], "PNG")
+    add_image("photos/immunohistochemistry.webp", rgb["immunohistochemistry"], "WEBP", quality=90)
+    add_image("photos/hubble.tif", rgb["hubble_deep_field"], "TIFF")
+    add_image("gray/camera.png", gray["camera"], "PNG")
+    add_image("gray/coins.bmp", gray["coins"], "BMP")
+    add_image("gray/clock.gif", gray["clock"], "GIF")
     # Odd modes that must still become ok rows.
-    moon16 = Image.fromarray(skdata.moon().astype(np.uint16) * 257)
-    add("modes/moon-16bit.png", _encode(moon16, "PNG"), moon16.size)
-    add("modes/logo-rgba.png", _encode(Image.fromarray(skdata.logo()), "PNG"), (500, 500))
-    palette = rgb["chelsea"].quantize(64)
-    add("modes/chelsea-palette-transparent.png", _encode(palette, "PNG", transparency=0), palette.size)
-    page_la = Image.merge("LA", (gray["page"], gray["page"].point(lambda v: 255 - v)))
-    add("modes/page-la.png", _encode(page_la, "PNG"), page_la.size)
+    add_image("modes/moon-16bit.png", Image.fromarray(skdata.moon().astype(np.uint16) * 257), "PNG")
+    add_image("modes/logo-rgba.png", Image.fromarray(skdata.logo()), "PNG", size=(500, 500))
+    add_image("modes/chelsea-palette-transparent.png", rgb["chelsea"].quantize(64), "PNG", transparency=0)
+    add_image("modes/page-la.png", Image.merge("LA", (gray["page"], gray["page"].point(lambda v: 255 - v))), "PNG")
     retina = Image.fromarray(skdata.retina()).resize((470, 470)).convert("CMYK")
-    add("modes/retina-cmyk.jpg", _encode(retina, "JPEG", quality=90), retina.size)
+    add_image("modes/retina-cmyk.jpg", retina, "JPEG", quality=90)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display": a portrait shot from a phone held sideways
     w, h = rgb["rocket"].size
-    add("modes/rocket-exif-rotated.jpg", _encode(rgb["rocket"], "JPEG", quality=90, exif=exif), (h, w))
+    add_image("modes/rocket-exif-rotated.jpg", rgb["rocket"], "JPEG", size=(h, w), quality=90, exif=exif)
     # Broken files: each must become an error row with this kind.
     good_jpeg = files["photos/astronaut.jpg"][0]
-    add("broken/empty.jpg", b"", None, "empty")
-    add("broken/truncated.jpg", good_jpeg[: len(good_jpeg) // 2], None, "truncated")
-    add("broken/not-an-image.png", b"this is a text file, not a PNG\n" * 20, None, "not_image")
-    add("broken/bomb.png", _png_with_size(60_000, 60_000), None, "too_large")
+    add_broken("broken/empty.jpg", b"", "empty")
+    add_broken("broken/truncated.jpg", good_jpeg[: len(good_jpeg) // 2], "truncated")
+    add_broken("broken/not-an-image.png", b"this is a text file, not a PNG\n" * 20, "not_image")
+    add_broken("broken/bomb.png", _png_with_size(60_000, 60_000), "too_large")
     return files
 
 
