@@ -40,7 +40,7 @@ def prefect_env(home: Path) -> dict[str, str]:
                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
-@pytest.mark.slow  # starts Prefect's embedded server in the subprocess: ~30 s
+@pytest.mark.slow  # starts Prefect's embedded server in the subprocess: 30-40 s
 def test_help_ingest_and_crappify_never_import_torch(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -62,7 +62,7 @@ def test_each_wrong_row_is_one_problem_naming_the_file(catalog_rows, wrong, name
     assert name in problems[0] and says in problems[0], problems
 
 
-@pytest.mark.slow  # the whole pipeline in a subprocess on Prefect's embedded server: ~1 minute
+@pytest.mark.slow  # the whole pipeline in a subprocess on Prefect's embedded server: 1-1.5 minutes
 def test_pixelmill_demo_command_passes_its_check(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
