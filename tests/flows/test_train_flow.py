@@ -1,7 +1,10 @@
 """Train, evaluate, promote and enhance through the flows and the CLI, on a real Prefect server."""
 
+import functools
+import pickle
 
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -10,6 +13,7 @@ from pixelmill.flows.crappify import run_crappify
 from pixelmill.flows.evaluate import evaluate
 from pixelmill.flows.ingest import ingest
 from pixelmill.flows.train import train
+from pixelmill.tasks import steps
 from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
@@ -34,6 +38,17 @@ def workspace(tmp_path_factory, prefect_server):
     return ws
 
 
+def scaled_correction(workspace: str, ref: str, name: str, factor: float) -> str:
+    """Register a copy of `ref` whose learned correction (the residual head) is scaled by `factor`:
+    0 gives exactly the bicubic baseline, 0.5 half of what the model learned."""
+    model, config, _ = registry.load(registry.resolve(workspace, ref))
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.mul_(factor)
+    return registry.save(workspace, name, model, config={k: v for k, v in config.items() if k != "model"},
+                         metadata={"pairs_set": "tex-sr-x2"}).ref
+
+
 def test_train_evaluate_promote_enhance(workspace, tmp_path):
     cfg = TrainConfig(**TINY, steps=40, val_every=20)
     first = train("tex-sr-x2", "tiny", cfg, workspace=workspace)
@@ -44,18 +59,12 @@ def test_train_evaluate_promote_enhance(workspace, tmp_path):
     assert meta["pairs_set"] == "tex-sr-x2" and meta["steps"] == 40 and "val_psnr_y" in meta["metrics"]
 
     result = evaluate("tiny", "tex-sr-x2", split="valid", promote="production", workspace=workspace)
-    assert result["images"] >= 1
-    assert result["promoted"] == (result["gain_psnr_y"] > 0)
+    assert result["images"] >= 1 and result["baseline"] == "bicubic"
+    assert result["gain_psnr_y"] > 0, "a trained residual net beats bicubic on these textures"
+    assert result["promoted"] is True and registry.resolve(workspace, "tiny@production").version == "v1"
     rows = Catalog(workspace).read("evaluations", "tiny").to_pylist()
     assert {r["method"] for r in rows} == {"model", "baseline"}
     assert len([r for r in rows if r["scope"] == "image"]) == 2 * result["images"]
-
-    # a second version that is barely trained must not take the alias from a better one
-    registry.set_alias(workspace, registry.resolve(workspace, "tiny:v1"), "production")
-    train("tex-sr-x2", "tiny", TrainConfig(**(TINY | {"lr": 1e-6}), steps=2, val_every=2), workspace=workspace)
-    second = evaluate("tiny:v2", "tex-sr-x2", promote="production", workspace=workspace)
-    assert second["promoted"] is False
-    assert registry.resolve(workspace, "tiny@production").version == "v1"
 
     listed = runner.invoke(app, ["models", "list", "--workspace", workspace])
     assert listed.exit_code == 0 and "tiny:v1" in listed.output and "@production" in listed.output
@@ -68,12 +77,70 @@ def test_train_evaluate_promote_enhance(workspace, tmp_path):
     assert Image.open(out).size == (42, 34)
 
 
+def test_promotion_rules_each_decide(workspace):
+    """Every rule with a model that wins or loses it: beat the baseline, then beat the alias's current model."""
+    if not registry.versions(workspace, "rules"):
+        train("tex-sr-x2", "rules", TrainConfig(**TINY, steps=40, val_every=40), workspace=workspace)
+    best = registry.resolve(workspace, "rules:v1").ref
+    registry.set_alias(workspace, registry.resolve(workspace, best), "production")
+
+    bicubic = scaled_correction(workspace, best, "rules", 0.0)  # exactly the baseline: does not beat it
+    lost = evaluate(bicubic, "tex-sr-x2", promote="production", workspace=workspace)
+    assert lost["model_scores"]["psnr_y"] == pytest.approx(lost["baseline_scores"]["psnr_y"], abs=1e-6)
+    assert lost["promoted"] is False and "does not beat the baseline" in lost["promotion_reason"]
+
+    half = scaled_correction(workspace, best, "rules", 0.5)  # beats bicubic, loses to the current alias
+    second = evaluate(half, "tex-sr-x2", promote="production", workspace=workspace)
+    full = evaluate(best, "tex-sr-x2", workspace=workspace)["model_scores"]["psnr_y"]
+    assert second["baseline_scores"]["psnr_y"] < second["model_scores"]["psnr_y"] < full
+    assert second["promoted"] is False and "rules@production (v1) scores" in second["promotion_reason"]
+    assert registry.resolve(workspace, "rules@production").ref == best
+
+    registry.set_alias(workspace, registry.resolve(workspace, half), "production")
+    won = evaluate(best, "tex-sr-x2", promote="production", workspace=workspace)  # beats both
+    assert won["promoted"] is True and "previous v3" in won["promotion_reason"]
+    assert registry.resolve(workspace, "rules@production").ref == best
+
+
 def test_resume_after_a_crash_continues(workspace):
     cfg = TrainConfig(**TINY, steps=20, val_every=10)
     train("tex-sr-x2", "resumable", cfg, workspace=workspace)
     resumed = train("tex-sr-x2", "resumable", TrainConfig(**TINY, steps=30, val_every=10), workspace=workspace,
                     resume=True)
     assert resumed["steps"] == 30 and resumed["model"] == "resumable:v2"
+    meta = registry.read_json(registry.resolve(workspace, "resumable:v2"), "metadata.json")
+    assert meta["steps"] == 30
+
+
+def test_tasks_exchange_references_not_tensors(workspace):
+    """What crosses a task boundary in the train and evaluate flows is a config or a summary: small, no tensors."""
+    seen: list[tuple[str, int, str]] = []
+
+    def watch(task_obj):
+        original = task_obj.fn
+
+        @functools.wraps(original)  # Prefect binds parameters by the function's signature
+        def recorded(*args, **kwargs):
+            result = original(*args, **kwargs)
+            for label, value in (("parameters", (args, kwargs)), ("result", result)):
+                data = pickle.dumps(value)
+                seen.append((task_obj.name, len(data), label))
+                assert b"torch" not in data, f"{task_obj.name} {label} carries torch objects"
+            return result
+
+        return recorded
+
+    originals = {t: t.fn for t in (steps.train_model, steps.evaluate_model)}
+    try:
+        for t in originals:
+            t.fn = watch(t)
+        trained = train("tex-sr-x2", "refs", TrainConfig(**TINY, steps=4, val_every=2), workspace=workspace)
+        evaluate(trained["model"], "tex-sr-x2", workspace=workspace)
+    finally:
+        for t, fn in originals.items():
+            t.fn = fn
+    assert {name for name, _, _ in seen} == {"train_model", "evaluate_model"}
+    assert all(size < 20_000 for _, size, _ in seen), seen
 
 
 @pytest.mark.parametrize("args,message", [
