@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import fsspec
+from fsspec.archive import AbstractArchiveFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from pixelmill.tasks.core.errors import StorageError
@@ -92,8 +93,9 @@ def resolve(url: str, archives: bool = True) -> tuple[fsspec.AbstractFileSystem,
 def to_uri(fs: fsspec.AbstractFileSystem, path: str, chain_of: str | None = None) -> str:
     """A full URL for `path` on `fs`; archive members keep their chain so any worker can reopen them."""
     if chain_of:
+        # The member's exact name: `/abs/a.png` and `abs/a.png` are two members and need two URIs.
         proto, _, outer = chain_of.partition("::")
-        return f"{proto.split('://')[0]}://{path.lstrip('/')}::{outer}"
+        return f"{proto.split('://')[0]}://{path}::{outer}"
     return fs.unstrip_protocol(path)
 
 
@@ -148,7 +150,23 @@ def _version(info: dict) -> str:
 
 
 def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX"
+    # `.` and `..` are not hidden files but path tricks (object keys like `a/../b.png`): they must be
+    # listed, so that ingest can give them an `unsafe_name` row instead of losing them.
+    return (name.startswith(".") and name not in (".", "..")) or name == "__MACOSX"
+
+
+def _archive_members(fs: AbstractArchiveFileSystem, root: str) -> list[tuple[str, dict]]:
+    """(member name, info) of every file in an archive under root, each exactly once, by exact name.
+
+    Not a walk over `fs.ls`: fsspec builds an archive's folders from member names, so a member named
+    `/abs/a.png` sits in no folder that `ls` can reach. Its member table (`dir_cache`, filled by `ls`)
+    has every name as stored: the archive's index is in memory anyway.
+    """
+    fs.ls(root, detail=False)
+    prefix = f"{root}/" if root else ""
+    return [(name, info) for name, info in fs.dir_cache.items()
+            if info["type"] == "file" and name.startswith(prefix)
+            and not any(_is_hidden(part) for part in name[len(prefix):].split("/"))]
 
 
 def iter_files(url: str) -> Iterator[FileInfo]:
@@ -168,17 +186,24 @@ def iter_files(url: str) -> Iterator[FileInfo]:
                        posixpath.basename(root))
         return
     root = root.rstrip("/")
+    if isinstance(fs, AbstractArchiveFileSystem):
+        # Sorted by parts, the order a depth-first walk over sorted folders gives (`a/z.png` before `a.png`).
+        for name, info in sorted(_archive_members(fs, root), key=lambda m: m[0].split("/")):
+            rel = name[len(root) + 1:] if root else name  # exact: `/abs/a.png` must stay absolute
+            yield FileInfo(to_uri(fs, name, chain), int(info.get("size") or 0), _version(info), rel)
+        return
 
     def walk(directory: str) -> Iterator[FileInfo]:
         entries = sorted(retry(lambda: fs.ls(directory, detail=True), what=url), key=lambda e: e["name"])
         for entry in entries:
             name = entry["name"].rstrip("/")
-            if _is_hidden(posixpath.basename(name)) or name == directory:
+            # Only entries inside `directory`: a store that resolves `a/..` to its parent must not loop.
+            if _is_hidden(posixpath.basename(name)) or not name.startswith(directory + "/"):
                 continue
             if entry["type"] == "directory":
                 yield from walk(name)
             else:
-                rel = name[len(root):].lstrip("/")
+                rel = name[len(root) + 1:]  # one separator only: `prefix//a.png` is the absolute `/a.png`
                 yield FileInfo(to_uri(fs, name, chain), int(entry.get("size") or 0), _version(entry), rel)
 
     yield from walk(root)
@@ -204,9 +229,10 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise StorageError(f"cannot write into an archive: {uri}", "write outputs to a folder or bucket")
     fs, path = resolve(uri, archives=False)
     if isinstance(fs, LocalFileSystem):
-        directory, name = os.path.split(path)
+        directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+        # Fixed length, not `.{name}.tmp`: a legal name of 230 bytes must not get an illegal temporary one.
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex[:16]}")
         try:
             with open(tmp, "wb") as handle:
                 handle.write(data)

@@ -1,6 +1,7 @@
 """Crappify, the pure part: ok images of a data set -> (HR target, LR input) pairs and `pairs` rows.
 
-Layout of a paired set under the workspace (mirrored names, so hr/x.png pairs with lr/x.png):
+Layout of a paired set under the workspace (mirrored names, so hr/x.png pairs with lr/x.png; the stem
+comes from `names.output_stem`, which keeps ordinary names and makes odd or long ones safe):
 
     datasets/{set}/{split}/hr/{stem}-{sha10}.png
     datasets/{set}/{split}/lr/{stem}-{sha10}.png|.jpg
@@ -17,7 +18,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import posixpath
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,14 +29,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog, check_name
-from pixelmill.tasks.core.errors import ConfigError
+from pixelmill.tasks.core.errors import ConfigError, StorageError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, ImageFacts, normalize_mode, open_image
 from pixelmill.tasks.core.layout import Layout
+from pixelmill.tasks.core.names import output_stem
 from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, shard_id
 from pixelmill.tasks.prep.degrade import derive_seed
 from pixelmill.tasks.prep.recipes import Recipe, apply_recipe, encode_png, get_recipe
 
 Split = Literal["train", "valid", "test", "all"]
+WRITE_FAILED = "write_failed"  # the error kind of a pair whose files could not be written
 
 
 class CrappifyConfig(BaseModel):
@@ -92,8 +94,7 @@ def pair_id(image_sha256: str, recipe_hash: str, seed: int) -> str:
 
 def pair_name(job: PairJob) -> str:
     """Readable and unique: the source's stem plus a piece of its hash (two folders may share a stem)."""
-    stem = posixpath.splitext(posixpath.basename(job.image_uri.split("::")[0]))[0]
-    return f"{stem}-{job.image_sha256[:10]}"
+    return output_stem(job.image_uri.split("::")[0], job.image_sha256)
 
 
 def select_images(catalog: Catalog, dataset: str, split: Split) -> list[PairJob]:
@@ -146,14 +147,15 @@ def _mask_bytes(mask_uri: str, hr_size: tuple[int, int], lr_size: tuple[int, int
 
 def crappify_one(job: PairJob, recipe: Recipe, global_seed: int, set_name: str, set_root: str, max_pixels: int,
                  now: datetime) -> dict:
-    """Make and write one pair; a file that cannot be read or degraded becomes an error row."""
+    """Make and write one pair; a file that cannot be read, degraded or written becomes an error row."""
     seed = derive_seed(job.image_sha256, recipe.recipe_hash, global_seed)
     row = {"pair_id": pair_id(job.image_sha256, recipe.recipe_hash, global_seed), "set_name": set_name,
            "dataset": job.dataset, "image_uri": job.image_uri, "image_sha256": job.image_sha256,
            "split": job.split, "recipe": recipe.name, "recipe_hash": recipe.recipe_hash, "seed": seed,
            "status": "error", "created_at": now}
-    name, folder = pair_name(job), storage.join(set_root, job.split)
     try:
+        folder = storage.join(set_root, job.split)
+        name = pair_name(job)
         data = storage.read_bytes(job.image_uri)
         src, facts = open_image(data, max_pixels)
         result = apply_recipe(recipe, normalize_mode(src), seed, encode_hr=False)
@@ -162,18 +164,36 @@ def crappify_one(job: PairJob, recipe: Recipe, global_seed: int, set_name: str, 
     except Exception as exc:  # bad input or a degradation that cannot handle it: a row, not a crash
         return row | {"error": f"{type(exc).__name__}: {exc}"}
     lr_ext = "jpg" if recipe.lr_format == "jpeg" else "png"
-    row |= {"hr_uri": storage.join(folder, "hr", f"{name}.png"),
+    made = {"hr_uri": storage.join(folder, "hr", f"{name}.png"),
             "lr_uri": storage.join(folder, "lr", f"{name}.{lr_ext}"),
-            "mask_uri": storage.join(folder, "mask", f"{name}.png") if mask else None,
-            "params": json.dumps(result.params, sort_keys=True), "status": "ok", "error": None,
-            "hr_width": result.hr.width, "hr_height": result.hr.height,
-            "lr_width": result.lr.width, "lr_height": result.lr.height}
+            "mask_uri": storage.join(folder, "mask", f"{name}.png") if mask else None}
     # Outputs first, catalog row last (by the caller): a crash never leaves a row without its files.
-    storage.write_bytes(row["hr_uri"], hr_bytes)
-    storage.write_bytes(row["lr_uri"], result.lr_bytes)
-    if mask:
-        storage.write_bytes(row["mask_uri"], mask)
-    return row
+    try:
+        storage.write_bytes(made["hr_uri"], hr_bytes)
+        storage.write_bytes(made["lr_uri"], result.lr_bytes)
+        if mask:
+            storage.write_bytes(made["mask_uri"], mask)
+    except Exception as exc:  # this pair's name, path or file: its row (crappify_shard checks the store)
+        if storage.is_transient(exc):
+            raise
+        return row | {"error": f"{WRITE_FAILED}: {type(exc).__name__}: {exc}"}
+    return row | made | {"params": json.dumps(result.params, sort_keys=True), "status": "ok", "error": None,
+                         "hr_width": result.hr.width, "hr_height": result.hr.height,
+                         "lr_width": result.lr.width, "lr_height": result.lr.height}
+
+
+def check_writable(folder: str) -> None:
+    """Fail when `folder` takes no file at all: then the pairs' write failures are the store's, not theirs.
+
+    Rows would record a store-wide fault as permanent per-image errors; a failed shard is retried instead.
+    """
+    probe = storage.join(folder, ".write-probe")
+    try:
+        storage.write_bytes(probe, b"")
+    except Exception as exc:
+        raise StorageError(f"cannot write to {folder}: {type(exc).__name__}: {exc}",
+                           "check the workspace's permissions, free space and credentials") from exc
+    storage.remove(probe)
 
 
 def image_pool(processes: int) -> ProcessPoolExecutor:
@@ -216,4 +236,6 @@ def crappify_shard(shard: CrappifyShard, workspace: str, cfg: CrappifyConfig, pr
     else:
         with ThreadPoolExecutor(cfg.threads) as pool:
             rows = list(pool.map(make, shard.jobs))
+    if any((r["error"] or "").startswith(WRITE_FAILED) for r in rows):
+        check_writable(set_root)
     return commit_shard(Catalog(workspace), "pairs", shard.set_name, shard.shard_id, rows)

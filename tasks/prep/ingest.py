@@ -19,6 +19,7 @@ from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog, check_name
 from pixelmill.tasks.core.errors import PixelmillError, StorageError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
+from pixelmill.tasks.core.names import storable, unsafe_reason
 from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, shard_id
 from pixelmill.tasks.core.storage import FileInfo
 
@@ -127,7 +128,7 @@ def plan_ingest(dataset: str, files: Iterable[FileInfo], existing: dict[str, tup
             plan.mask_files += 1
         elif posixpath.splitext(name)[1].lower() not in cfg.extensions:
             plan.other_files += 1
-        elif not cfg.force and existing.get(info.uri) == (info.size, info.version):
+        elif not cfg.force and existing.get(storable(info.uri)) == (info.size, info.version):
             plan.unchanged += 1
         else:
             todo.append(info)
@@ -155,12 +156,20 @@ def _check_mask(mask_uri: str, width: int, height: int, max_pixels: int) -> str 
 
 def ingest_file(info: FileInfo, dataset: str, cfg: IngestConfig, now: datetime) -> dict:
     """One catalog row for one file. Never raises for a bad image: the row says what is wrong."""
-    row = {"dataset": dataset, "uri": info.uri, "bytes": info.size, "source_version": info.version,
-           "ingested_at": now, "status": "error", "mask_uri": mask_uri_for(info, cfg.masks)}
+    row = {"dataset": dataset, "uri": storable(info.uri), "bytes": info.size, "source_version": info.version,
+           "ingested_at": now, "status": "error"}
+    reason = unsafe_reason(info.rel)
+    if reason:  # a row, so that a data set has one per source file; never read, nothing derived from it
+        return row | {"mask_uri": None, "error": f"unsafe_name: {reason}"}
+    row["mask_uri"] = mask_uri_for(info, cfg.masks)
     try:
         data = storage.read_bytes(info.uri)
     except PixelmillError as exc:
         return row | {"error": f"unreadable: {exc}"}
+    except Exception as exc:  # a bad archive member (BadZipFile: CRC) is this file's problem, not the shard's
+        if storage.is_transient(exc):  # the store's: fail the shard, whose retry may succeed
+            raise
+        return row | {"error": f"unreadable: {type(exc).__name__}: {exc}"}
     sha = hashlib.sha256(data).hexdigest()
     row |= {"sha256": sha, "bytes": len(data), "split": assign_split(sha, cfg.split_fractions)}
     try:

@@ -43,15 +43,15 @@ def test_iter_files_is_recursive_sorted_and_skips_hidden(kind, tmp_path, memory_
     assert all(f.size == len(FILES[f.rel]) and f.version for f in found)
 
 
-def make_archive(kind: str) -> bytes:
+def make_archive(kind: str, files: dict[str, bytes] = FILES) -> bytes:
     buf = io.BytesIO()
     if kind == "zip":
         with zipfile.ZipFile(buf, "w") as zf:
-            for name, data in FILES.items():
+            for name, data in files.items():
                 zf.writestr(name, data)
     else:
         with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-            for name, data in FILES.items():
+            for name, data in files.items():
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
@@ -66,6 +66,34 @@ def test_archives_list_and_read_like_folders(kind, suffix, tmp_path):
     assert [f.rel for f in found] == ORDER
     assert found[0].uri.startswith(f"{kind}://") and found[0].uri.endswith(f"::file://{path}")
     assert [storage.read_bytes(f.uri) for f in found] == [FILES[n] for n in ORDER]
+
+
+HOSTILE = ["ok.png", "../../evil.png", "/abs/evil.png", "abs/evil.png", "a/../../b.png", "./dot.png",
+           "new\nline.png", "dir\\..\\win.png", "x" * 250 + ".png", "fötö-日本.png", "sub/deep.png"]
+
+
+@pytest.mark.parametrize("kind,suffix", [("zip", ".zip"), ("tar", ".tar.gz")])
+def test_every_archive_member_is_listed_once_by_its_exact_name(kind, suffix, tmp_path):
+    path = tmp_path / f"hostile{suffix}"
+    path.write_bytes(make_archive(kind, {name: name.encode() for name in HOSTILE}))
+    found = list(storage.iter_files(str(path)))
+    assert sorted(f.rel for f in found) == sorted(HOSTILE)  # `..` folders and `/abs` no longer vanish
+    assert len({f.uri for f in found}) == len(HOSTILE)  # `/abs/evil.png` and `abs/evil.png` stay two
+    safe = {f.rel: f for f in found if ".." not in f.rel.split("/") and not f.rel.startswith("/")}
+    assert {rel: storage.read_bytes(f.uri) for rel, f in safe.items()} == {rel: rel.encode() for rel in safe}
+
+
+def test_object_keys_with_dot_dot_are_listed(memory_url):
+    for key in ("ok.png", "a/../b.png", ".hidden/x.png"):
+        storage.write_bytes(f"{memory_url}/{key}", b"x")
+    assert [f.rel for f in storage.iter_files(memory_url)] == ["a/../b.png", "ok.png"]
+
+
+def test_a_legal_long_name_gets_a_legal_temporary_name(tmp_path):
+    name = "é" * 125 + ".png"  # 254 bytes: legal, but `.{name}.tmp-{uuid}` was not
+    storage.write_bytes(str(tmp_path / name), b"x")
+    assert os.listdir(tmp_path) == [name]
+    assert [f.rel for f in storage.iter_files(str(tmp_path))] == [name]
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path):

@@ -10,8 +10,8 @@ from PIL import Image
 
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
-from pixelmill.tasks.core.errors import ConfigError
-from pixelmill.tasks.prep.crappify import CrappifyConfig, crappify_shard, plan_crappify
+from pixelmill.tasks.core.errors import ConfigError, StorageError
+from pixelmill.tasks.prep.crappify import CrappifyConfig, crappify_shard, pair_name, plan_crappify
 from tests.helpers import crappify_local, ingest_local, noise_png
 
 
@@ -139,3 +139,43 @@ def test_a_process_pool_gives_the_same_bytes_as_one_process(photos):
     pooled = {r["pair_id"]: storage.read_bytes(r["lr_uri"]) for r in Catalog(photos).read("pairs", "pool").to_pylist()}
     inline = {r["pair_id"]: storage.read_bytes(r["lr_uri"]) for r in crappify_local(photos, recipe="lesson7", name="one")}
     assert len(pooled) == 7 and pooled == inline
+
+
+def test_long_stems_make_pairs_with_bounded_names(tmp_path):
+    src, ws = tmp_path / "src", str(tmp_path / "ws")
+    long_ascii, long_unicode = "a" * 214, "é" * 125  # 214 characters; 250 bytes of UTF-8
+    for i, stem in enumerate((long_ascii, long_unicode)):
+        storage.write_bytes(str(src / f"{stem}.png"), noise_png(32, 32, i))
+    ingest_local(str(src), ws)
+    rows = crappify_local(ws, recipe="lesson7")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
+    names = {r["image_uri"].rsplit("/", 1)[1]: r["lr_uri"].rsplit("/", 1)[1] for r in rows}
+    sha = {r["image_uri"].rsplit("/", 1)[1]: r["image_sha256"] for r in rows}
+    assert names[f"{long_ascii}.png"] == f"{long_ascii}-{sha[f'{long_ascii}.png'][:10]}.jpg"  # short enough: kept
+    assert names[f"{long_unicode}.png"].startswith("é" * 100) and len(names[f"{long_unicode}.png"].encode()) <= 255
+    for r in rows:
+        assert os.path.isfile(r["hr_uri"].removeprefix("file://")) and os.path.isfile(r["lr_uri"].removeprefix("file://"))
+
+
+def test_an_output_that_cannot_be_written_is_that_images_error_row(photos):
+    config = CrappifyConfig(recipe="sr-x2", name="blocked")
+    plan = plan_crappify(Catalog(photos), "d", config)
+    job = plan.shards[0].jobs[1]
+    # A folder where the file must go: fails for root too, unlike a read-only folder.
+    lr = os.path.join(photos, "datasets", "blocked", job.split, "lr", f"{pair_name(job)}.png")
+    os.makedirs(lr)
+    rows = {r["image_uri"]: r for r in crappify_local(photos, **config.model_dump(exclude_none=True))}
+    assert len(rows) == 7
+    failed = rows[job.image_uri]
+    assert failed["status"] == "error" and failed["error"].startswith("write_failed: IsADirectoryError")
+    assert failed["lr_uri"] is None
+    assert all(r["status"] == "ok" for uri, r in rows.items() if uri != job.image_uri)
+
+
+def test_a_store_that_takes_no_file_fails_the_shard(photos):
+    config = CrappifyConfig(recipe="sr-x2", name="nowhere")
+    plan = plan_crappify(Catalog(photos), "d", config)
+    storage.write_bytes(os.path.join(photos, "datasets", "nowhere"), b"a file where the set's folder goes")
+    with pytest.raises(StorageError, match="cannot write to .*nowhere"):
+        crappify_shard(plan.shards[0], photos, config)
+    assert Catalog(photos).read("pairs", "nowhere").num_rows == 0  # no rows recording the store's fault

@@ -1,19 +1,24 @@
 """The ingest logic without Prefect: planning, one shard end to end, masks, and the data-set tidy-up."""
 
+import os
 import time
+import zipfile
 from collections import Counter
 
 import pytest
 from pydantic import ValidationError
 
 from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.names import unsafe_reason
 from pixelmill.tasks.prep.ingest import (
     IngestConfig,
     assign_split,
     dataset_name_for,
+    existing_versions,
     plan_ingest,
 )
-from tests.helpers import ingest_local, noise_png
+from tests.helpers import crappify_local, ingest_local, noise_png
 
 
 def test_sample_files_give_the_expected_rows(sample_folder, tmp_path):
@@ -124,3 +129,70 @@ def test_bad_config_names_the_field(kwargs, field):
 def test_dataset_name_defaults_to_the_source_base_name():
     assert dataset_name_for("s3://bucket/camvid/train/") == "train"
     assert dataset_name_for("/data/My Photos.tar.gz") == "My-Photos"
+
+
+SAFE_MEMBERS = ["ok.png", "sub/deep.png", "dir\\..\\win.png", "L" * 246 + ".png", "日本の写真" * 14 + ".png"]
+UNSAFE_MEMBERS = {"../../evil.png": "'..' component", "a/../../b.png": "'..' component",
+                  "/abs/evil.png": "absolute path", "new\nline.png": "control character U+000A"}
+
+
+def files_under(root) -> set[str]:
+    return {os.path.join(d, n) for d, _, names in os.walk(root) for n in names}
+
+
+def test_hostile_archive_members_each_get_one_row_and_only_safe_outputs(tmp_path):
+    source, ws = tmp_path / "hostile.zip", tmp_path / "ws"
+    with zipfile.ZipFile(source, "w") as zf:
+        for i, name in enumerate([*SAFE_MEMBERS, *UNSAFE_MEMBERS]):
+            zf.writestr(name, noise_png(32, 24, i))
+    members = len(zipfile.ZipFile(source).namelist())
+    before = files_under(tmp_path.parent)
+
+    rows = {r["uri"].split("::")[0].removeprefix("zip://"): r
+            for r in ingest_local(str(source), str(ws), shard_size=3).read("images", "d").to_pylist()}
+    assert len(rows) == members == 9  # one row per member: none vanish, none merge
+    for name, reason in UNSAFE_MEMBERS.items():
+        assert (rows[name]["status"], rows[name]["error"]) == ("error", f"unsafe_name: {reason}")
+        assert rows[name]["sha256"] is None and rows[name]["mask_uri"] is None  # never read
+    assert all(rows[name]["status"] == "ok" for name in SAFE_MEMBERS)
+
+    pairs = crappify_local(str(ws), recipe="sr-x2")
+    assert len(pairs) == len(SAFE_MEMBERS) and {p["status"] for p in pairs} == {"ok"}
+    for p in pairs:
+        for uri in (p["hr_uri"], p["lr_uri"]):
+            folder, name = uri.rsplit("/", 1)
+            assert folder.startswith(storage.join(str(ws), "datasets/d-sr-x2/"))
+            assert unsafe_reason(name) is None and "\\" not in name and len(name.encode()) <= 255
+    assert {p["lr_uri"].rsplit("/", 1)[1].rsplit("-", 1)[0] for p in pairs} >= {"win", "ok", "deep"}
+
+    written = files_under(tmp_path.parent) - before
+    assert written and all(path.startswith(f"{ws}/") for path in written)
+    assert not any(os.path.exists(p) for p in ("/abs/evil.png", tmp_path.parent / "evil.png", tmp_path / "b.png"))
+
+
+def test_a_corrupt_member_is_an_error_row_not_a_failed_shard(tmp_path):
+    good, bad = noise_png(16, 16, 1), noise_png(16, 16, 2)
+    source = tmp_path / "crc.zip"
+    with zipfile.ZipFile(source, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("good.png", good)
+        zf.writestr("bad.png", bad)
+    data = bytearray(source.read_bytes())
+    data[data.rindex(bad[-40:]) + 5] ^= 0xFF  # the stored bytes no longer match the member's CRC
+    source.write_bytes(bytes(data))
+    rows = {r["uri"].split("::")[0]: r for r in ingest_local(str(source), str(tmp_path / "ws")).read("images", "d").to_pylist()}
+    assert rows["zip://good.png"]["status"] == "ok"
+    assert rows["zip://bad.png"]["error"].startswith("unreadable: BadZipFile: Bad CRC-32")
+
+
+def test_local_names_with_controls_or_undecodable_bytes_are_rows_and_reruns_skip_them(tmp_path):
+    src, ws = tmp_path / "src", str(tmp_path / "ws")
+    src.mkdir()
+    for i, name in enumerate((b"ok.png", b"tab\there.png", b"bad\xff.png")):
+        with open(os.path.join(bytes(src), name), "wb") as f:
+            f.write(noise_png(8, 8, i))
+    rows = {r["uri"].rsplit("/", 1)[1]: r for r in ingest_local(str(src), ws).read("images", "d").to_pylist()}
+    assert rows["ok.png"]["status"] == "ok"
+    assert rows["tab\there.png"]["error"] == "unsafe_name: control character U+0009"
+    assert rows["bad\\xff.png"]["error"] == "unsafe_name: undecodable bytes in the name"  # Parquet holds UTF-8 only
+    plan = plan_ingest("d", storage.iter_files(str(src)), existing_versions(Catalog(ws), "d"), IngestConfig())
+    assert plan.unchanged == 3 and plan.shards == []
