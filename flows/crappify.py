@@ -48,6 +48,9 @@ def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str 
     if not plan.shards:
         update_progress_artifact(progress, 100.0)
 
+    removed = steps.compact_catalog(workspace, "pairs", plan.set_name)  # also repairs older runs' duplicates
+    if removed:
+        logger.info("%s: removed %d duplicate pair rows left by overlapping or earlier runs", plan.set_name, removed)
     table = Catalog(workspace).read("pairs", plan.set_name)
     summary = pairs_summary(table) | {"set_name": plan.set_name, "recipe_hash": plan.recipe.recipe_hash,
                                       "made": todo, "existing": plan.existing, "workspace": workspace}

@@ -69,6 +69,12 @@ def crappify_shard(shard: crappify.CrappifyShard, workspace: str, cfg: crappify.
     return crappify.crappify_shard(shard, workspace, cfg, processes)
 
 
+@task(name="compact_catalog", task_run_name="compact-{table}-{group}", **SHARD_RETRIES)
+def compact_catalog(workspace: str, table: str, group: str) -> int:
+    """One row per key in a table group, whatever overlapping runs left behind."""
+    return Catalog(workspace).compact(table, group)
+
+
 @task(name="train_model", task_run_name="train-{name}", cache_policy=NO_CACHE)
 def train_model(workspace: str, source: str, name: str, cfg: TrainConfig, resume: bool = False) -> dict:
     """Train on a set, register the model; progress and checkpoints go out at every validation."""

@@ -3,6 +3,19 @@
 A table is split into groups (a data set's name, a model's name) and each group into parts, one part per
 shard of work, named after the shard's inputs. Writing the same shard again replaces its part atomically,
 so a rerun never duplicates rows. Any Parquet reader sees a table as `catalog/{table}/*/*.parquet`.
+
+Overlapping writers (two runs with different options at once, a crash between a retry and a rerun, an old
+version's leftovers) can still put the same *key* in two parts: a pair made by `--split all` and by
+`--split train` lands in two shards. The protocol, without locks that a kill -9 could leave behind:
+
+1. Every table names its key and a ranking (KEYS below): for pairs, an ok row beats an error row, then the
+   newest wins; elsewhere the newest wins, then the part read last.
+2. Readers deduplicate: `Catalog.read` returns one row per key, the best one, whatever is on storage.
+3. Writers compact: the flow that wrote a group calls `compact` at its end, which rewrites (atomically) only
+   parts that hold a beaten row. A row is removed only when a better row for its key exists in a part the
+   compaction read, so the best row of a key is never removed, and concurrent compactions agree; a race can
+   at worst leave a duplicate for the next compaction, which readers already hide. Every run compacts, so a
+   rerun also repairs duplicates left by older versions.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import re
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -96,6 +110,14 @@ EVALUATIONS = pa.schema([
 
 SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "pairs": PAIRS, "models": MODELS, "evaluations": EVALUATIONS}
 
+# What one row stands for, and how duplicates of it rank (best last): "ok" means status == "ok".
+KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "images": (("dataset", "uri"), ("ingested_at",)),
+    "pairs": (("set_name", "pair_id"), ("ok", "created_at")),
+    "models": (("name", "version"), ("created_at",)),
+    "evaluations": (("evaluation_id", "method", "scope", "pair_id"), ("created_at",)),
+}
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -111,6 +133,26 @@ def schema_of(table: str) -> pa.Schema:
     if table not in SCHEMAS:
         raise ConfigError(f"unknown table {table!r}", f"valid tables: {', '.join(sorted(SCHEMAS))}")
     return SCHEMAS[table]
+
+
+def _rank_column(table: pa.Table, name: str) -> list:
+    if name == "ok":
+        return pc.fill_null(pc.equal(table["status"], "ok"), False).to_pylist()
+    return pc.fill_null(table[name].cast(pa.int64()), 0).to_pylist()  # timestamps as integers; none first
+
+
+def best_rows(table: pa.Table, name: str) -> list[int] | None:
+    """Indices of the best row per key, in table order; None when every key is already unique."""
+    key_cols, rank_cols = KEYS[name]
+    keys = list(zip(*(table[c].to_pylist() for c in key_cols), strict=True))
+    if len(set(keys)) == len(keys):
+        return None
+    ranks = list(zip(*(_rank_column(table, c) for c in rank_cols), strict=True))
+    best: dict[tuple, tuple[tuple, int]] = {}
+    for i, (key, rank) in enumerate(zip(keys, ranks, strict=True)):
+        if key not in best or (rank, i) > best[key]:
+            best[key] = (rank, i)
+    return sorted(i for _, i in best.values())
 
 
 def to_parquet_bytes(table: pa.Table) -> bytes:
@@ -151,7 +193,8 @@ class Catalog:
 
     def read(self, table: str, group: str | None = None, columns: list[str] | None = None,
              filter: ds.Expression | None = None) -> pa.Table:
-        """The whole table (or one group) as one Arrow table; an empty table when nothing is written yet."""
+        """The whole table (or one group) as one Arrow table, one row per key (see the protocol above);
+        an empty table when nothing is written yet."""
         schema = schema_of(table)
         uris = self.part_uris(table, group)
         if not uris:
@@ -159,14 +202,38 @@ class Catalog:
             return empty.select(columns) if columns else empty
         fs, _ = storage.resolve(uris[0])
         paths = [storage.resolve(u)[1] for u in uris]
+        key_cols, rank_cols = KEYS[table]
+        needed = [*key_cols, *(("status", "created_at") if "ok" in rank_cols else rank_cols)]
+        wanted = columns and list(dict.fromkeys([*columns, *needed]))
         # Passing the schema lets parts written before a column was added read it as null.
         dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=fs)
-        return dataset.to_table(columns=columns, filter=filter)
+        data = dataset.to_table(columns=wanted, filter=filter)
+        keep = best_rows(data, table)
+        if keep is not None:
+            data = data.take(pa.array(keep, pa.int64()))
+        return data.select(columns) if columns else data
 
     def read_parts(self, table: str, group: str) -> Iterator[tuple[str, pa.Table]]:
         schema = schema_of(table)
         for uri in self.part_uris(table, group):
             yield uri, pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=schema)
+
+    def compact(self, table: str, group: str) -> int:
+        """Remove rows beaten by a better row of the same key in the group; returns how many went."""
+        parts = list(self.read_parts(table, group))
+        if len(parts) < 2:
+            return 0
+        combined = pa.concat_tables([t for _, t in parts])
+        keep = best_rows(combined, table)
+        if keep is None:
+            return 0
+        kept, start = set(keep), 0
+        for uri, part in parts:
+            mine = [i - start for i in range(start, start + part.num_rows) if i in kept]
+            if len(mine) < part.num_rows:
+                self.replace_part(uri, part.take(pa.array(mine, pa.int64())), table)
+            start += part.num_rows
+        return combined.num_rows - len(keep)
 
     def replace_part(self, uri: str, rows: pa.Table | list[dict], table: str) -> None:
         """Rewrite an existing part in place (atomically), or delete it when no rows are left."""

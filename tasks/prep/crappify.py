@@ -114,13 +114,15 @@ def plan_crappify(catalog: Catalog, dataset: str, cfg: CrappifyConfig) -> Crappi
     if not jobs:
         raise ConfigError(f"no ok images in data set {dataset!r} (split {cfg.split}) in {catalog.workspace}",
                           "run `pixelmill ingest` first, or check --dataset, --split and --workspace")
-    made = catalog.read("pairs", set_name, columns=["pair_id", "recipe_hash"])
+    made = catalog.read("pairs", set_name, columns=["pair_id", "recipe_hash", "status"])
     other_recipes = set(made["recipe_hash"].to_pylist()) - {recipe.recipe_hash}
     if other_recipes:
         raise ConfigError(f"paired set {set_name!r} was made with another recipe definition "
                           f"({', '.join(sorted(other_recipes))}, now {recipe.recipe_hash})",
                           "pass a new --name, or delete the set's folder and catalog part to remake it")
-    done = set(made["pair_id"].to_pylist())
+    # error rows are tried again: a full disk or a lost permission is often fixed by the next run
+    done = {p for p, status in zip(made["pair_id"].to_pylist(), made["status"].to_pylist(), strict=True)
+            if status == "ok"}
     todo = [j for j in jobs if pair_id(j.image_sha256, recipe.recipe_hash, cfg.seed) not in done]
     shards = [CrappifyShard(set_name, shard_id(set_name, recipe.recipe_hash, cfg.seed, [j.image_sha256 for j in chunk]),
                             recipe, cfg.seed, chunk) for chunk in chunks(todo, cfg.shard_size)]

@@ -68,3 +68,44 @@ def test_unknown_table_and_bad_names_are_clear_errors(tmp_path):
     for bad in ("", "../escape", "a/b", "-dash-first"):
         with pytest.raises(ConfigError, match="invalid group"):
             cat.write_part("images", bad, "s", rows(1))
+
+
+def pair_row(pair_id: str, status: str, minute: int) -> dict:
+    return {"pair_id": pair_id, "set_name": "s", "status": status, "split": "train",
+            "created_at": datetime(2026, 1, 1, 0, minute, tzinfo=UTC), "error": None if status == "ok" else "boom"}
+
+
+def test_readers_see_each_key_once_the_best_row(tmp_path):
+    cat = Catalog(str(tmp_path))
+    # two overlapping runs wrote the same pairs in different shards
+    cat.write_part("pairs", "s", "a", [pair_row("p1", "ok", 1), pair_row("p2", "error", 1), pair_row("p3", "ok", 1)])
+    cat.write_part("pairs", "s", "b", [pair_row("p1", "error", 5), pair_row("p2", "ok", 2), pair_row("p4", "ok", 2)])
+    table = cat.read("pairs", "s")
+    assert sorted(table["pair_id"].to_pylist()) == ["p1", "p2", "p3", "p4"]
+    by_id = {r["pair_id"]: r for r in table.to_pylist()}
+    assert by_id["p1"]["status"] == "ok"  # an ok pair (its files exist) beats a later failed attempt
+    assert by_id["p2"]["status"] == "ok"
+    # a column subset still deduplicates, though it names neither key nor ranking column
+    assert sorted(cat.read("pairs", "s", columns=["split"])["split"].to_pylist()) == ["train"] * 4
+
+    cat.write_part("images", "d", "old", rows(2))
+    newer = rows(1)
+    newer[0] |= {"ingested_at": datetime(2026, 2, 1, tzinfo=UTC), "bytes": 99}
+    cat.write_part("images", "d", "new", newer)
+    images = {r["uri"]: r["bytes"] for r in cat.read("images", "d").to_pylist()}
+    assert images == {"file:///x/0.png": 99, "file:///x/1.png": 1}  # the newest row of a file wins
+
+
+def test_compaction_removes_beaten_rows_and_repairs_old_duplicates(tmp_path):
+    cat = Catalog(str(tmp_path))
+    cat.write_part("pairs", "s", "a", [pair_row("p1", "ok", 1), pair_row("p2", "error", 1)])
+    cat.write_part("pairs", "s", "b", [pair_row("p1", "ok", 3)])
+    cat.write_part("pairs", "s", "c", [pair_row("p2", "ok", 2)])
+    before = cat.read("pairs", "s").to_pylist()
+    assert cat.compact("pairs", "s") == 2
+    on_disk = [r for _, t in cat.read_parts("pairs", "s") for r in t.to_pylist()]
+    assert sorted(r["pair_id"] for r in on_disk) == ["p1", "p2"]
+    assert {(r["pair_id"], r["status"], r["created_at"].minute) for r in on_disk} == {("p1", "ok", 3), ("p2", "ok", 2)}
+    assert len(cat.part_uris("pairs", "s")) == 2  # part a lost both rows and is gone
+    assert cat.read("pairs", "s").to_pylist() == before  # readers saw the same before and after
+    assert cat.compact("pairs", "s") == 0

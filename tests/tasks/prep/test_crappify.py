@@ -179,3 +179,40 @@ def test_a_store_that_takes_no_file_fails_the_shard(photos):
     with pytest.raises(StorageError, match="cannot write to .*nowhere"):
         crappify_shard(plan.shards[0], photos, config)
     assert Catalog(photos).read("pairs", "nowhere").num_rows == 0  # no rows recording the store's fault
+
+
+def test_overlapping_runs_with_different_splits_leave_one_row_per_pair(photos):
+    from pixelmill.tasks.training.datasets import load_pairs
+
+    catalog = Catalog(photos)
+    everything = CrappifyConfig(recipe="sr-x2", split="all", shard_size=2)
+    train_only = CrappifyConfig(recipe="sr-x2", split="train", shard_size=3)
+    plans = [(plan_crappify(catalog, "d", cfg), cfg) for cfg in (everything, train_only)]  # both plan first
+    for plan, cfg in plans:
+        for shard in plan.shards:
+            crappify_shard(shard, photos, cfg)
+    on_disk = [r["pair_id"] for _, t in catalog.read_parts("pairs", "d-sr-x2") for r in t.to_pylist()]
+    train_pairs = sum(1 for s in plans[1][0].shards for _ in s.jobs)
+    assert train_pairs > 0 and len(on_disk) > 7  # the overlap really wrote duplicates (equal chunks share a part)
+    pairs = catalog.read("pairs", "d-sr-x2")["pair_id"].to_pylist()
+    assert len(pairs) == len(set(pairs)) == 7
+    records, _ = load_pairs(catalog, "d-sr-x2", "train")
+    assert len(records) == len({r.pair_id for r in records}) == train_pairs
+    assert catalog.compact("pairs", "d-sr-x2") == len(on_disk) - 7
+    on_disk = [r["pair_id"] for _, t in catalog.read_parts("pairs", "d-sr-x2") for r in t.to_pylist()]
+    assert sorted(on_disk) == sorted(pairs)
+
+
+def test_a_rerun_retries_error_pairs_and_the_ok_row_replaces_the_error(photos):
+    rows = crappify_local(photos, recipe="sr-x2")
+    catalog = Catalog(photos)
+    victim = rows[0]["pair_id"]
+    for uri, table in catalog.read_parts("pairs", "d-sr-x2"):  # as if writing its files had failed
+        catalog.replace_part(uri, [r | {"status": "error", "error": "write_failed: disk full"}
+                                   if r["pair_id"] == victim else r for r in table.to_pylist()], "pairs")
+    plan = plan_crappify(catalog, "d", CrappifyConfig(recipe="sr-x2"))
+    assert [j.image_uri for s in plan.shards for j in s.jobs] == [rows[0]["image_uri"]] and plan.existing == 6
+    crappify_local(photos, recipe="sr-x2")
+    assert {r["status"] for r in catalog.read("pairs", "d-sr-x2").to_pylist()} == {"ok"}  # before compaction too
+    assert catalog.compact("pairs", "d-sr-x2") == 1
+    assert sum(t.num_rows for _, t in catalog.read_parts("pairs", "d-sr-x2")) == 7
