@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import posixpath
+import random
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +28,8 @@ import fsspec
 from fsspec.archive import AbstractArchiveFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from pixelmill.tasks.core.errors import StorageError
+from pixelmill.tasks.core.errors import PixelmillError, StorageError
+from pixelmill.tasks.core.settings import storage_retry_seconds
 
 T = TypeVar("T")
 
@@ -33,9 +37,33 @@ ARCHIVE_SUFFIXES = {".zip": "zip", ".tar": "tar", ".tgz": "tar", ".tar.gz": "tar
                     ".tar.xz": "tar"}
 # Keys in fsspec `info()` dicts that change when an object's content changes, best first.
 _VERSION_KEYS = ("ETag", "etag", "CRC", "chksum", "mtime", "LastModified", "created")
-_TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE, errno.ECONNABORTED, errno.EAGAIN}
+log = logging.getLogger("pixelmill.storage")
+
+# s3fs reports a 500 InternalError as OSError(EREMOTEIO). Where there is no EREMOTEIO it uses EIO, too broad
+# to retry; the ClientError it is raised from still says 500.
+_TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE, errno.ECONNABORTED, errno.EAGAIN,
+                     errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
+                     *([errno.EREMOTEIO] if hasattr(errno, "EREMOTEIO") else [])}
+# For backends that say it only in words. Reason phrases, not bare status numbers: "503" is also in ports,
+# sizes and ids, and a permanent error mistaken for a transient one waits out the whole budget.
 _TRANSIENT_WORDS = ("SlowDown", "Throttl", "RequestTimeout", "InternalError", "ServiceUnavailable",
-                    "503", "500 ", "502", "504", "Connection reset", "Read timeout")
+                    "Service Unavailable", "Internal Server Error", "Bad Gateway", "Gateway Timeout",
+                    "reduce your request rate", "Connection reset", "Read timeout")
+_TRANSIENT_STATUSES = {408, 429, 500, 502, 503, 504}
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "InternalError",
+                    "ServiceUnavailable", "RequestTimeout"}
+# The HTTP stacks under fsspec's backends raise their own connection errors, not Python's. Named, not
+# imported, so that a backend that is not installed costs nothing: botocore and aiohttp (s3fs, gcsfs,
+# http), requests (webhdfs and others). Each name covers its subclasses (EndpointConnectionError, ...).
+_TRANSIENT_CLASSES = {"botocore.exceptions.ConnectionError", "botocore.exceptions.HTTPClientError",
+                      "aiohttp.client_exceptions.ClientConnectionError",
+                      "aiohttp.client_exceptions.ClientPayloadError",
+                      "requests.exceptions.ConnectionError", "requests.exceptions.Timeout"}
+# A bad certificate or TLS setup fails the same way every time: waiting only delays the message.
+_PERMANENT_CLASSES = {"botocore.exceptions.SSLError", "aiohttp.client_exceptions.ClientSSLError",
+                      "aiohttp.client_exceptions.ServerFingerprintMismatch", "requests.exceptions.SSLError"}
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, PixelmillError,
+              ssl.SSLCertVerificationError)
 
 
 @dataclass(frozen=True)
@@ -114,21 +142,84 @@ def sibling(uri: str, name: str) -> str:
     return f"{proto}://{posixpath.join(posixpath.dirname(path), name)}{sep}{outer}"
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: dropped connections, timeouts, throttling and 5xx answers."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+def _class_names(exc: BaseException) -> set[str]:
+    return {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
+
+
+def _http_answer(exc: BaseException) -> tuple[int | None, str]:
+    """(HTTP status, error code) of a server's answer carried by exc, or (None, "") when there is none."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):  # botocore's ClientError, the cause of s3fs's translated OSErrors
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode"), response.get("Error", {}).get("Code", "")
+    # aiohttp (status; its deprecated `code` is not asked), gcsfs and urllib (code), requests
+    status = getattr(exc, "status", None) or getattr(exc, "code", None) or getattr(response, "status_code", None)
+    return (status, "") if isinstance(status, int) and 100 <= status < 600 else (None, "")
+
+
+def _verdict(exc: BaseException) -> bool | None:
+    """True or False when this exception alone says whether a retry can help, None when it does not."""
+    names = _class_names(exc)
+    if isinstance(exc, _PERMANENT) or names & _PERMANENT_CLASSES:
         return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
+    if isinstance(exc, ConnectionError | TimeoutError) or names & _TRANSIENT_CLASSES:
         return True
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return True
-    text = f"{type(exc).__name__} {exc}"
-    return any(word in text for word in _TRANSIENT_WORDS)
+    status, code = _http_answer(exc)
+    if status is not None or code:
+        return status in _TRANSIENT_STATUSES or code in _TRANSIENT_CODES
+    if any(word in f"{type(exc).__name__} {exc}" for word in _TRANSIENT_WORDS):
+        return True
+    return None
 
 
-def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.2) -> T:
-    """Call fn, retrying transient errors with exponential backoff; a missing object fails at once."""
-    for attempt in range(1, attempts + 1):
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: refused or dropped connections, timeouts, throttling and 5xx answers.
+
+    Backends wrap the telling error (s3fs raises OSError(EBUSY) from a ClientError whose code is
+    SlowDown, botocore an EndpointConnectionError from aiohttp's ClientConnectorError), so the chain
+    of causes is read until one exception decides. A PixelmillError is final: its retries are spent.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        verdict = _verdict(exc)
+        if verdict is not None:
+            return verdict
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return False
+
+
+def _short_reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text[:157] + "..." if len(text) > 160 else text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _outage_hint(what: str, budget: float) -> str:
+    if "s3://" in what:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        where = f"the S3 endpoint {endpoint} (AWS_ENDPOINT_URL)" if endpoint else "AWS_ENDPOINT_URL (unset: AWS S3)"
+        server = f"check {where}, that the S3 server is up, and the network"
+    else:
+        server = "check that the storage server is up and reachable, and the network"
+    return f"{server}; PIXELMILL_STORAGE_RETRY_SECONDS (now {budget:g}) sets how long to keep retrying"
+
+
+def retry(fn: Callable[[], T], *, what: str, budget: float | None = None, base_delay: float = 0.5,
+          max_delay: float = 15.0) -> T:
+    """Call fn, retrying transient errors with jittered exponential backoff for up to `budget` seconds.
+
+    `budget` defaults to $PIXELMILL_STORAGE_RETRY_SECONDS (120), read at each call. Every wait is logged;
+    when the budget is spent a StorageError names `what` and what to check. A missing object or a
+    refused permission fails at once, and any other permanent error is raised as it is.
+    """
+    budget = storage_retry_seconds() if budget is None else budget
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return fn()
         except FileNotFoundError as exc:
@@ -136,10 +227,19 @@ def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: floa
         except PermissionError as exc:
             raise StorageError(f"no permission for {what}", "check the credentials (AWS_* variables)") from exc
         except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
+            if not is_transient(exc):
                 raise
-            time.sleep(base_delay * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+            elapsed = time.monotonic() - start
+            # Jitter spreads many workers' retries so a server coming back is not hit by all at once.
+            delay = min(max_delay, base_delay * 2 ** min(attempt - 1, 30)) * random.uniform(0.5, 1.0)
+            delay = min(delay, budget - elapsed)  # the last try comes as late as the budget allows
+            if delay <= 0:
+                tries = f"{attempt} attempt{'s' * (attempt > 1)}"
+                raise StorageError(f"cannot reach {what}: {_short_reason(exc)} (gave up after {tries} in "
+                                   f"{elapsed:.0f} s)", _outage_hint(what, budget)) from exc
+            log.warning("storage: %s failed (%s), retrying in %.1f s (attempt %d, %.0f s of %g s)",
+                        what, _short_reason(exc), delay, attempt, elapsed, budget)
+            time.sleep(delay)
 
 
 def _version(info: dict) -> str:
