@@ -18,6 +18,7 @@ Pure numpy in float64 (no scipy, no cv2). `psnr_torch` is the batched version fo
 Accumulators (`Mean`, `MetricSet`) collect per-image values over batches the way torchvision's
 `ConfusionMatrix`/`MetricLogger` do: `update` per batch, `compute` at the end, `merge` to combine workers.
 They keep sums and counts, never means of means, so the result does not depend on how images were batched.
+`ConfusionMatrix` does the same for semantic segmentation: pixel counts in, IoU and accuracies out.
 """
 
 from __future__ import annotations
@@ -189,4 +190,86 @@ class MetricSet:
         return {name: acc.compute() for name, acc in self.accumulators.items()}
 
 
-__all__ = ["Mean", "MetricSet", "PSNR_CAP", "modcrop", "psnr", "psnr_torch", "rgb_to_y", "ssim"]
+class ConfusionMatrix:
+    """Pixel counts of (target class, predicted class) for segmentation, like torchvision's reference
+    `utils.ConfusionMatrix`: exact over any batching, and `merge` adds another worker's counts.
+
+    Pixels whose target is `ignore_index` are dropped; a prediction of the ignored class (when it is one of
+    the model's classes) counts as a miss. `compute()` gives, over the classes but the ignored one:
+    - iou_per_class: TP / (TP + FP + FN) per class index (the ignored class NaN); a class absent from both
+      the targets and the predictions of everything seen is NaN too, and left out of the mean (mmseg's
+      convention; torchvision's would make the mean NaN). A class predicted but never present scores 0.
+    - miou: the mean of the non-NaN IoUs. acc_per_class: TP / target pixels (NaN for a class never in the
+      targets); mean_class_acc: the mean of the non-NaN ones. global_acc: correct pixels / counted pixels.
+    Everything is NaN before any pixel was counted.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.mat: torch.Tensor | None = None  # (C, C) int64, rows: target, columns: prediction
+
+    def reset(self) -> None:
+        self.mat = None
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Count a batch: predicted class indices and target indices of one shape, e.g. (B, H, W)
+        (`logits.argmax(1)` for the prediction). A value outside the classes is a ValueError."""
+        if pred.shape != target.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape; "
+                             "give class indices (logits.argmax(1)), not logits")
+        n = self.num_classes
+        pred, target = pred.detach().flatten().long(), target.detach().flatten().long()
+        if self.ignore_index is not None:
+            keep = target != self.ignore_index
+            pred, target = pred[keep], target[keep]
+        if target.numel():
+            for what, values in (("target", target), ("pred", pred)):
+                lo, hi = torch.aminmax(values)
+                if lo < 0 or hi >= n:
+                    bad = int(lo) if lo < 0 else int(hi)
+                    raise ValueError(f"{what} value {bad} is not a class (0-{n - 1}) nor the ignore index "
+                                     f"{self.ignore_index}")
+        counts = torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)  # (C, C)
+        self.mat = counts if self.mat is None else self.mat + counts.to(self.mat.device)
+
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
+            raise ValueError(f"cannot merge a confusion matrix of {other.num_classes} classes (ignore "
+                             f"{other.ignore_index}) into one of {self.num_classes} (ignore {self.ignore_index})")
+        if other.mat is not None:
+            self.mat = other.mat.clone() if self.mat is None else self.mat + other.mat.to(self.mat.device)
+        return self
+
+    def counts(self) -> np.ndarray:
+        """(C, C) int64 pixel counts, rows: target class, columns: predicted class."""
+        n = self.num_classes
+        return np.zeros((n, n), np.int64) if self.mat is None else self.mat.cpu().numpy().astype(np.int64)
+
+    def compute(self) -> dict:
+        mat = self.counts().astype(np.float64)
+        tp, targets, predicted = np.diag(mat), mat.sum(1), mat.sum(0)
+        scored = np.ones(self.num_classes, bool)
+        if self.ignore_index is not None and self.ignore_index < self.num_classes:
+            scored[self.ignore_index] = False
+        union = targets + predicted - tp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(scored & (union > 0), tp / union, np.nan)
+            acc = np.where(scored & (targets > 0), tp / targets, np.nan)
+        total = targets.sum()
+        return {
+            "miou": _nanmean(iou),
+            "global_acc": float(tp[scored].sum() / total) if total else math.nan,
+            "mean_class_acc": _nanmean(acc),
+            "iou_per_class": iou.tolist(),
+            "acc_per_class": acc.tolist(),
+        }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+__all__ = ["ConfusionMatrix", "Mean", "MetricSet", "PSNR_CAP", "modcrop", "psnr", "psnr_torch", "rgb_to_y", "ssim"]
