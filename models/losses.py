@@ -1,7 +1,9 @@
-"""Training losses for the restoration U-Nets: L1, Charbonnier, SSIM and fastai lesson 7's feature loss.
+"""Training losses for the restoration U-Nets: L1, Charbonnier, SSIM and fastai lesson 7's feature loss,
+and `SegmentationLoss` (cross-entropy, optional Dice and focal terms) for segmentation U-Nets.
 
-Every loss takes `(pred, target)`, both `(B, C, H, W)` float tensors with pixel values in [0, 1], and
-returns a scalar. `build_loss(name, **kwargs)` makes one from the training config.
+Every restoration loss takes `(pred, target)`, both `(B, C, H, W)` float tensors with pixel values in [0, 1],
+and returns a scalar. `build_loss(name, **kwargs)` makes one from the training config. `SegmentationLoss`
+takes `(logits (B, K, H, W), target (B, H, W) class indices)`.
 
 The feature (perceptual) loss needs pretrained VGG16-bn weights. They are never downloaded behind the
 user's back: `FeatureLoss` looks in the torch hub cache (`torch.hub.get_dir()/checkpoints/`), or takes a
@@ -260,6 +262,68 @@ def _ignore_missing_features(module, incompatible_keys) -> None:
     missing[:] = [k for k in missing if k.split(".")[0] != "features" and ".features." not in k]
 
 
+# ------------------------------------------------------------------------------------------- segmentation
+
+
+class SegmentationLoss(nn.Module):
+    """Cross-entropy on class logits, + `dice` x soft Dice loss; `focal_gamma` > 0 makes the CE focal.
+
+    logits (B, K, H, W), target (B, H, W) int64 class indices. Pixels labelled `ignore_index` (a class of the
+    map or a value past it, like 255) count nowhere: not in the CE, not in the Dice sums. `weight` (K,) weights
+    each pixel's CE by its target class (median-frequency balancing) and, as in PyTorch, the CE is the
+    weighted mean over the counted pixels; a batch with no counted pixel gives 0, not PyTorch's NaN.
+    Focal (Lin et al. 2017): each pixel's CE is scaled by (1 - p_target)**gamma, so pixels the model already
+    gets right stop dominating. Dice: 1 - mean over the classes present in the batch's targets of
+    2 |P.Y| / (|P| + |Y|) with P the softmax, over all the batch's counted pixels; it ignores `weight`.
+    Computed in float32 whatever the logits' dtype. `self.metrics` holds the last call's terms, detached.
+    """
+
+    def __init__(self, weight: torch.Tensor | Sequence[float] | None = None, ignore_index: int | None = None,
+                 dice: float = 0.0, focal_gamma: float = 0.0, eps: float = 1e-6):
+        super().__init__()
+        if dice < 0 or focal_gamma < 0:
+            raise ValueError(f"dice and focal_gamma must be >= 0, got {dice}, {focal_gamma}")
+        self.ignore_index, self.dice, self.focal_gamma, self.eps = ignore_index, float(dice), float(focal_gamma), eps
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32),
+                             persistent=False)
+        self.metrics: dict[str, torch.Tensor] = {}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.ndim != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
+            raise ValueError(f"expected logits (B, K, H, W) and target (B, H, W), got {tuple(logits.shape)} and "
+                             f"{tuple(target.shape)}")
+        k = logits.shape[1]
+        if self.weight is not None and self.weight.numel() != k:
+            raise ValueError(f"weight has {self.weight.numel()} values for {k} classes")
+        logp = F.log_softmax(logits.float(), dim=1)  # (B, K, H, W)
+        valid = target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=bool)
+        t = target.where(valid, 0)  # (B, H, W), ignored pixels point at class 0, then weigh nothing
+        logp_t = logp.gather(1, t.unsqueeze(1)).squeeze(1)  # (B, H, W)
+        nll = -logp_t
+        if self.focal_gamma:
+            nll = (1 - logp_t.exp()).clamp(min=0).pow(self.focal_gamma) * nll
+        w = valid.float() if self.weight is None else self.weight[t] * valid  # (B, H, W)
+        loss = (w * nll).sum() / w.sum().clamp(min=self.eps)
+        self.metrics = {"ce": loss.detach()}
+        if self.dice:
+            dice = self.dice_loss(logp.exp(), t, valid)
+            self.metrics["dice"] = dice.detach()
+            loss = loss + self.dice * dice
+        return loss
+
+    def dice_loss(self, probs: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """1 - mean soft Dice of the classes present in the counted targets (0 when there are none)."""
+        k = probs.shape[1]
+        m = valid.unsqueeze(1).float()  # (B, 1, H, W)
+        onehot = F.one_hot(t, k).permute(0, 3, 1, 2).float() * m  # (B, K, H, W)
+        p = probs * m
+        inter = (p * onehot).sum(dim=(0, 2, 3))  # (K,)
+        card = p.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))  # (K,)
+        present = onehot.sum(dim=(0, 2, 3)) > 0  # (K,)
+        dice = (2 * inter + self.eps) / (card + self.eps)  # (K,)
+        return ((1 - dice) * present).sum() / present.sum().clamp(min=1)
+
+
 # ----------------------------------------------------------------------------------------------- registry
 
 LossName = Literal["l1", "charbonnier", "feature", "ssim", "l1+ssim"]
@@ -288,6 +352,7 @@ __all__ = [
     "FeatureWeightsMissing",
     "L1SSIMLoss",
     "SSIMLoss",
+    "SegmentationLoss",
     "build_loss",
     "gram_matrix",
     "load_vgg16_bn_state",

@@ -1,4 +1,5 @@
-"""Losses on known values; the feature loss's mechanics with random VGG weights (no download)."""
+"""Losses on known values; the feature loss's mechanics with random VGG weights (no download); the segmentation
+loss against PyTorch's cross-entropy and by hand, with ignored pixels that change nothing."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
@@ -15,6 +17,7 @@ from pixelmill.models.losses import (
     FeatureLoss,
     FeatureWeightsMissing,
     L1SSIMLoss,
+    SegmentationLoss,
     SSIMLoss,
     build_loss,
     gram_matrix,
@@ -127,3 +130,88 @@ def test_build_loss_names_and_error():
     assert isinstance(build_loss("ssim"), SSIMLoss)
     with pytest.raises(ValueError, match="valid names: charbonnier, feature, l1, l1\\+ssim, ssim"):
         build_loss("l2")
+
+
+# ------------------------------------------------------------------------------------------- segmentation
+
+
+@pytest.fixture
+def seg_batch():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 7, generator=g)
+    target = torch.randint(0, 4, (2, 5, 7), generator=g)
+    target[0, 0, :3] = 255  # ignored pixels
+    return logits, target
+
+
+def test_segmentation_ce_matches_pytorch(seg_batch):
+    logits, target = seg_batch
+    weight = torch.tensor([0.5, 1.0, 2.0, 3.0])
+    assert SegmentationLoss(ignore_index=255)(logits, target).item() == pytest.approx(
+        F.cross_entropy(logits, target, ignore_index=255).item(), rel=1e-6)
+    assert SegmentationLoss(weight=weight, ignore_index=255)(logits, target).item() == pytest.approx(
+        F.cross_entropy(logits, target, weight=weight, ignore_index=255).item(), rel=1e-6)
+
+
+def test_segmentation_ce_by_hand():
+    # one pixel, logits (0, log 3): p = (1/4, 3/4)
+    logits = torch.tensor([0.0, math.log(3)]).view(1, 2, 1, 1)
+    assert SegmentationLoss()(logits, torch.tensor([[[1]]])).item() == pytest.approx(-math.log(0.75), rel=1e-6)
+    # focal: (1 - 3/4)**2 * -log(3/4)
+    focal = SegmentationLoss(focal_gamma=2)(logits, torch.tensor([[[1]]])).item()
+    assert focal == pytest.approx(0.25**2 * -math.log(0.75), rel=1e-5)
+    # Dice of class 1, the only one present: 1 - 2 |P.Y| / (|P| + |Y|) = 1 - 2 * 3/4 / (3/4 + 1)
+    dice_only = SegmentationLoss(dice=1.0)(logits, torch.tensor([[[1]]])).item() - (-math.log(0.75))
+    assert dice_only == pytest.approx(1 - 1.5 / 1.75, abs=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"dice": 1.0}, {"focal_gamma": 2.0}, {"dice": 0.5, "focal_gamma": 1.0}])
+def test_perfect_logits_give_about_zero(kwargs):
+    target = torch.tensor([[[0, 1, 2], [2, 1, 3]]])  # 3 ignored
+    logits = 50 * F.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2).float()  # (1, 3, 2, 3)
+    assert SegmentationLoss(ignore_index=3, **kwargs)(logits, target).item() == pytest.approx(0, abs=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"dice": 1.0}, {"focal_gamma": 2.0},
+                                    {"weight": [1.0, 2.0, 0.5, 4.0], "dice": 0.3, "focal_gamma": 1.5}])
+def test_ignored_pixels_change_neither_loss_nor_gradient(seg_batch, kwargs):
+    logits, target = seg_batch
+    loss_fn = SegmentationLoss(ignore_index=255, **kwargs)
+    a = logits.clone().requires_grad_(True)
+    loss_a = loss_fn(a, target)
+    loss_a.backward()
+    b = logits.clone()
+    b[0, :, 0, :3] = torch.tensor([100.0, -100.0, 7.0, 0.0]).view(4, 1)  # other logits where the target is ignored
+    b.requires_grad_(True)
+    loss_b = loss_fn(b, target)
+    loss_b.backward()
+    assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-6)
+    assert torch.equal(a.grad[0, :, 0, :3], torch.zeros(4, 3))
+    assert torch.allclose(a.grad, b.grad, atol=1e-7)
+
+
+def test_segmentation_loss_edge_cases(seg_batch):
+    logits, target = seg_batch
+    all_ignored = torch.full_like(target, 255)
+    x = logits.clone().requires_grad_(True)
+    loss = SegmentationLoss(ignore_index=255, dice=1.0)(x, all_ignored)
+    loss.backward()
+    assert loss.item() == 0 and torch.isfinite(x.grad).all()
+    # a class of the map as the ignore index (CamVid's Unlabelled)
+    inside = SegmentationLoss(ignore_index=3)(logits, target.clamp(max=3))
+    keep = target.clamp(max=3) != 3
+    want = F.cross_entropy(logits.permute(0, 2, 3, 1)[keep], target.clamp(max=3)[keep])
+    assert inside.item() == pytest.approx(want.item(), rel=1e-6)
+    half = SegmentationLoss(ignore_index=255, dice=1.0)(logits.half(), target)  # float32 inside
+    assert half.dtype == torch.float32 and torch.isfinite(half)
+    with pytest.raises(ValueError, match="weight has 3 values for 4 classes"):
+        SegmentationLoss(weight=[1, 1, 1])(logits, target.clamp(max=3))
+    with pytest.raises(ValueError, match="expected logits"):
+        SegmentationLoss()(logits, target[0])
+
+
+def test_segmentation_loss_weight_moves_with_the_module_and_is_not_saved():
+    loss = SegmentationLoss(weight=[1.0, 2.0], ignore_index=255)
+    assert loss.weight.dtype == torch.float32
+    assert loss.state_dict() == {}
+    assert loss.to(torch.float64).weight is not None
