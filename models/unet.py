@@ -1,4 +1,4 @@
-"""U-Nets for restoration, super-resolution and colorization.
+"""U-Nets for restoration, super-resolution, colorization and semantic segmentation.
 
 - `ResNetUNet`: torchvision ResNet encoder (ImageNet weights when available, never required) and a
   PixelShuffle decoder with skip connections, fastai's DynamicUnet written out explicitly.
@@ -9,6 +9,11 @@ Both U-Nets take (B, in_channels, H, W) of any size, pad it (reflect) to a multi
 (B, out_channels, scale*H, scale*W). By default they predict the image directly; residual=True adds their
 output to the bicubic-upscaled input instead (the training flow's default for restoration).
 `model.config` is the JSON-able dict that rebuilds the architecture.
+
+A segmentation net is the same U-Net with out_channels = the number of classes, scale 1, residual False and
+final_activation 'none': its output is (B, classes, H, W) logits at the input's resolution, for softmax
+cross-entropy (`losses.SegmentationLoss`) and argmax at prediction. No separate arch name: the registry's
+model config says which task a model was trained for.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pixelmill.models import unet
 from pixelmill.models.blocks import PixelShuffleUp, SelfAttention, crop, icnr_, pad_to_multiple
 from pixelmill.models.checkpoint import load_model_from_bytes, save_model_bytes
 from pixelmill.models.factory import build_model, list_archs
+from pixelmill.models.losses import SegmentationLoss
 from pixelmill.models.unet import PlainUNet, ResNetUNet, adapt_first_conv, imagenet_cache_path, predict
 
 # Every registered arch at its defaults (a new arch is tested for free), plus the variants that matter.
@@ -27,6 +28,9 @@ CONFIGS = [{"arch": name} for name in list_archs()] + [
     {"arch": "unet-plain", "scale": 4, "norm": "spectral", "self_attention": True},
     {"arch": "unet-plain", "norm": "weight", "blur": False, "depth": 2, "base": 8},
     {"arch": "critic", "output": "global", "self_attention": True, "base": 16},
+    # segmentation: 12 class logits (CamVid) at the input's resolution
+    {"arch": "unet-plain", "out_channels": 12},
+    {"arch": "unet-resnet18", "out_channels": 12, "decoder_channels": [32, 32, 16, 16, 16]},
 ]
 SIZES = [(37, 53), (9, 11), (32, 32)]  # odd, tiny (smaller than the stride), already a multiple
 
@@ -167,6 +171,33 @@ def test_predict_runs_in_eval_mode_without_autograd():
     y = predict(model, torch.randn(1, 3, 17, 19))
     assert not model.training
     assert y.shape == (1, 3, 17, 19) and not y.requires_grad
+
+
+@pytest.mark.parametrize("arch", ["unet-plain", "unet-resnet18"])
+def test_segmentation_head_gives_logits_at_input_size_and_learns(arch):
+    """A U-Net with out_channels = classes, scale 1, no residual and no final activation is a segmentation
+    net: (B, K, H, W) logits for any H, W, and cross-entropy with an ignore index trains every parameter."""
+    torch.manual_seed(0)
+    extra = {"decoder_channels": [32, 32, 16, 16, 16], "weights": "random"} if arch != "unet-plain" else {"base": 8}
+    model = build_model({"arch": arch, "out_channels": 12, **extra})
+    x = torch.rand(2, 3, 35, 41)
+    target = (x[:, 0] * 11).long()  # (2, 35, 41) classes 0..10 from the red channel
+    target[:, :3] = 11  # CamVid's Unlabelled, ignored
+    loss_fn = SegmentationLoss(ignore_index=11, dice=0.5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(4):
+        opt.zero_grad(set_to_none=True)
+        logits = model(x)
+        assert logits.shape == (2, 12, 35, 41)
+        loss = loss_fn(logits, target)
+        loss.backward()
+        assert not [n for n, p in model.named_parameters() if p.grad is None]
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert predict(model, x).argmax(1).shape == (2, 35, 41)
 
 
 def test_plain_unet_is_small():
