@@ -23,6 +23,7 @@ twice. Called alone (no ctx), `jpeg` draws its own quality.
 
 import hashlib
 import io
+import math
 import string
 import threading
 from collections.abc import Sequence
@@ -30,9 +31,24 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS
 
 Params = dict[str, Any]
+# A short side past this makes more pixels than ingest accepts in an image (10,000 for 100 MP).
+MAX_SHORT_SIDE = math.isqrt(DEFAULT_MAX_PIXELS)
+MAX_FACTOR = 64.0  # as modcrop's largest scale: beyond it a photo shrinks to a few pixels
 
 
 # ---- typed config pieces -------------------------------------------------------------------------
@@ -119,7 +135,7 @@ def encode_jpeg(img: Image.Image, quality: int) -> bytes:
 class Op(BaseModel):
     """Base of every degradation: frozen, strict about fields, with a probability `p`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     p: Probability = 1.0  # probability that `apply_steps` runs this step
 
@@ -129,12 +145,25 @@ class Op(BaseModel):
 
 
 class Downscale(Op):
-    """Shrink by `factor` (output floor(size / factor)) or to a `short_side`, keeping the aspect."""
+    """Shrink by `factor` (output floor(size / factor)) or to a `short_side`, keeping the aspect.
+
+    It never enlarges unless `allow_upscale`: a `short_side` above the image's own leaves its size as it
+    is, and a `factor` must be above 1. Either way an output over the ingest pixel limit is refused.
+    """
 
     op: Literal["downscale"] = "downscale"
-    factor: float | None = Field(None, gt=1.0)
-    short_side: int | None = Field(None, ge=1)
+    allow_upscale: bool = False  # before the sizes: their validators read it
+    factor: float | None = Field(None, ge=1 / MAX_FACTOR, le=MAX_FACTOR)
+    short_side: int | None = Field(None, ge=1, le=MAX_SHORT_SIDE)
     method: choices(Method) = ("bicubic",)
+
+    @field_validator("factor")
+    @classmethod
+    def _factor_shrinks(cls, factor: float | None, info: ValidationInfo) -> float | None:
+        if factor is not None and factor <= 1 and not info.data.get("allow_upscale"):
+            raise ValueError(f"must be above 1 to shrink the image, got {factor:g} (with allow_upscale: true "
+                             "a factor below 1 enlarges it)")
+        return factor
 
     @model_validator(mode="after")
     def _exactly_one_size(self):
@@ -142,11 +171,24 @@ class Downscale(Op):
             raise ValueError("downscale needs exactly one of `factor` or `short_side`")
         return self
 
+    @model_serializer(mode="wrap")
+    def _omit_default_upscale(self, handler) -> dict:
+        # Recipes written before `allow_upscale` existed must keep their canonical JSON, hence their hash.
+        data = handler(self)
+        if not self.allow_upscale:
+            data.pop("allow_upscale", None)
+        return data
+
     def output_size(self, w: int, h: int) -> tuple[int, int]:
         if self.factor is not None:
-            return max(1, int(w // self.factor)), max(1, int(h // self.factor))
-        s = self.short_side
-        return (s, max(1, round(h * s / w))) if w <= h else (max(1, round(w * s / h)), s)
+            size = max(1, int(w // self.factor)), max(1, int(h // self.factor))
+        else:
+            s = self.short_side if self.allow_upscale else min(self.short_side, w, h)
+            size = (s, max(1, round(h * s / w))) if w <= h else (max(1, round(w * s / h)), s)
+        if size[0] * size[1] > DEFAULT_MAX_PIXELS:
+            raise ValueError(f"downscale would make a {w}x{h} image {size[0]}x{size[1]}, over the "
+                             f"{DEFAULT_MAX_PIXELS:,} pixel limit")
+        return size
 
     def apply(self, img, rng, ctx=None):
         method = _pick(rng, self.method)
@@ -213,7 +255,7 @@ class Watermark(Op):
     """
 
     op: Literal["watermark"] = "watermark"
-    text: str = Field("random", min_length=1)
+    text: str = Field("random", min_length=1, max_length=256)  # drawn on every image: a line, not a book
     size: span(4, 512, int) = (20, 60)
     opacity: span(0.0, 1.0) = (0.3, 0.9)
     color: Literal["white", "black", "random"] = "white"

@@ -16,13 +16,16 @@ fields (`get_recipe("my-recipe.yaml")`), for example:
       - {op: blur, sigma: [0.5, 2.0], kernel_size: [7, 13]}
       - {op: jpeg, quality: [30, 70]}
 
-A bad file fails before any work with a `RecipeError` naming each bad field (`steps.1.quality`).
+A bad file fails before any work with a `RecipeError` naming each bad field (`steps.1.quality`). A recipe
+has at most 64 steps (nested ones included) with chain and one_of at most 8 deep, checked on the YAML's
+events before anything is built, so a huge or deeply nested file fails at once.
 """
 
 import functools
 import hashlib
 import io
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +34,7 @@ import numpy as np
 import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from yaml.events import CollectionEndEvent, MappingStartEvent, NodeEvent, ScalarEvent, SequenceStartEvent
 
 from pixelmill.tasks.prep.degrade import (
     OP_NAMES,
@@ -54,6 +58,104 @@ class RecipeError(ValueError):
     """An unknown recipe name or an unusable recipe file; the message says which and what is valid."""
 
 
+MAX_STEPS = 64  # steps in one recipe, nested ones included
+MAX_DEPTH = 8  # chain and one_of inside one another
+# A recipe within those limits has a few thousand values and is nested ~20 deep (root, step list, then
+# a step and its list per level, a field, a range end); past these it is no recipe, and YAML's composer
+# and pydantic would recurse and allocate for minutes before saying so.
+_MAX_VALUES = 10_000
+_MAX_NESTING = 2 * MAX_DEPTH + 4
+
+Node = tuple[tuple[str | int, ...], str]  # (path, "map" | "list" | "value")
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(map(str, path)) or "<recipe>"
+
+
+def _entries(path: tuple, items: Iterable[tuple[Any, Any]]) -> Iterator[tuple[tuple, Any]]:
+    for key, value in items:
+        yield (*path, key), value
+
+
+def _data_nodes(data: Any) -> Iterator[Node]:
+    """Every value of plain data (or pydantic models), parents first, in order, without recursion."""
+    stack = [iter([((), data)])]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        path, value = item
+        if isinstance(value, BaseModel):
+            value = dict(value)
+        if isinstance(value, dict):
+            yield path, "map"
+            stack.append(_entries(path, value.items()))
+        elif isinstance(value, list | tuple):
+            yield path, "list"
+            stack.append(_entries(path, enumerate(value)))
+        else:
+            yield path, "value"
+
+
+@dataclass
+class _Open:
+    path: tuple
+    is_map: bool
+    key: Any = None  # a mapping's key waiting for its value
+    index: int = 0  # a list's next index
+
+
+def _yaml_nodes(text: str) -> Iterator[Node]:
+    """Every node of a YAML document, as `_data_nodes` gives them, read from parse events: nothing is built."""
+    stack: list[_Open] = []
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, CollectionEndEvent):
+            stack.pop()
+            continue
+        if not isinstance(event, NodeEvent):  # stream and document markers
+            continue
+        parent = stack[-1] if stack else None
+        if parent and parent.is_map and parent.key is None and isinstance(event, ScalarEvent):
+            parent.key = event.value
+            continue
+        if parent is None:
+            path = ()
+        elif parent.is_map and parent.key is None:  # a key that is a collection: `?`, and so is its value
+            path, parent.key = (*parent.path, "?"), "?"
+        elif parent.is_map:
+            path, parent.key = (*parent.path, parent.key), None
+        else:
+            path, parent.index = (*parent.path, parent.index), parent.index + 1
+        if isinstance(event, MappingStartEvent | SequenceStartEvent):
+            yield path, "map" if isinstance(event, MappingStartEvent) else "list"
+            stack.append(_Open(path, isinstance(event, MappingStartEvent)))
+        else:
+            yield path, "value"
+
+
+def check_size(nodes: Iterable[Node]) -> None:
+    """Refuse a recipe with too many steps or values or nested too deep, at the first node past a limit.
+
+    A step is a mapping in a list (`steps.3`, `steps.0.options.1`); each list index above it but its own
+    is a chain or one_of around it.
+    """
+    steps = 0
+    for count, (path, kind) in enumerate(nodes, start=1):
+        where = _dotted(path)
+        if kind == "map" and path and isinstance(path[-1], int):
+            steps += 1
+            if steps > MAX_STEPS:
+                raise ValueError(f"{_dotted(path[:-1])}: a recipe has at most {MAX_STEPS} steps, nested ones included")
+            if sum(isinstance(part, int) for part in path) - 1 > MAX_DEPTH:
+                raise ValueError(f"{where}: chain and one_of nest at most {MAX_DEPTH} deep")
+        if len(path) > _MAX_NESTING:
+            raise ValueError(f"{where}: nested too deeply for a recipe")
+        if count > _MAX_VALUES:
+            raise ValueError(f"{where}: a recipe holds at most {_MAX_VALUES:,} values")
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -63,6 +165,12 @@ class Recipe(BaseModel):
     target: tuple[Degradation, ...] = ()
     steps: tuple[Degradation, ...] = ()
     lr_format: Literal["png", "jpeg"] = "png"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_size(cls, data: Any) -> Any:
+        check_size(_data_nodes(data))  # before a single step is built
+        return data
 
     @model_validator(mode="after")
     def _check(self):
@@ -211,11 +319,15 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read a YAML recipe file; the recipe's `name` defaults to the file name without extension."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        check_size(_yaml_nodes(text))  # YAML's composer recurses: a deep file must not reach it
+        data = yaml.safe_load(text)
     except OSError as exc:
         raise RecipeError(f"cannot read recipe file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({exc})") from None
+    except ValueError as exc:
+        raise RecipeError(f"{path}: invalid recipe\n  {exc}") from None
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
     return parse_recipe(data, source=str(path))

@@ -121,6 +121,61 @@ def test_downscale_rejects_bad_configs(fields):
         Downscale(**fields)
 
 
+def test_downscale_short_side_never_upscales_unless_asked():
+    img = make_image(480, 320)
+    out, params = Downscale(short_side=3000).apply(img, rng())
+    assert out.size == (480, 320) and out.tobytes() == img.tobytes()  # not a 4500x3000 "LR"
+    assert (params["width"], params["height"]) == (480, 320)
+    out, _ = Downscale(short_side=3000, allow_upscale=True).apply(img, rng())
+    assert out.size == (4500, 3000)
+
+
+def test_downscale_factor_below_one_only_with_allow_upscale():
+    with pytest.raises(ValidationError, match="must be above 1 to shrink") as info:
+        Downscale(factor=0.5)
+    assert info.value.errors()[0]["loc"] == ("factor",)
+    out, _ = Downscale(factor=0.5, allow_upscale=True).apply(make_image(40, 30), rng())
+    assert out.size == (80, 60)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"factor": 1e300}, "less than or equal to 64"),
+    ({"factor": float("inf")}, "finite number"),
+    ({"factor": float("nan")}, "finite number"),
+    ({"factor": 1e-300, "allow_upscale": True}, "greater than or equal to 0.015625"),
+    ({"short_side": 1_000_000}, "less than or equal to 10000"),
+    ({"short_side": float("inf")}, "finite number"),
+])
+def test_downscale_sizes_are_bounded(fields, message):
+    with pytest.raises(ValidationError, match=message) as info:
+        Downscale(**fields)
+    assert info.value.errors()[0]["loc"][0] == next(iter(fields))
+
+
+def test_downscale_refuses_outputs_over_the_ingest_pixel_limit():
+    op = Downscale(short_side=10_000, allow_upscale=True)
+    assert op.output_size(100, 100) == (10_000, 10_000)  # exactly the limit
+    with pytest.raises(ValueError, match="10100x10000, over the 100,000,000 pixel limit"):
+        op.output_size(101, 100)  # checked before a pixel is allocated
+
+
+@pytest.mark.parametrize("field", [("jpeg", "p"), ("gaussian_noise", "sigma"), ("gaussian_noise", "gray_prob"),
+                                   ("poisson_noise", "scale"), ("blur", "sigma"), ("blur", "rotation"),
+                                   ("watermark", "opacity")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_is_finite(field, value):
+    op, name = field
+    with pytest.raises(ValidationError) as info:
+        TypeAdapter(Degradation).validate_python({"op": op, name: value})
+    assert info.value.errors()[0]["loc"][1] == name
+
+
+def test_allow_upscale_is_in_the_definition_only_when_set():
+    assert "allow_upscale" not in Downscale(factor=2).model_dump()  # recipes from before it keep their hash
+    assert Downscale(factor=2, allow_upscale=True).model_dump()["allow_upscale"] is True
+    assert TypeAdapter(Degradation).validate_python(Downscale(factor=2, allow_upscale=True).model_dump()).allow_upscale
+
+
 def test_modcrop_refuses_an_image_smaller_than_the_scale():
     with pytest.raises(ValueError, match="smaller than the modcrop scale"):
         ModCrop(scale=16).apply(Image.new("RGB", (10, 40)), rng())

@@ -1,14 +1,17 @@
 """Shipped recipes run on any image, byte-for-byte reproducibly; bad YAML recipes fail early and clearly."""
 
 import io
+import json
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
-from pixelmill.tasks.prep.degrade import GaussianNoise, Jpeg
+from pixelmill.tasks.prep.degrade import Downscale, GaussianNoise, Jpeg
 from pixelmill.tasks.prep.recipes import (
+    MAX_DEPTH,
+    MAX_STEPS,
     RECIPES,
     Recipe,
     RecipeError,
@@ -16,6 +19,7 @@ from pixelmill.tasks.prep.recipes import (
     get_recipe,
     list_recipes,
     load_recipe,
+    parse_recipe,
 )
 from tests.helpers import make_image
 
@@ -172,6 +176,20 @@ BAD_RECIPES = {
     "jpeg output without jpeg": ("lr_format: jpeg\nsteps:\n  - {op: blur}\n", "lr_format"),
     "not a mapping": ("- {op: jpeg}\n", "mapping"),
     "not yaml": ("steps: [\n", "not valid YAML"),
+    "huge factor": ("steps:\n  - {op: downscale, factor: 1e300}\n", "steps.0.factor: Input should be less than"),
+    "infinite factor": ("steps:\n  - {op: downscale, factor: .inf}\n", "steps.0.factor: Input should be a finite"),
+    "nan probability": ("steps:\n  - {op: jpeg, p: .nan}\n", "steps.0.p: Input should be a finite number"),
+    "nan in a range": ("steps:\n  - {op: blur, sigma: [.nan, 2]}\n", "steps.0.sigma.0: Input should be a finite"),
+    "huge short side": ("steps:\n  - {op: downscale, short_side: 1000000}\n", "steps.0.short_side: Input should be"),
+    "upscaling factor": ("steps:\n  - {op: blur}\n  - {op: downscale, factor: 0.5}\n",
+                         "steps.1.factor: must be above 1"),
+    "too many steps": ("steps:\n" + "  - {op: jpeg}\n" * (MAX_STEPS + 1), "steps: a recipe has at most 64 steps"),
+    "too many nested steps": ("steps:\n  - op: one_of\n    options:\n" + "      - {op: jpeg}\n" * MAX_STEPS,
+                              "steps.0.options: a recipe has at most 64 steps, nested ones included"),
+    "too deep": ("steps:\n  - " + "{op: chain, steps: [" * (MAX_DEPTH + 1) + "{op: jpeg}" + "]}" * (MAX_DEPTH + 1),
+                 "steps" + ".0.steps" * MAX_DEPTH + ".0: chain and one_of nest at most 8 deep"),
+    "too many values": ("steps:\n  - {op: downscale, factor: 2, method: [" + "area, " * 10_000 + "]}\n",
+                        "a recipe holds at most 10,000 values"),
 }
 
 
@@ -191,3 +209,74 @@ def test_missing_recipe_file():
         load_recipe("/nonexistent/recipe.yaml")
     with pytest.raises(RecipeError, match="cannot read recipe file"):
         get_recipe("/nonexistent/recipe.yaml")
+
+
+# ---- limits ---------------------------------------------------------------------------------------------
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "limits.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def nested_chain_yaml(levels: int, flow: bool) -> str:
+    if flow:
+        return "steps:\n  - " + "{op: chain, steps: [" * levels + "{op: jpeg}" + "]}" * levels + "\n"
+    lines = ["steps:"]
+    for level in range(levels):
+        lines += [" " * (2 + 4 * level) + "- op: chain", " " * (4 + 4 * level) + "steps:"]
+    return "\n".join([*lines, " " * (2 + 4 * levels) + "- op: jpeg"]) + "\n"
+
+
+@pytest.mark.parametrize("flow", [True, False], ids=["flow", "block"])
+def test_a_2000_deep_chain_gets_a_clear_error_not_a_recursion_error(tmp_path, flow):
+    with pytest.raises(RecipeError, match=r"steps(\.0\.steps){8}\.0: chain and one_of nest at most 8 deep"):
+        get_recipe(write(tmp_path, nested_chain_yaml(2000, flow)))
+
+
+@pytest.mark.parametrize("flow", [True, False], ids=["flow", "block"])
+def test_the_limits_themselves_are_allowed(tmp_path, flow):
+    recipe = get_recipe(write(tmp_path, nested_chain_yaml(MAX_DEPTH, flow)))
+    assert apply_recipe(recipe, make_image(), 0).params["steps"][0]["steps"][0]["op"] == "chain"
+    recipe = get_recipe(write(tmp_path, "steps:\n" + "  - {op: grayscale}\n" * MAX_STEPS))
+    assert len(recipe.steps) == MAX_STEPS
+
+
+def test_a_million_steps_fail_at_once(tmp_path):
+    path = write(tmp_path, "steps:\n" + "  - {op: jpeg, quality: 50}\n" * 1_000_000)
+    with pytest.raises(RecipeError, match="steps: a recipe has at most 64 steps, nested ones included"):
+        get_recipe(path)
+
+
+def test_limits_hold_for_recipes_built_in_python():
+    deep = {"op": "jpeg"}
+    for _ in range(2000):  # no recursion needed to build it, and none to refuse it
+        deep = {"op": "chain", "steps": [deep]}
+    with pytest.raises(RecipeError, match="chain and one_of nest at most 8 deep"):
+        parse_recipe({"name": "deep", "steps": [deep]})
+    with pytest.raises(RecipeError, match="steps: a recipe has at most 64 steps"):
+        parse_recipe({"name": "long", "steps": [{"op": "jpeg"}] * 10**6})
+    with pytest.raises(ValueError, match="target: a recipe has at most 64 steps"):
+        Recipe(name="models", target=(Downscale(factor=2),) * (MAX_STEPS + 1))
+
+
+def test_yaml_aliases_cannot_multiply_a_recipe(tmp_path):
+    bomb = "".join(f"x{i}: &x{i} [{', '.join([f'*x{i - 1}' if i else 'a'] * 10)}]\n" for i in range(6))
+    with pytest.raises(RecipeError, match="a recipe holds at most 10,000 values"):
+        get_recipe(write(tmp_path, bomb + "steps: []\n"))
+
+
+def test_downscale_to_a_larger_short_side_keeps_the_size(tmp_path):
+    # The issue's case: a 4500x3000 "LR" came out of a 480x320 HR.
+    recipe = get_recipe(write(tmp_path, "steps:\n  - {op: downscale, short_side: 3000}\n"))
+    result = apply_recipe(recipe, make_image(480, 320), 0)
+    assert result.hr.size == result.lr.size == (480, 320)
+    result = apply_recipe(RECIPES["lesson7"], make_image(80, 60), 0)  # smaller than lesson 7's 96
+    assert result.lr.size == (80, 60)
+
+
+def test_new_fields_leave_existing_definitions_and_hashes_alone():
+    sr2 = RECIPES["sr-x2"]
+    assert "allow_upscale" not in json.dumps(sr2.model_dump(mode="json"))
+    upscaling = sr2.model_copy(update={"steps": (Downscale(factor=2, method="bicubic", allow_upscale=True),)})
+    assert upscaling.recipe_hash != sr2.recipe_hash
