@@ -187,7 +187,16 @@ class MetricSet:
         return self
 
     def compute(self) -> dict[str, float]:
-        return {name: acc.compute() for name, acc in self.accumulators.items()}
+        """{name: value}; an accumulator that computes several numbers (a confusion matrix) gives
+        {name_key: value} for each scalar (per-class lists stay with the accumulator)."""
+        out: dict[str, float] = {}
+        for name, acc in self.accumulators.items():
+            value = acc.compute()
+            if isinstance(value, dict):
+                out |= {f"{name}_{k}": v for k, v in value.items() if isinstance(v, float | int)}
+            else:
+                out[name] = value
+        return out
 
 
 class ConfusionMatrix:
@@ -208,10 +217,11 @@ class ConfusionMatrix:
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.mat: torch.Tensor | None = None  # (C, C) int64, rows: target, columns: prediction
+        # (C, C) int64, rows: target, columns: prediction; moves to the device of the first batch counted
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     def reset(self) -> None:
-        self.mat = None
+        self.matrix = torch.zeros_like(self.matrix)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Count a batch: predicted class indices and target indices of one shape, e.g. (B, H, W)
@@ -232,20 +242,18 @@ class ConfusionMatrix:
                     raise ValueError(f"{what} value {bad} is not a class (0-{n - 1}) nor the ignore index "
                                      f"{self.ignore_index}")
         counts = torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)  # (C, C)
-        self.mat = counts if self.mat is None else self.mat + counts.to(self.mat.device)
+        self.matrix = self.matrix.to(counts.device) + counts
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
             raise ValueError(f"cannot merge a confusion matrix of {other.num_classes} classes (ignore "
                              f"{other.ignore_index}) into one of {self.num_classes} (ignore {self.ignore_index})")
-        if other.mat is not None:
-            self.mat = other.mat.clone() if self.mat is None else self.mat + other.mat.to(self.mat.device)
+        self.matrix = self.matrix + other.matrix.to(self.matrix.device)
         return self
 
     def counts(self) -> np.ndarray:
         """(C, C) int64 pixel counts, rows: target class, columns: predicted class."""
-        n = self.num_classes
-        return np.zeros((n, n), np.int64) if self.mat is None else self.mat.cpu().numpy().astype(np.int64)
+        return self.matrix.cpu().numpy().copy()
 
     def compute(self) -> dict:
         mat = self.counts().astype(np.float64)

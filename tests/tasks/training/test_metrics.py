@@ -137,6 +137,7 @@ def assert_metrics(got, miou, global_acc, mean_class_acc, iou, acc):
 def test_confusion_matrix_hand_computed_with_an_ignored_class():
     cm = cm_of(BATCH1)
     assert cm.counts().tolist() == [[1, 1, 0, 1], [0, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    assert cm.matrix.dtype == torch.int64 and cm.matrix.tolist() == cm.counts().tolist()
     # IoU 0: 1 / (3 + 1 - 1); IoU 1: 2 / (2 + 3 - 2); IoU 2: 1 / 1; class 3 is ignored
     assert_metrics(cm.compute(), miou=(1 / 3 + 2 / 3 + 1) / 3, global_acc=4 / 6, mean_class_acc=(1 / 3 + 1 + 1) / 3,
                    iou=[1 / 3, 2 / 3, 1, NAN], acc=[1 / 3, 1, 1, NAN])
