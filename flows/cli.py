@@ -157,6 +157,19 @@ def train_colorize(pairs: Pairs, name: ModelName, arch: Arch = None, loss: Loss 
                                                    "max_minutes": max_minutes}, gan_from, resume, workspace)
 
 
+@train_app.command("segmentation")
+def train_segmentation(
+    dataset: Annotated[str, typer.Option(help="an ingested data set with masks (`pixelmill ingest ... --masks`)")],
+    name: ModelName,
+    classes: Annotated[str, typer.Option(help="class map: a preset (camvid, scenes) or a YAML file")] = "camvid",
+    arch: Arch = None, config: ConfigFile = None, steps: Steps = None, max_minutes: MaxMinutes = None,
+    resume: Resume = False, workspace: Workspace = None,
+) -> None:
+    """Train a U-Net for semantic segmentation (one class per pixel) on images and their masks."""
+    run_training("segmentation", dataset, name, config, {"arch": arch, "classes": classes, "steps": steps,
+                                                         "max_minutes": max_minutes}, None, resume, workspace)
+
+
 def run_training(task: str, source: str, name: str, config: str | None, flags: dict, gan_from: str | None,
                  resume: bool, workspace: str | None) -> None:
     """YAML config, then flags, then the subcommand's task; run the train flow and print its summary."""
@@ -181,20 +194,25 @@ def run_training(task: str, source: str, name: str, config: str | None, flags: d
 @app.command()
 def evaluate(
     model: Annotated[str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a model folder URL")],
-    pairs: Annotated[str, typer.Option(help="paired set name")],
+    pairs: Annotated[str | None, typer.Option(help="restoration: the paired set to score on")] = None,
+    dataset: Annotated[str | None, typer.Option(help="segmentation: the data set (with masks) to score on")] = None,
     split: Annotated[str, typer.Option(help="train, valid or test")] = "valid",
     promote: Annotated[str | None, typer.Option(help="move this alias here if the model wins")] = None,
     workspace: Workspace = None,
 ) -> None:
-    """Score a model against the baseline (bicubic or the input) with PSNR/SSIM on Y and RGB."""
+    """Score a model against its baseline: PSNR/SSIM for restoration (vs bicubic or the input), mean IoU and
+    pixel accuracy for segmentation (vs the majority class)."""
     with user_errors():
+        if (pairs is None) == (dataset is None):
+            raise ConfigError("give the data to score on: --pairs SET (restoration) or --dataset NAME (segmentation)",
+                              "`pixelmill catalog show pairs` and `pixelmill catalog show images` list them")
         from pixelmill.flows.evaluate import evaluate as evaluate_flow
 
-        s = evaluate_flow(model, pairs, split=split, promote=promote, workspace=workspace)
-        typer.echo(f"{s['model']} on {s['pairs']}/{s['split']} ({s['images']} images)")
-        for label, m in (("model", s["model_scores"]), ("baseline", s["baseline_scores"])):
-            typer.echo(f"  {label:9s} " + "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "images"))
-        typer.echo(f"  gain over the baseline ({s['baseline']}): {s['gain']:+.4g} ({s['score_key']})")
+        s = evaluate_flow(model, pairs or dataset, split=split, promote=promote, workspace=workspace)
+        typer.echo(f"{s['model']} on {s['source']}/{s['split']} ({s['images']} images)")
+        for label, m in (("model", s["model_scores"]), (f"baseline ({s['baseline']})", s["baseline_scores"])):
+            typer.echo(f"  {label:24s} " + "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "images"))
+        typer.echo(f"  gain over the baseline: {s['gain']:+.4g} ({s['score_key']})")
         if promote:
             typer.echo(s["promotion_reason"])
 
@@ -261,13 +279,53 @@ def enhance(
 
         mv = registry.resolve(workspace_url(workspace), model)
         net, config, _ = registry.load(mv)
+        if config.get("task") == "segmentation":
+            raise PixelmillError(f"{mv.ref} is a segmentation model", f"run `pixelmill segment {model} IN OUT`")
         try:
             img = decode_image(storage.read_bytes(input_image))
         except ImageError as exc:
             raise PixelmillError(f"{input_image}: {exc}", "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF") from None
-        out = enhance_image(net, config, img, pick_device(config.get("train_config", {}).get("device", "auto")))
+        out = enhance_image(net, config, img, pick_device())
         storage.write_bytes(output_image, encode_like(out, output_image))
         typer.echo(f"{mv.ref}: {img.width}x{img.height} -> {out.width}x{out.height} written to {output_image}")
+
+
+@app.command()
+def segment(
+    model: Annotated[str, typer.Argument(help="a segmentation model: NAME, NAME:VERSION, NAME@ALIAS or a folder URL")],
+    input_image: Annotated[str, typer.Argument(help="image URL or path")],
+    output_mask: Annotated[str, typer.Argument(help="where to write the class-index mask (.png)")],
+    overlay: Annotated[bool, typer.Option(help="also write the classes' colours blended on the image, as "
+                                               "OUT.overlay.png")] = False,
+    workspace: Workspace = None,
+) -> None:
+    """Run a segmentation model on one image: a PNG of class indices (palette-coloured by the class map)."""
+    with user_errors():
+        if not output_mask.lower().endswith(".png"):
+            raise ConfigError(f"{output_mask}: a mask is written as PNG (lossless class indices)", "name it *.png")
+        from pixelmill.tasks.core import registry, storage
+        from pixelmill.tasks.core.images import ImageError, decode_image
+        from pixelmill.tasks.core.settings import workspace_url
+
+        try:
+            img = decode_image(storage.read_bytes(input_image))
+        except ImageError as exc:
+            raise PixelmillError(f"{input_image}: {exc}", "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF") from None
+        mv = registry.resolve(workspace_url(workspace), model)
+        from pixelmill.tasks.inference.segment import mask_png, overlay_png, segment_image
+        from pixelmill.tasks.training.loop import pick_device
+
+        net, config, _ = registry.load(mv)
+        if config.get("task") != "segmentation":
+            raise PixelmillError(f"{mv.ref} is a {config.get('task')} model, not a segmentation model",
+                                 f"run `pixelmill enhance {model} IN OUT`")
+        indices, classes = segment_image(net, config, img, pick_device())
+        storage.write_bytes(output_mask, mask_png(indices, classes))
+        typer.echo(f"{mv.ref}: {img.width}x{img.height} -> class mask written to {output_mask}")
+        if overlay:
+            path = output_mask[: -len(".png")] + ".overlay.png"
+            storage.write_bytes(path, overlay_png(img, indices, classes))
+            typer.echo(f"overlay written to {path}")
 
 
 def load_yaml_config(path: str) -> dict:

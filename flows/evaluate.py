@@ -17,17 +17,19 @@ from pixelmill.tasks.reports import artifact_key, gallery_markdown, markdown_tab
 GALLERY_IMAGES = 3
 
 
-@flow(name="evaluate", flow_run_name="evaluate-{model}-{pairs}-{split}")
-def evaluate(model: str, pairs: str, split: str = "valid", promote: str | None = None,
+@flow(name="evaluate", flow_run_name="evaluate-{model}-{source}-{split}")
+def evaluate(model: str, source: str, split: str = "valid", promote: str | None = None,
              workspace: str | None = None) -> dict:
-    """Scores of model and baseline per image and on average; `promote` moves an alias only on a win."""
+    """Scores of model and baseline per image and on average; `promote` moves an alias only on a win.
+
+    `source`: the paired set (restoration) or data set with masks (segmentation) to score on."""
     logger = get_run_logger()
     layout = Layout.of(workspace)
     mv = registry.resolve(layout.root, model)  # an unknown reference fails here, before any work
-    result = steps.evaluate_model(layout.root, mv.ref, pairs, split, gallery=GALLERY_IMAGES)
+    result = steps.evaluate_model(layout.root, mv.ref, source, split, gallery=GALLERY_IMAGES)
     key = result["score_key"]
     model_mean, base_mean = result["means"]["model"], result["means"]["baseline"]
-    summary = {"model": mv.ref, "pairs": pairs, "split": split, "images": result["images"],
+    summary = {"model": mv.ref, "source": source, "split": split, "images": result["images"],
                "skipped": result["skipped"], "baseline": result["baseline"], "score_key": key,
                "model_scores": model_mean, "baseline_scores": base_mean,
                "gain": model_mean[key] - base_mean[key], "promoted": None}
@@ -37,7 +39,7 @@ def evaluate(model: str, pairs: str, split: str = "valid", promote: str | None =
         current = registry.aliases(layout.root, mv.name).get(promote)
         current_mean = None
         if current and current != mv.version:  # re-scored on the same data in this run, never a stale number
-            current_mean = steps.evaluate_model(layout.root, f"{mv.name}:{current}", pairs, split)["means"]["model"]
+            current_mean = steps.evaluate_model(layout.root, f"{mv.name}:{current}", source, split)["means"]["model"]
         promoted, reason = registry.decide_promotion(mv.ref, f"{mv.name}@{promote}", key, model_mean, base_mean,
                                             current_mean, current)
         if promoted:
@@ -46,7 +48,7 @@ def evaluate(model: str, pairs: str, split: str = "valid", promote: str | None =
         logger.info("promotion to %s: %s", promote, reason)
 
     metrics = [k for k in model_mean if k != "images"]
-    report = [f"## evaluate {mv.ref} on `{pairs}` ({split}, {result['images']} images, "
+    report = [f"## evaluate {mv.ref} on `{source}` ({split}, {result['images']} images, "
               f"{result['skipped']} error rows skipped)",
               markdown_table(["method", *metrics], [[name, *(f"{m[k]:.4g}" for k in metrics)] for name, m in
                                                     ((f"model {mv.ref}", model_mean),
@@ -54,9 +56,11 @@ def evaluate(model: str, pairs: str, split: str = "valid", promote: str | None =
               f"gain over the baseline: {summary['gain']:+.4g} ({key})"]
     if promote:
         report.append(f"promotion to `{promote}`: {summary['promotion_reason']}")
+    if result["report"]:
+        report.append(result["report"])
     report.append(gallery_markdown(result["gallery_labels"],
                                    [[storage.read_bytes(u) for u in row] for row in result["gallery"]], height=128))
     create_markdown_artifact("\n\n".join(report), key=artifact_key("evaluate", mv.name),
-                             description=f"{mv.ref} on {pairs}/{split}")
+                             description=f"{mv.ref} on {source}/{split}")
     return summary
 

@@ -2,6 +2,7 @@
 
     pixelmill train restoration --pairs photos-sr-x2 --name sr2 --max-minutes 20
     pixelmill train restoration --pairs photos-sr-x2 --name sr2 --resume       # after a crash
+    pixelmill train segmentation --dataset camvid --classes camvid --name seg --max-minutes 15
 
 The flow knows no model task: the config's `task` picks the objective inside the training task.
 """
@@ -23,9 +24,12 @@ GALLERY_IMAGES = 3
 
 
 @flow(name="train", flow_run_name="train-{name}")
-def train(pairs: str, name: str, config: TrainConfig | None = None, workspace: str | None = None,
+def train(source: str, name: str, config: TrainConfig | None = None, workspace: str | None = None,
           resume: bool = False) -> dict:
-    """Train a U-Net on a set's train split, validate on its valid split, register it as NAME:vN."""
+    """Train a U-Net on a set's train split, validate on its valid split, register it as NAME:vN.
+
+    `source` is what the config's task learns from: a paired set (restoration, colorize) or an ingested
+    data set with masks (segmentation)."""
     config = config or TrainConfig()
     layout = Layout.of(workspace)
     check_name(name, "model name")
@@ -33,18 +37,18 @@ def train(pairs: str, name: str, config: TrainConfig | None = None, workspace: s
         raise PixelmillError(f"no checkpoint to resume for model {name!r} at {layout.checkpoint(name)}",
                              "run without --resume")
 
-    summary = steps.train_model(layout.root, pairs, name, config, resume)
+    summary = steps.train_model(layout.root, source, name, config, resume)
     if summary["history"]:
         create_table_artifact([round_values(h) for h in summary["history"]], key=artifact_key("train", name),
                               description=f"{summary['model']}: losses and validation per {config.val_every} steps")
-    shown = steps.evaluate_model(layout.root, summary["model"], pairs, "valid", gallery=GALLERY_IMAGES,
+    shown = steps.evaluate_model(layout.root, summary["model"], source, "valid", gallery=GALLERY_IMAGES,
                                  limit=GALLERY_IMAGES, record=False)
     last = summary["metrics"]
     create_markdown_artifact(
-        f"## trained {summary['model']}\n\n{config.arch} ({summary['task']}) on `{pairs}`: {summary['steps']} steps "
+        f"## trained {summary['model']}\n\n{config.arch} ({summary['task']}) on `{source}`: {summary['steps']} steps "
         f"in {summary['seconds']:.0f} s ({summary['images_per_s']:.1f} images/s).\n\nlast validation: "
         + ", ".join(f"{k} {v}" for k, v in round_values(last).items())
         + f"\n\nweights: `{summary['uri']}`\n\n**validation images**\n\n"
         + gallery_markdown(shown["gallery_labels"], [[storage.read_bytes(u) for u in row] for row in shown["gallery"]]),
-        key=artifact_key("model", name), description=f"{summary['model']} trained on {pairs}")
+        key=artifact_key("model", name), description=f"{summary['model']} trained on {source}")
     return {k: v for k, v in summary.items() if k != "history"}

@@ -99,13 +99,20 @@ EVALUATIONS = pa.schema([
     ("split", pa.string()),
     ("method", pa.string()),  # model | baseline (bicubic for SR, the input for same-size restoration)
     ("scope", pa.string()),  # image | mean
-    ("pair_id", pa.string()),  # null for scope=mean
+    ("pair_id", pa.string()),  # the pair (restoration) or image URI (segmentation); null for scope mean/class
     ("psnr_y", pa.float64()),
     ("ssim_y", pa.float64()),
     ("psnr_rgb", pa.float64()),
     ("ssim_rgb", pa.float64()),
     ("images", pa.int64()),
     ("created_at", UTC_TIME),
+    # segmentation: scope image/mean rows carry the three summary scores, scope class rows one class's
+    ("miou", pa.float64()),
+    ("global_acc", pa.float64()),
+    ("mean_class_acc", pa.float64()),
+    ("class_name", pa.string()),
+    ("iou", pa.float64()),
+    ("accuracy", pa.float64()),
 ])
 
 SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "pairs": PAIRS, "models": MODELS, "evaluations": EVALUATIONS}
@@ -115,7 +122,7 @@ KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "images": (("dataset", "uri"), ("ingested_at",)),
     "pairs": (("set_name", "pair_id"), ("ok", "created_at")),
     "models": (("name", "version"), ("created_at",)),
-    "evaluations": (("evaluation_id", "method", "scope", "pair_id"), ("created_at",)),
+    "evaluations": (("evaluation_id", "method", "scope", "pair_id", "class_name"), ("created_at",)),
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -143,7 +143,8 @@ def save(workspace: str, name: str, model, config: dict, metadata: dict) -> Mode
     storage.write_bytes(storage.join(mv.uri, "metadata.json"), json.dumps(metadata, indent=1).encode())
     Catalog(workspace).write_part("models", name, version, [{
         "name": name, "version": version, "uri": mv.uri, "arch": model_config["arch"],
-        "task": config.get("task"), "scale": config.get("scale"), "pairs_set": metadata.get("pairs_set"),
+        "task": config.get("task"), "scale": config.get("scale"),
+        "pairs_set": metadata.get("pairs_set") or metadata.get("dataset"),
         "recipe_hash": metadata.get("recipe_hash"), "steps": metadata.get("steps"),
         "metrics": json.dumps(metadata.get("metrics", {})), "code_version": metadata["code_version"],
         "created_at": datetime.now(UTC)}])

@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# The losses models/losses.py builds (a test keeps the two lists equal; models/ cannot import tasks/).
-LossName = Literal["l1", "charbonnier", "feature", "ssim", "l1+ssim"]
+# The image losses models/losses.py builds (a test keeps the lists equal; models/ cannot import tasks/),
+# and segmentation's cross-entropy.
+LossName = Literal["l1", "charbonnier", "feature", "ssim", "l1+ssim", "cross_entropy"]
 # The model tasks that have an objective (a test keeps this equal to tasks/training/objectives.OBJECTIVES).
-TaskName = Literal["restoration", "colorize"]
+TaskName = Literal["restoration", "colorize", "segmentation"]
 
 
 class GanConfig(BaseModel):
@@ -40,7 +41,7 @@ class TrainConfig(BaseModel):
     task: TaskName = Field("restoration", description="what the model learns: the objective")
     arch: str = Field("unet-plain", description="see `pixelmill models archs`")
     arch_kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor arguments of the arch")
-    loss: LossName = "l1"
+    loss: LossName | None = Field(None, description="None: the task's own (l1 for images, cross_entropy for masks)")
     feature_weights: str | None = Field(None, description="VGG16-bn weights file or URL for the feature loss")
     steps: int = Field(2000, ge=1, description="optimizer steps (the schedule's length)")
     max_minutes: float | None = Field(None, gt=0, description="stop after this long; the schedule fits it")
@@ -57,6 +58,11 @@ class TrainConfig(BaseModel):
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
                         description="auto = CUDA when present, else the CPU")
+    classes: str | None = Field(None, description="segmentation: a class map preset (camvid, scenes) or YAML file")
+    class_weights: Literal["none", "median_frequency"] = Field(
+        "median_frequency", description="segmentation: SegNet's median-frequency balancing from the train masks")
+    dice_weight: float = Field(0.0, ge=0, le=10, description="segmentation: weight of a soft Dice term")
+    focal_gamma: float = Field(0.0, ge=0, le=10, description="segmentation: focal term's gamma (0 = plain CE)")
     gan: GanConfig | None = Field(None, description="GAN fine-tuning of a pretrained generator (second stage)")
 
     def fingerprint(self) -> str:

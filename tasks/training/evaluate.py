@@ -8,6 +8,7 @@ Y channel per ITU-R BT.601 (MATLAB), on 8-bit images.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,6 +16,19 @@ import torch
 from pixelmill.models.unet import residual_base
 from pixelmill.tasks.training.datasets import PairDataset, PairRecord
 from pixelmill.tasks.training.metrics import PSNR_CAP, psnr, ssim
+
+
+@dataclass
+class Evaluation:
+    """A registered model scored on one split: per-image rows, means per method, a few images to show."""
+
+    rows: list[dict]
+    means: dict[str, dict]  # method ("model", "baseline") -> {metric: value, "images": n}
+    images: int
+    skipped: int
+    baseline: str  # what "baseline" rows measure, e.g. bicubic
+    gallery: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # images per row, as the objective labels them
+    report: str = ""  # extra Markdown for the report (a segmentation model's per-class table, its confusion matrix)
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:

@@ -105,8 +105,10 @@ class Amp:
 def make_loader(dataset, cfg: TrainConfig, train: bool, start: int = 0) -> torch.utils.data.DataLoader:
     """Train: an endless stream of batches from `start` (samples already consumed). Validation: one pass."""
     workers = cfg.loader_workers
+    # whole validation images (val_crop None) may differ in size, and only equal sizes stack into a batch
+    batch_size = cfg.batch_size if train or cfg.val_crop else 1
     return torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=SampleStream(len(dataset), cfg.seed, start) if train else None,
+        dataset, batch_size=batch_size, sampler=SampleStream(len(dataset), cfg.seed, start) if train else None,
         num_workers=workers, persistent_workers=workers > 0 and not train,
         pin_memory=torch.cuda.is_available())
 

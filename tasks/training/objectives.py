@@ -18,9 +18,6 @@ A new model task is one class here (or its own module) registered in OBJECTIVES,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import numpy as np
 import torch
 
 from pixelmill.models.factory import build_model
@@ -30,22 +27,11 @@ from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import ConfigError, PixelmillError
 from pixelmill.tasks.training.config import TrainConfig
 from pixelmill.tasks.training.datasets import PairDataset, PairRecord, infer_scale, load_pairs
-from pixelmill.tasks.training.evaluate import evaluate_pairs, mean_scores
+from pixelmill.tasks.training.evaluate import Evaluation, evaluate_pairs, mean_scores
 from pixelmill.tasks.training.metrics import PSNR_CAP, Mean, MetricSet, psnr_torch
+from pixelmill.tasks.training.segmentation import SegmentationObjective
 
 MIN_TRAIN_PAIRS = 2
-
-
-@dataclass
-class Evaluation:
-    """A registered model scored on one split: per-image rows, means per method, a few images to show."""
-
-    rows: list[dict]
-    means: dict[str, dict]  # method ("model", "baseline") -> {metric: value, "images": n}
-    images: int
-    skipped: int
-    baseline: str  # what "baseline" rows measure, e.g. bicubic
-    gallery: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (input, baseline, model, target)
 
 
 class RestorationObjective:
@@ -94,9 +80,12 @@ class RestorationObjective:
         return build_model(self.model_config())
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
-        kwargs = {"weights": self.cfg.feature_weights} if self.cfg.loss == "feature" else {}
+        loss = self.cfg.loss or "l1"
+        if loss == "cross_entropy":
+            raise ConfigError("cross_entropy is a segmentation loss", "use l1, charbonnier, ssim, l1+ssim or feature")
+        kwargs = {"weights": self.cfg.feature_weights} if loss == "feature" else {}
         try:
-            self.loss_fn = build_loss(self.cfg.loss, **kwargs).to(device)
+            self.loss_fn = build_loss(loss, **kwargs).to(device)
         except FeatureWeightsMissing as exc:
             raise ConfigError(str(exc), "or train with --loss l1 (no pretrained network needed)") from None
 
@@ -165,11 +154,11 @@ class ColorizeObjective(RestorationObjective):
     in_channels = 1
 
 
-OBJECTIVES: dict[str, type[RestorationObjective]] = {"restoration": RestorationObjective,
-                                                     "colorize": ColorizeObjective}
+OBJECTIVES: dict[str, type] = {"restoration": RestorationObjective, "colorize": ColorizeObjective,
+                               "segmentation": SegmentationObjective}
 
 
-def objective_class(task: str) -> type[RestorationObjective]:
+def objective_class(task: str) -> type:
     if task not in OBJECTIVES:
         raise ConfigError(f"unknown model task {task!r}", f"valid tasks: {', '.join(OBJECTIVES)}")
     return OBJECTIVES[task]
@@ -177,6 +166,9 @@ def objective_class(task: str) -> type[RestorationObjective]:
 
 def build_objective(cfg: TrainConfig, workspace: str, source: str):
     """The objective for cfg.task on `source`; cfg.gan wraps it in the GAN fine-tuning stage."""
+    if cfg.gan and cfg.task == "segmentation":
+        raise ConfigError("GAN fine-tuning is for image outputs (restoration, colorize)",
+                          "remove `gan:` from the config")
     objective = objective_class(cfg.task)(cfg, workspace, source)
     if cfg.gan:
         from pixelmill.tasks.training.gan import GanObjective

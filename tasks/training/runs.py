@@ -62,15 +62,16 @@ def evaluate_registered(workspace: str, ref: str, source: str, split: str = "val
     if record:
         common = {"evaluation_id": eid, "model": mv.ref, "pairs_set": source, "split": split,
                   "created_at": datetime.now(UTC)}
-        rows = [common | r | {"scope": "image", "images": 1} for r in ev.rows]
+        rows = [common | {"scope": "image", "images": 1} | r for r in ev.rows]
         rows += [common | m | {"method": method, "scope": "mean"} for method, m in ev.means.items()]
         Catalog(workspace).write_part("evaluations", mv.name, eid, rows)
     report = Layout.of(workspace).report("evaluate", eid)
     uris = []
     for i, images in enumerate(ev.gallery):
-        uris.append([storage.join(report, f"{i:03d}-{label}.png") for label in objective.gallery_labels])
+        uris.append([storage.join(report, f"{i:03d}-{label.replace(' ', '-')}.png")
+                     for label in objective.gallery_labels])
         for uri, image in zip(uris[-1], images, strict=True):
             storage.write_bytes(uri, png_bytes(image))
     return {"model": mv.ref, "task": config["task"], "evaluation_id": eid, "images": ev.images,
             "skipped": ev.skipped, "means": ev.means, "score_key": objective.score_key, "baseline": ev.baseline,
-            "gallery_labels": list(objective.gallery_labels), "gallery": uris}
+            "gallery_labels": list(objective.gallery_labels), "gallery": uris, "report": ev.report}
