@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pixelmill.tasks import steps
@@ -25,7 +28,15 @@ GALLERY_PAIRS = 4
 SHARDS_IN_FLIGHT = 2  # on threads: enough to keep the process pool busy while one shard writes its part
 
 
-@flow(name="crappify", task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_IN_FLIGHT))
+def run_name() -> str:
+    """`crappify-{dataset}-{recipe}`, the recipe as its name or its file's stem."""
+    params = flow_run.parameters
+    config = params.get("config") or {}
+    recipe = (config.get("recipe") if isinstance(config, dict) else config.recipe) or "lesson7"
+    return f"crappify-{params['dataset']}-{PurePosixPath(recipe).stem}"
+
+
+@flow(name="crappify", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_IN_FLIGHT))
 def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str | None = None) -> dict:
     """Make (HR target, LR input) pairs with a named degradation recipe; reruns only make missing pairs."""
     logger = get_run_logger()
@@ -33,6 +44,7 @@ def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str 
     workspace = workspace_url(workspace)
 
     plan = steps.plan_crappify(workspace, dataset, config)
+    steps.watch_run("crappify", plan.set_name, workspace)  # before any work: a run killed with -9 is marked by the next
     todo = sum(len(s.jobs) for s in plan.shards)
     logger.info("%s: recipe %s (%s), %d pairs to make in %d shards, %d already made", plan.set_name,
                 plan.recipe.name, plan.recipe.recipe_hash, todo, len(plan.shards), plan.existing)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pixelmill.tasks import steps
@@ -23,7 +24,13 @@ from pixelmill.tasks.reports import artifact_key, images_markdown, images_summar
 SHARDS_AT_ONCE = 4
 
 
-@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_AT_ONCE))
+def run_name() -> str:
+    """`ingest-{dataset}`: the data set may be left to default to the source's base name."""
+    params = flow_run.parameters
+    return f"ingest-{params.get('dataset') or dataset_name_for(params['source'])}"
+
+
+@flow(name="ingest", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_AT_ONCE))
 def ingest(source: str, dataset: str | None = None, workspace: str | None = None,
            config: IngestConfig | None = None) -> dict:
     """Catalog every file under `source`: one row per file, bad files as error rows, reruns incremental."""
@@ -31,6 +38,7 @@ def ingest(source: str, dataset: str | None = None, workspace: str | None = None
     config = config or IngestConfig()
     workspace = workspace_url(workspace)
     dataset = dataset or dataset_name_for(source)
+    steps.watch_run("ingest", dataset, workspace)  # before any work: a run killed with -9 is marked by the next
 
     plan = steps.plan_ingest(source, dataset, workspace, config)
     logger.info("%s: %d files to ingest in %d shards, %d unchanged, %d mask files, %d other files skipped",

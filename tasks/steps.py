@@ -8,11 +8,17 @@ Prefect's result cache would only add input hashing to every call. Tasks take an
 from __future__ import annotations
 
 from concurrent.futures.process import BrokenProcessPool
+from uuid import UUID
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.context import FlowRunContext
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
 
-from pixelmill.tasks.core import storage
+from pixelmill.tasks.core import runs, storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.core.shards import ShardResult
@@ -35,6 +41,41 @@ def retry_if_transient(task, task_run, state) -> bool:
 # catalog part is replaced whole.
 SHARD_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient,
                      cache_policy=NO_CACHE)
+
+
+def watch_run(stage: str, group: str, workspace: str) -> runs.Heartbeat:
+    """Mark earlier runs of this stage and group whose process is gone as Crashed; keep this run's lease.
+
+    Called first thing in a flow (tasks/core/runs.py says how runs are judged). This run's lease is written
+    before the others are read, so of two runs starting together at least one sees the other. When no other
+    run is alive, the temporary files that dead writers left where the stage writes are removed.
+    """
+    logger = get_run_logger()
+    flow_run = FlowRunContext.get().flow_run
+    me = str(flow_run.id)
+    heartbeat = runs.Heartbeat(workspace, runs.new_lease(me, stage, group),
+                               finished=lambda: flow_run.state is not None and flow_run.state.is_final()).start()
+    gone, alive = runs.judge(runs.read_leases(workspace, stage, group), me)
+    if gone:
+        with get_client(sync_client=True) as client:
+            for lease, reason in gone:
+                try:
+                    state = client.read_flow_run(UUID(lease.flow_run_id)).state
+                except ObjectNotFound:  # a run recorded on another Prefect server: not ours to mark
+                    state = None
+                if state is not None and state.type in (StateType.RUNNING, StateType.PENDING):
+                    message = f"marked Crashed by a later {stage} run of {group} ({flow_run.name}, {me}): {reason}"
+                    client.set_flow_run_state(UUID(lease.flow_run_id), Crashed(message=message), force=True)
+                    logger.warning("%s run %s was %s, %s", stage, lease.flow_run_id, state.name, message)
+                runs.remove_lease(workspace, lease)
+    if alive:
+        logger.info("%s %s: %d other run(s) alive: %s", stage, group, len(alive),
+                    ", ".join(f"{lease.flow_run_id} (pid {lease.pid} on {lease.host})" for lease in alive))
+    else:
+        removed = runs.remove_temp_files(runs.output_folders(workspace, stage, group))
+        if removed:
+            logger.info("%s %s: removed %d temporary files left by killed writers", stage, group, removed)
+    return heartbeat
 
 
 @task(name="plan_ingest", cache_policy=NO_CACHE)

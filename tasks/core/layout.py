@@ -6,6 +6,7 @@
     {workspace}/models/{name}/aliases.json
     {workspace}/models/{name}/checkpoints/last.pt                the training checkpoint that --resume reads
     {workspace}/reports/{kind}/{run}/...                         files behind Prefect reports (gallery images)
+    {workspace}/runs/{stage}/{group}/{flow_run_id}.json          leases of running flow runs (tasks/core/runs.py)
 
 Flows, the CLI and printouts ask a `Layout` for paths instead of spelling them.
 """
@@ -59,6 +60,10 @@ class Layout:
 
     def checkpoint(self, name: str) -> str:
         return storage.join(self.models, name, "checkpoints", "last.pt")
+
+    # leases of running flow runs: one folder per stage and data set (or paired set)
+    def runs(self, stage: str, group: str) -> str:
+        return storage.join(self.root, "runs", stage, group)
 
     # reports
     def report(self, kind: str, run: str) -> str:

@@ -299,3 +299,70 @@ def test_dask_profiles_build_a_task_runner(profile):
 
     runner = DaskTaskRunner(**DASK[profile])
     assert runner.address or runner.resolved_cluster_class is not None
+
+
+# ---------------------------------------------------------------- automations.yaml
+
+AUTOMATION = load_yaml("automations.yaml")
+
+
+def unknown_keys(data, model) -> list[str]:
+    """Keys that pydantic would drop: AutomationCore ignores extra fields, so a typo would vanish silently."""
+    dumped = model.model_dump(mode="json", by_alias=True)
+    missing = [k for k in data if k not in dumped]
+    for key in ("trigger",):
+        missing += [f"{key}.{k}" for k in data.get(key, {}) if k not in dumped[key]]
+    for i, action in enumerate(data.get("actions", [])):
+        missing += [f"actions.{i}.{k}" for k in action if k not in dumped["actions"][i]]
+    return missing
+
+
+def test_automation_is_what_prefect_automation_create_accepts():
+    """`prefect automation create --from-file` validates each automation with AutomationCore."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    automation = AutomationCore.model_validate(AUTOMATION)
+    assert unknown_keys(AUTOMATION, automation) == []
+    trigger = automation.trigger
+    assert isinstance(trigger, EventTrigger) and trigger.posture == Posture.Proactive
+    assert trigger.after == {"prefect.flow-run.heartbeat"} and trigger.expect == {"prefect.flow-run.*"}
+    assert trigger.for_each == {"prefect.resource.id"} and trigger.threshold == 1
+    (action,) = automation.actions
+    assert isinstance(action, ChangeFlowRunState) and action.state == StateType.CRASHED
+
+
+def heartbeat_seconds() -> list[int]:
+    """The heartbeat every deployment's runs and the compose worker's runs send."""
+    values = [d["work_pool"]["job_variables"]["env"].get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") for d in DEPLOYMENTS]
+    values.append(env(SERVICES["worker"]).get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"))
+    assert None not in values, "every deployment and the worker must set PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+    return [int(v) for v in values]
+
+
+def test_automation_waits_three_heartbeats_of_the_runs_it_watches():
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.settings.models.flows import FlowsSettings
+
+    within = AutomationCore.model_validate(AUTOMATION).trigger.within.total_seconds()
+    beats = heartbeat_seconds()
+    field = FlowsSettings.model_fields["heartbeat_frequency"]
+    assert min(beats) >= next(m.ge for m in field.metadata if hasattr(m, "ge"))  # Prefect's minimum
+    assert within >= 3 * max(beats), f"{within} s window, heartbeats every {max(beats)} s"
+    # Runs it does not watch beat at Prefect's default: this window would crash them while they work.
+    assert within < field.default
+
+
+def test_automation_watches_every_deployment_and_no_cli_run():
+    """The server's own matching (covers_resources) on the related resources a heartbeat event carries."""
+    from prefect.events.related import tags_as_related_resources
+    from prefect.events.schemas.events import Resource
+    from prefect.server.events.schemas.automations import AutomationCore as ServerAutomation
+
+    trigger = ServerAutomation.model_validate(AUTOMATION).trigger
+    run = Resource.model_validate({"prefect.resource.id": "prefect.flow-run.00000000-0000-0000-0000-000000000000"})
+    for dep in DEPLOYMENTS:
+        assert trigger.covers_resources(run, tags_as_related_resources(set(dep["tags"]))), dep["name"]
+    assert not trigger.covers_resources(run, [])  # a CLI run: no tags (the next run marks those)
+    assert not trigger.covers_resources(run, tags_as_related_resources({"other-team"}))
