@@ -1,0 +1,191 @@
+"""Tiling: run a model over images of any size in overlapping tiles, blended so that no seam shows.
+
+    plan_tiles(H, W, tile, overlap)       row-major boxes covering the image; every box is tile x tile
+                                          (or the image's side where it is smaller)
+    Blender                               adds tile outputs with feathered weights and finishes output rows
+                                          as soon as no later tile touches them (a band, not the whole image,
+                                          is ever held in float)
+    run_tiled(forward, images, ...)       the loop: tiles of many images share batches; yields each image's
+                                          finished output as soon as its last tile is back
+
+Weights are products of linear ramps over the overlap on the sides a tile shares with another tile (1 at the
+image border), strictly positive, and the output is sum(w * y) / sum(w): an identity model gives its input
+back exactly, whatever the size and overlap. Works for restoration (scale x1/x2/x4: outputs are
+scale * tile) and for segmentation logits (blended before the argmax).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Tiles are padded up to a multiple of this so that small images of slightly different sizes share a
+# shape, hence a batch (the U-Nets pad to their stride anyway: 8 for unet-plain, 32 for the ResNets).
+SHAPE_MULTIPLE = 64
+
+
+@dataclass(frozen=True)
+class Tile:
+    y: int
+    x: int
+    h: int
+    w: int
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of size min(tile, length) covering [0, length), neighbours overlapping >= overlap."""
+    if tile < 1 or not 0 <= overlap < tile:
+        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    return [*starts, length - tile]  # the last tile ends at the border: it overlaps its neighbour more
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Row-major tiles covering a height x width image (one tile when it fits)."""
+    th, tw = min(tile, height), min(tile, width)
+    return [Tile(y, x, th, tw) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+
+
+def _ramp(n: int, ramp: int, start: bool, end: bool) -> torch.Tensor:
+    """1D weights: rising over `ramp` samples at a start shared with a neighbour, falling at such an end."""
+    w = torch.ones(n)
+    ramp = min(ramp, n // 2)
+    if ramp:
+        edge = torch.arange(1, ramp + 1, dtype=torch.float32) / (ramp + 1)  # > 0: every pixel counts
+        if start:
+            w[:ramp] = edge
+        if end:
+            w[n - ramp:] = edge.flip(0)
+    return w
+
+
+def feather(t: Tile, height: int, width: int, overlap: int, scale: int = 1) -> torch.Tensor:
+    """(h*scale, w*scale) blending weights of a tile: ramps only where it meets another tile."""
+    wy = _ramp(t.h * scale, overlap * scale, t.y > 0, t.y + t.h < height)
+    wx = _ramp(t.w * scale, overlap * scale, t.x > 0, t.x + t.w < width)
+    return wy[:, None] * wx[None, :]
+
+
+def to_rgb8(rows: torch.Tensor) -> np.ndarray:
+    """(C, h, W) float in [0, 1] -> (h, W, C) uint8, rounding like a PNG save."""
+    return rows.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def to_indices(rows: torch.Tensor) -> np.ndarray:
+    """(classes, h, W) blended logits -> (h, W) uint8 class indices."""
+    return rows.argmax(0).to(torch.uint8).numpy()
+
+
+class Blender:
+    """Accumulates one image's tile outputs (given in plan order) into its finished output array.
+
+    Only a band of rows that a future tile can still touch is kept in float; rows above the next tile row's
+    start are divided by their weight, finished (`finish`: to uint8 or to class indices) and stored.
+    """
+
+    def __init__(self, height: int, width: int, channels: int, scale: int, overlap: int,
+                 finish: Callable[[torch.Tensor], np.ndarray]):
+        self.height, self.width, self.scale, self.overlap, self.finish = height, width, scale, overlap, finish
+        self.channels = channels
+        self.out: np.ndarray | None = None
+        self.top = 0  # first output row not finished yet
+        self.acc = torch.zeros(channels, 0, width * scale)  # (C, band, W*s)
+        self.wsum = torch.zeros(0, width * scale)
+
+    def _finish_until(self, row: int) -> None:
+        n = row - self.top
+        if n <= 0:
+            return
+        done = self.finish(self.acc[:, :n] / self.wsum[:n])
+        if self.out is None:
+            self.out = np.empty((self.height * self.scale, self.width * self.scale, *done.shape[2:]), done.dtype)
+        self.out[self.top:row] = done
+        self.acc, self.wsum = self.acc[:, n:], self.wsum[n:]
+        self.top = row
+
+    def add(self, t: Tile, y: torch.Tensor) -> None:
+        """y: (C, h*scale, w*scale) model output of tile t."""
+        s = self.scale
+        self._finish_until(t.y * s)  # rows above this tile are done: tiles come in row-major order
+        bottom = (t.y + t.h) * s - self.top
+        if bottom > self.wsum.shape[0]:
+            grow = bottom - self.wsum.shape[0]
+            self.acc = torch.cat([self.acc, torch.zeros(self.channels, grow, self.acc.shape[2])], 1)
+            self.wsum = torch.cat([self.wsum, torch.zeros(grow, self.wsum.shape[1])], 0)
+        w = feather(t, self.height, self.width, self.overlap, s)
+        rows, cols = slice(t.y * s - self.top, bottom), slice(t.x * s, (t.x + t.w) * s)
+        self.acc[:, rows, cols] += y.float() * w
+        self.wsum[rows, cols] += w
+
+    def result(self) -> np.ndarray:
+        self._finish_until(self.height * self.scale)
+        return self.out
+
+
+def padded_shape(h: int, w: int, tile: int, multiple: int = SHAPE_MULTIPLE) -> tuple[int, int]:
+    """The batch shape of an h x w tile: rounded up to `multiple`, never beyond the full tile size."""
+    return min(-(-h // multiple) * multiple, max(h, tile)), min(-(-w // multiple) * multiple, max(w, tile))
+
+
+@dataclass
+class _Open:
+    blender: Blender
+    left: int  # tiles not back from the model yet
+
+
+def run_tiled(forward: Callable[[torch.Tensor], torch.Tensor], images: Iterable[tuple[Hashable, torch.Tensor] | None],
+              tile: int, overlap: int, scale: int, batch_size: int, channels: int,
+              finish: Callable[[torch.Tensor], np.ndarray] = to_rgb8) -> Iterator[tuple[Hashable, np.ndarray]]:
+    """Run `forward` over every image in tiles; yield (key, finished output) as each image completes.
+
+    images: (key, (C, H, W) uint8 tensor) items; a None item means "nothing more is ready right now": the
+    partly filled batches run instead of waiting (a reader that is slower than the model never stalls it).
+    forward: (B, C, h, w) float in [0, 1] -> (B, channels, h*scale, w*scale). Tiles are grouped by padded
+    shape; each group is FIFO, and all tiles of one image share a shape, so each image's tiles reach its
+    Blender in plan order.
+    """
+    groups: dict[tuple[int, int], deque] = {}
+    opened: dict[Hashable, _Open] = {}
+
+    def run(shape: tuple[int, int], count: int) -> Iterator[tuple[Hashable, np.ndarray]]:
+        group = groups[shape]
+        items = [group.popleft() for _ in range(min(count, len(group)))]
+        if not group:
+            del groups[shape]
+        ph, pw = shape
+        batch = torch.stack([torch.nn.functional.pad(crop.float().div_(255).unsqueeze(0),
+                                                     (0, pw - crop.shape[2], 0, ph - crop.shape[1]),
+                                                     mode="replicate")[0] for _, _, crop in items])
+        out = forward(batch)  # (B, channels, ph*s, pw*s)
+        for (key, t, _), y in zip(items, out, strict=True):
+            entry = opened[key]
+            entry.blender.add(t, y[:, :t.h * scale, :t.w * scale])
+            entry.left -= 1
+            if not entry.left:
+                del opened[key]
+                yield key, entry.blender.result()
+
+    for item in images:
+        if item is None:
+            for shape in list(groups):
+                yield from run(shape, len(groups[shape]))
+            continue
+        key, img = item
+        _, height, width = img.shape
+        plan = plan_tiles(height, width, tile, overlap)
+        opened[key] = _Open(Blender(height, width, channels, scale, overlap, finish), len(plan))
+        for t in plan:
+            shape = padded_shape(t.h, t.w, tile)
+            groups.setdefault(shape, deque()).append((key, t, img[:, t.y:t.y + t.h, t.x:t.x + t.w]))
+            if len(groups[shape]) >= batch_size:
+                yield from run(shape, batch_size)
+    while groups:
+        shape = next(iter(groups))
+        yield from run(shape, batch_size)

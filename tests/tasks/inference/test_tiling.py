@@ -1,0 +1,138 @@
+"""Tiling: the plan covers every pixel, blending is exact for an identity model, seams stay invisible."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pixelmill.models.factory import build_model
+from pixelmill.tasks.inference.tiling import (
+    Blender,
+    plan_tiles,
+    run_tiled,
+    tile_starts,
+    to_indices,
+    to_rgb8,
+)
+from tests.helpers import make_image
+
+torch.set_num_threads(1)
+
+
+def image_tensor(w: int, h: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.array(make_image(w, h, seed=seed))).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize(("length", "tile", "overlap"), [(1, 8, 0), (8, 8, 3), (9, 8, 3), (100, 32, 7), (257, 64, 63)])
+def test_tile_starts_cover_with_the_overlap(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    size = min(tile, length)
+    covered = np.zeros(length, bool)
+    for s in starts:
+        covered[s:s + size] = True
+    assert covered.all() and starts[0] == 0 and starts[-1] + size == length
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_tile_starts_reject_an_overlap_as_large_as_the_tile():
+    with pytest.raises(ValueError, match="overlap < tile"):
+        tile_starts(100, 16, 16)
+
+
+@pytest.mark.parametrize(("w", "h", "tile", "overlap", "scale"),
+                         [(37, 23, 16, 5, 1), (101, 67, 32, 7, 1), (50, 31, 17, 3, 2), (29, 41, 16, 6, 4),
+                          (64, 64, 64, 8, 1), (24, 200, 33, 1, 2)])
+def test_identity_model_gives_the_input_back_exactly(w, h, tile, overlap, scale):
+    img = image_tensor(w, h)
+
+    def upscale_nearest(x):  # an "identity" at scale s: each pixel repeated, so the exact answer is known
+        return x.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+
+    [(key, out)] = list(run_tiled(upscale_nearest, [("a", img)], tile, overlap, scale, batch_size=3, channels=3))
+    want = upscale_nearest(img[None].float())[0].to(torch.uint8).permute(1, 2, 0).numpy()
+    assert key == "a" and out.shape == (h * scale, w * scale, 3)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_blender_holds_a_band_not_the_whole_image():
+    h, w, tile, overlap = 300, 40, 32, 8
+    blender = Blender(h, w, 3, 1, overlap, to_rgb8)
+    biggest = 0
+    for t in plan_tiles(h, w, tile, overlap):
+        blender.add(t, torch.full((3, t.h, t.w), 0.5))
+        biggest = max(biggest, blender.acc.shape[1])
+    assert blender.result().shape == (h, w, 3)
+    assert biggest <= 2 * tile  # float rows in flight: about one tile row, not 300
+
+
+def residual_model(scale: int) -> torch.nn.Module:
+    """A U-Net that changes the image a little, like a trained restoration model (random head, small)."""
+    torch.manual_seed(0)
+    model = build_model({"arch": "unet-plain", "scale": scale, "base": 8, "depth": 2, "residual": True}).eval()
+    with torch.no_grad():
+        head = model.head[0]
+        head.weight.normal_(0, 4.0)
+        head.bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_tiled_and_untiled_differ_by_less_than_half_a_db(scale):
+    """A 160x120 image fits in one tile and also goes through 64-pixel tiles: no visible seams."""
+    model = residual_model(scale)
+    img = image_tensor(160, 120, seed=3)
+    forward = torch.inference_mode()(model)
+    [(_, whole)] = run_tiled(forward, [(0, img)], tile=256, overlap=0, scale=scale, batch_size=1, channels=3)
+    [(_, tiled)] = run_tiled(forward, [(0, img)], tile=64, overlap=16, scale=scale, batch_size=4, channels=3)
+    target = img.permute(1, 2, 0).numpy().repeat(scale, 0).repeat(scale, 1)  # the input, at the output's size
+    assert psnr(whole, target) < 40  # the model does change the image
+    assert abs(psnr(whole, target) - psnr(tiled, target)) < 0.5
+    assert psnr(whole, tiled) > 35  # and the two results are close to each other, not just equally far
+
+
+def test_segmentation_logits_are_blended_before_the_argmax():
+    torch.manual_seed(0)
+    model = build_model({"arch": "unet-plain", "out_channels": 5, "base": 8, "depth": 2}).eval()
+    img = image_tensor(150, 90, seed=1)
+    forward = torch.inference_mode()(model)
+    [(_, whole)] = run_tiled(forward, [(0, img)], 256, 0, 1, 1, channels=5, finish=to_indices)
+    [(_, tiled)] = run_tiled(forward, [(0, img)], 48, 16, 1, 4, channels=5, finish=to_indices)
+    assert whole.shape == tiled.shape == (90, 150) and whole.dtype == np.uint8
+    assert whole.max() < 5 and (whole == tiled).mean() > 0.97
+
+
+def test_small_images_share_batches_and_come_back_complete():
+    sizes = [(60, 50), (64, 40), (30, 30), (200, 130), (61, 49)]
+    batches = []
+
+    def forward(x):
+        batches.append(x.shape[0])
+        return x
+
+    images = [(i, image_tensor(w, h, seed=i)) for i, (w, h) in enumerate(sizes)]
+    got = dict(run_tiled(forward, images, tile=64, overlap=8, scale=1, batch_size=4, channels=3))
+    assert sorted(got) == list(range(len(sizes)))
+    for i, img in images:
+        np.testing.assert_array_equal(got[i], img.permute(1, 2, 0).numpy())
+    assert max(batches) == 4 and len(batches) < sum(len(plan_tiles(h, w, 64, 8)) for w, h in sizes)
+
+
+def test_none_flushes_partial_batches_so_a_slow_reader_never_stalls_the_model():
+    seen = []
+
+    def forward(x):
+        seen.append(x.shape[0])
+        return x
+
+    gen = run_tiled(forward, [("a", image_tensor(40, 40)), None], tile=64, overlap=8, scale=1, batch_size=16,
+                    channels=3)
+    key, _ = next(gen)
+    assert key == "a" and seen == [1]
