@@ -206,7 +206,9 @@ def finalize_dataset(catalog: Catalog, dataset: str) -> int:
     """Make the data set's parts consistent; returns how many parts were rewritten.
 
     - one row per uri: a file re-ingested after it changed keeps only its newest row;
-    - duplicate content is flagged: `duplicate_of` names the first-ingested file with the same sha256.
+    - duplicate content is flagged: `duplicate_of` names the file with the same sha256 whose URI sorts first.
+      Not the first ingested: shards finish in a different order on every run, and a run killed and rerun
+      ingests in another order again, yet the catalog (and the pairs named after the original) must not change.
     Parts are only rewritten when something in them changes, each atomically.
     """
     parts = [(uri, t.to_pylist()) for uri, t in catalog.read_parts("images", dataset)]
@@ -216,19 +218,18 @@ def finalize_dataset(catalog: Catalog, dataset: str) -> int:
             key = (row["ingested_at"], uri)
             if row["uri"] not in newest or key > newest[row["uri"]]:
                 newest[row["uri"]] = key
-    first_by_sha: dict[str, tuple] = {}
+    first_by_sha: dict[str, str] = {}
     for uri, rows in parts:
         for row in rows:
             if row["sha256"] and newest[row["uri"]] == (row["ingested_at"], uri):
-                cand = (row["ingested_at"], row["uri"])
-                first_by_sha[row["sha256"]] = min(first_by_sha.get(row["sha256"], cand), cand)
+                first_by_sha[row["sha256"]] = min(first_by_sha.get(row["sha256"], row["uri"]), row["uri"])
     rewritten = 0
     for uri, rows in parts:
         kept = []
         for row in rows:
             if newest[row["uri"]] != (row["ingested_at"], uri):
                 continue
-            first = first_by_sha[row["sha256"]][1] if row["sha256"] else row["uri"]
+            first = first_by_sha[row["sha256"]] if row["sha256"] else row["uri"]
             kept.append(row | {"duplicate_of": None if first == row["uri"] else first})
         if kept != rows:
             catalog.replace_part(uri, kept, "images")

@@ -16,6 +16,8 @@ from pixelmill.tasks.prep.ingest import (
     assign_split,
     dataset_name_for,
     existing_versions,
+    finalize_dataset,
+    ingest_shard,
     plan_ingest,
 )
 from tests.helpers import crappify_local, ingest_local, noise_png
@@ -79,6 +81,25 @@ def test_duplicates_are_flagged_not_dropped(tmp_path):
     first = storage.join(str(src), "a.png")
     assert dup == {"a.png": None, "b.png": first, "d.png": first, "other.png": None}
     assert len({r["split"] for r in rows if r["sha256"] == rows[0]["sha256"]}) == 1
+
+
+def test_which_duplicate_is_the_original_does_not_depend_on_shard_order(tmp_path):
+    """Shards finish in any order, and a killed run's rerun ingests the rest later: the catalog must not care."""
+    src = tmp_path / "src"
+    same = noise_png(8, 8, 1)
+    for name in ("a.png", "m.png", "z.png"):
+        storage.write_bytes(str(src / name), same if name != "m.png" else noise_png(8, 8, 2))
+    results = []
+    for order in ([0, 1, 2], [2, 1, 0]):
+        ws, config = str(tmp_path / f"ws{order[0]}"), IngestConfig(shard_size=1)
+        plan = plan_ingest("d", storage.iter_files(str(src)), {}, config)
+        for i in order:  # z.png's shard first in the second run, like a run killed after committing it
+            ingest_shard(plan.shards[i], ws, config)
+            time.sleep(0.01)
+        finalize_dataset(Catalog(ws), "d")
+        results.append({r["uri"].rsplit("/", 1)[1]: r["duplicate_of"] for r in Catalog(ws).read("images", "d").to_pylist()})
+    first = storage.join(str(src), "a.png")
+    assert results[0] == results[1] == {"a.png": None, "m.png": None, "z.png": first}
 
 
 def test_masks_from_a_folder_with_the_same_names(tmp_path):
