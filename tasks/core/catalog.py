@@ -31,7 +31,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pixelmill.tasks.core import storage
-from pixelmill.tasks.core.errors import ConfigError
+from pixelmill.tasks.core.errors import ConfigError, StorageError
 from pixelmill.tasks.core.layout import Layout
 
 UTC_TIME = pa.timestamp("us", tz="UTC")
@@ -115,7 +115,31 @@ EVALUATIONS = pa.schema([
     ("accuracy", pa.float64()),
 ])
 
-SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "pairs": PAIRS, "models": MODELS, "evaluations": EVALUATIONS}
+PREDICTIONS = pa.schema([
+    ("input_uri", pa.string()),
+    ("input_sha256", pa.string()),  # null when the input could not be read
+    ("input_version", pa.string()),  # ETag/mtime/CRC at listing (or the images table's source_version)
+    ("input_bytes", pa.int64()),
+    ("output_root", pa.string()),  # the --output URL: the same input applied to two places is two rows
+    ("output_uri", pa.string()),
+    ("overlay_uri", pa.string()),  # segmentation with --overlay
+    ("model", pa.string()),
+    ("model_version", pa.string()),
+    ("task", pa.string()),  # restoration | colorize | segmentation
+    ("input_width", pa.int32()),
+    ("input_height", pa.int32()),
+    ("output_width", pa.int32()),
+    ("output_height", pa.int32()),
+    ("tiles", pa.int32()),
+    ("seconds", pa.float64()),  # decode to written, this image alone
+    ("status", pa.string()),  # ok | error
+    ("error", pa.string()),  # "<kind>: <message>" (kinds of the images table, unsafe_name, write_failed)
+    ("run_id", pa.string()),  # the Prefect flow run
+    ("created_at", UTC_TIME),
+])
+
+SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "pairs": PAIRS, "models": MODELS, "evaluations": EVALUATIONS,
+                                 "predictions": PREDICTIONS}
 
 # What one row stands for, and how duplicates of it rank (best last): "ok" means status == "ok".
 KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -123,7 +147,12 @@ KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pairs": (("set_name", "pair_id"), ("ok", "created_at")),
     "models": (("name", "version"), ("created_at",)),
     "evaluations": (("evaluation_id", "method", "scope", "pair_id", "class_name"), ("created_at",)),
+    # the newest attempt wins: a changed input's new row, a retried write_failed, a --force rerun
+    "predictions": (("model", "model_version", "output_root", "input_uri"), ("created_at",)),
 }
+
+# Listings a read makes when parts vanish under it (each vanishing is a concurrent compaction's doing).
+LIST_ATTEMPTS = 5
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -203,27 +232,43 @@ class Catalog:
         """The whole table (or one group) as one Arrow table, one row per key (see the protocol above);
         an empty table when nothing is written yet."""
         schema = schema_of(table)
-        uris = self.part_uris(table, group)
-        if not uris:
-            empty = schema.empty_table()
-            return empty.select(columns) if columns else empty
-        fs, _ = storage.resolve(uris[0])
-        paths = [storage.resolve(u)[1] for u in uris]
         key_cols, rank_cols = KEYS[table]
         needed = [*key_cols, *(("status", "created_at") if "ok" in rank_cols else rank_cols)]
         wanted = columns and list(dict.fromkeys([*columns, *needed]))
-        # Passing the schema lets parts written before a column was added read it as null.
-        dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=fs)
-        data = dataset.to_table(columns=wanted, filter=filter)
+        for attempt in range(1, LIST_ATTEMPTS + 1):
+            uris = self.part_uris(table, group)
+            if not uris:
+                empty = schema.empty_table()
+                return empty.select(columns) if columns else empty
+            fs, _ = storage.resolve(uris[0])
+            try:
+                # Passing the schema lets parts written before a column was added read it as null.
+                dataset = ds.dataset([storage.resolve(u)[1] for u in uris], schema=schema, format="parquet",
+                                     filesystem=fs)
+                data = dataset.to_table(columns=wanted, filter=filter)
+                break
+            except FileNotFoundError:
+                # Another run's compaction removed a part since it was listed: every row in it lost to a row
+                # in a part that stays, so listing again gives the same answer.
+                if attempt == LIST_ATTEMPTS:
+                    raise
         keep = best_rows(data, table)
         if keep is not None:
             data = data.take(pa.array(keep, pa.int64()))
         return data.select(columns) if columns else data
 
     def read_parts(self, table: str, group: str) -> Iterator[tuple[str, pa.Table]]:
+        """Each part and its rows; a part that another run's compaction removed since the listing is skipped
+        (its rows lost to rows in parts that stay)."""
         schema = schema_of(table)
         for uri in self.part_uris(table, group):
-            yield uri, pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=schema)
+            try:
+                data = storage.read_bytes(uri)
+            except StorageError:
+                if storage.exists(uri):
+                    raise
+                continue
+            yield uri, pq.read_table(io.BytesIO(data), schema=schema)
 
     def compact(self, table: str, group: str) -> int:
         """Remove rows beaten by a better row of the same key in the group; returns how many went."""
