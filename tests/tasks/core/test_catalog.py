@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 import pyarrow.parquet as pq
 import pytest
 
+from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import IMAGES, Catalog
 from pixelmill.tasks.core.errors import ConfigError
 
@@ -109,3 +110,29 @@ def test_compaction_removes_beaten_rows_and_repairs_old_duplicates(tmp_path):
     assert len(cat.part_uris("pairs", "s")) == 2  # part a lost both rows and is gone
     assert cat.read("pairs", "s").to_pylist() == before  # readers saw the same before and after
     assert cat.compact("pairs", "s") == 0
+
+
+@pytest.mark.parametrize("workspace", ["tmp_path", "memory_url"])
+def test_reads_and_compactions_survive_a_part_removed_by_another_runs_compaction(workspace, request, monkeypatch):
+    """Found by tests/faults: a reader listed part `a`, another run's compaction removed it, the read failed."""
+    cat = Catalog(str(request.getfixturevalue(workspace)))
+    beaten = [pair_row("p1", "error", 1)]  # all of part a loses to part b: a compaction removes the part
+    cat.write_part("pairs", "s", "b", [pair_row("p1", "ok", 2), pair_row("p2", "ok", 2)])
+    cat.write_part("pairs", "s", "c", [pair_row("p3", "ok", 2)])
+    real = Catalog.part_uris
+
+    def listed_then_compacted(self, table, group=None):
+        listed = real(self, table, group)
+        if any(uri.endswith("part-a.parquet") for uri in listed):
+            storage.remove(listed[0])  # the other run's compaction, right after this listing
+        return listed
+
+    monkeypatch.setattr(Catalog, "part_uris", listed_then_compacted)
+    cat.write_part("pairs", "s", "a", beaten)
+    assert sorted(cat.read("pairs", "s")["pair_id"].to_pylist()) == ["p1", "p2", "p3"]
+    cat.write_part("pairs", "s", "a", beaten)
+    assert [uri.rsplit("/", 1)[1] for uri, _ in cat.read_parts("pairs", "s")] == ["part-b.parquet", "part-c.parquet"]
+    cat.write_part("pairs", "s", "a", beaten)
+    assert cat.compact("pairs", "s") == 0  # what was left to do, the other run did
+    monkeypatch.undo()
+    assert len(cat.part_uris("pairs", "s")) == 2
