@@ -328,6 +328,48 @@ def segment(
             typer.echo(f"overlay written to {path}")
 
 
+@app.command()
+def apply(
+    model: Annotated[str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a model folder URL")],
+    input: Annotated[str, typer.Option("--input", help="folder, s3://bucket/prefix, a .zip/.tar archive, or "
+                                                       "dataset:NAME (its ok images)")],
+    output: Annotated[str, typer.Option("--output", help="folder or s3://bucket/prefix; outputs mirror the "
+                                                         "inputs' names")],
+    workspace: Workspace = None,
+    batch_size: Annotated[int | None, typer.Option(help="tiles per forward (default: fits --max-memory)")] = None,
+    tile: Annotated[int, typer.Option(help="tile side in pixels; larger images go in overlapping tiles")] = 512,
+    overlap: Annotated[int, typer.Option(help="pixels neighbouring tiles share (blended)")] = 32,
+    format: Annotated[str, typer.Option("--format", help="restoration outputs: png, jpeg or webp")] = "png",
+    quality: Annotated[int, typer.Option(help="JPEG/WebP quality")] = 92,
+    workers: Annotated[int, typer.Option(help="shards at once (threads sharing the model, or Dask workers)")] = 1,
+    dask: Annotated[str | None, typer.Option(help="'local' for a Dask LocalCluster, or a scheduler address")]
+    = None,
+    force: Annotated[bool, typer.Option(help="reprocess inputs this model version already did")] = False,
+    limit: Annotated[int | None, typer.Option(help="process at most N inputs this run")] = None,
+    overlay: Annotated[bool, typer.Option(help="segmentation: also write the classes blended on the image")]
+    = False,
+    max_memory: Annotated[str | None, typer.Option(help="memory budget of a worker, e.g. 2GiB or 1500MB "
+                                                        "(default: half the machine)")] = None,
+    shard_size: Annotated[int, typer.Option(help="images per task")] = 64,
+) -> None:
+    """Run a model over every new image under --input; results and a `predictions` table row for each."""
+    with user_errors():
+        from pixelmill.flows.apply import run_apply
+        from pixelmill.tasks.inference.apply import ApplyConfig, parse_bytes
+
+        fields = dict(batch_size=batch_size, tile=tile, overlap=overlap, format=format, quality=quality,
+                      workers=workers, force=force, limit=limit, overlay=overlay, shard_size=shard_size)
+        if max_memory:
+            fields["max_memory"] = parse_bytes(max_memory)
+        s = run_apply(model, input, output, ApplyConfig(**fields).check(), workspace=workspace, dask=dask)
+        typer.echo(f"{s['model']} ({s['task']}): {s['processed']} processed, {s['skipped']} skipped, "
+                   f"{s['failed']} failed, {s['images_per_s']} images/s")
+        for e in s["errors"][:10]:
+            typer.echo(f"  error {e['input_uri']}: {e['error']}")
+        typer.echo(f"outputs: {s['output']}")
+        typer.echo(f"rows: `pixelmill catalog show predictions --dataset {s['model'].split(':')[0]}`")
+
+
 def load_yaml_config(path: str) -> dict:
     import yaml
 
@@ -372,6 +414,11 @@ def catalog_show(
         elif table == "pairs":
             summary = pairs_summary(data)
             text = pairs_markdown(summary, f"{table} table")
+        elif table == "predictions":
+            from pixelmill.tasks.reports import predictions_markdown, predictions_summary
+
+            summary = predictions_summary(data)
+            text = predictions_markdown(summary, f"{table} table")
         else:
             summary = {"rows": data.num_rows, "head": data.slice(0, 20).to_pylist()}
             cols = [c for c in data.column_names if c not in ("created_at", "uri", "metrics", "evaluation_id")]
@@ -387,13 +434,15 @@ def demo(
     directory: Annotated[str, typer.Option("--dir", help="local folder for the demo's bucket and workspace")]
     = "./pixelmill-demo",
     train_minutes: Annotated[float, typer.Option(help="CPU minutes to train the demo's x2 model (0: skip)")] = 2.0,
+    segment_minutes: Annotated[float, typer.Option(help="CPU minutes to train the demo's segmentation model "
+                                                        "(0: skip)")] = 1.0,
 ) -> None:
     """Run the whole pipeline on built-in sample photographs, with a local folder as the bucket."""
     with user_errors():
         from pixelmill.flows.demo import demo as demo_flow
         from pixelmill.flows.demo import print_report
 
-        report = demo_flow(directory, train_minutes)
+        report = demo_flow(directory, train_minutes, segment_minutes)
         print_report(report)
         if report["mismatches"]:
             raise typer.Exit(1)

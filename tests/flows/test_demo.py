@@ -69,7 +69,7 @@ def test_pixelmill_demo_command_passes_its_check(tmp_path):
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     start = time.perf_counter()
     proc = subprocess.run([str(Path(sys.executable).parent / "pixelmill"), "demo", "--dir", str(tmp_path / "demo"),
-                           "--train-minutes", "0.1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           "--train-minutes", "0.1", "--segment-minutes", "0.5"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=540)
     print(f"pixelmill demo: {time.perf_counter() - start:.0f} s wall")
     out = proc.stdout

@@ -113,13 +113,15 @@ def test_summary_is_published_as_a_markdown_artifact(sample_folder, tmp_path):
 
 
 def test_demo_checks_itself(tmp_path):
-    report = demo(str(tmp_path / "demo"), train_minutes=0.05)
+    report = demo(str(tmp_path / "demo"), train_minutes=0.05, segment_minutes=0.5)
     assert report["mismatches"] == []
     assert report["summary"]["status"] == {"error": 4, "ok": 15}
     assert report["pairs"]["status"] == {"ok": 15}
     assert report["trained"]["model"] == "demo-sr-x2:v1" and report["trained"]["steps"] > 0
     assert report["evaluation"]["images"] >= 1
     assert report["evaluation"]["promoted"] == (report["evaluation"]["gain_psnr_y"] > 0)
+    seg = report["segmentation"]["evaluation"]
+    assert seg["model_scores"]["miou"] > seg["baseline_scores"]["miou"] and seg["promoted"] is True
 
 
 runner = CliRunner()
