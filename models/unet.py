@@ -181,6 +181,29 @@ def check_residual(residual: bool, in_channels: int, out_channels: int, final_ac
                          f"final_activation 'none'; got in={in_channels}, out={out_channels}, {final_activation!r}")
 
 
+def check_input_scale(input_scale: float, residual: bool) -> None:
+    if not 0.125 <= input_scale <= 1:
+        raise ValueError(f"input_scale must be in [0.125, 1], got {input_scale}")
+    if residual and input_scale != 1:
+        raise ValueError("input_scale < 1 is for outputs that may be upsampled (segmentation logits), "
+                         "not for residual image restoration")
+
+
+def at_input_scale(forward, x: torch.Tensor, input_scale: float, scale: int) -> torch.Tensor:
+    """Run `forward` on x shrunk by input_scale, then bring the output to scale x the input size.
+
+    A segmentation net at half resolution costs a quarter of the compute (CamVid on a CPU); its logits are
+    upsampled bilinearly, so callers always see outputs at the input's size.
+    """
+    if input_scale == 1:
+        return forward(x)
+    H, W = x.shape[-2:]
+    small = nn.functional.interpolate(x, size=(max(1, round(H * input_scale)), max(1, round(W * input_scale))),
+                                      mode="bilinear", align_corners=False, antialias=True)  # (B, C, h, w)
+    y = forward(small)  # (B, C_out, s*h, s*w)
+    return nn.functional.interpolate(y, size=(scale * H, scale * W), mode="bilinear", align_corners=False)
+
+
 def zero_last_conv_(head: nn.Sequential) -> None:
     """Residual nets start as the identity on top of bicubic, not bicubic plus random noise."""
     nn.init.zeros_(head[0].weight)
@@ -223,18 +246,20 @@ class ResNetUNet(ConfiguredModule):
     def __init__(self, encoder: Encoder, in_channels: int = 3, out_channels: int = 3, scale: int = 1,
                  blur: bool = True, self_attention: bool = False, norm: Norm = "none", weights: str | None = None,
                  final_activation: Literal["none", "sigmoid"] = "none",
-                 decoder_channels: tuple[int, ...] = (256, 128, 64, 64, 32), residual: bool = False, *,
-                 pretrained: bool = True):
+                 decoder_channels: tuple[int, ...] = (256, 128, 64, 64, 32), residual: bool = False,
+                 input_scale: float = 1.0, *, pretrained: bool = True):
         check_choice("encoder", encoder, tuple(ENCODER_CHANNELS))
         check_residual(residual, in_channels, out_channels, final_activation)
+        check_input_scale(input_scale, residual)
         check_choice("norm", norm, NORMS)
         check_choice("scale", scale, SCALES)
         if len(decoder_channels) != 5:
             raise ValueError(f"decoder_channels needs 5 values (strides 16, 8, 4, 2, 1), got {list(decoder_channels)}")
         super().__init__(f"unet-{encoder}", in_channels=in_channels, out_channels=out_channels, scale=scale,
                          blur=blur, self_attention=self_attention, norm=norm, weights=weights,
-                         final_activation=final_activation, decoder_channels=decoder_channels, residual=residual)
-        self.scale, self.residual, self.out_channels = scale, residual, out_channels
+                         final_activation=final_activation, decoder_channels=decoder_channels, residual=residual,
+                         **({"input_scale": input_scale} if input_scale != 1 else {}))
+        self.scale, self.residual, self.out_channels, self.input_scale = scale, residual, out_channels, input_scale
         self.encoder = ResNetEncoder(encoder, in_channels, weights, pretrained)
         c0, c1, c2, c3, c4 = self.encoder.channels
         d = decoder_channels
@@ -251,6 +276,9 @@ class ResNetUNet(ConfiguredModule):
             zero_last_conv_(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return at_input_scale(self._forward, x, self.input_scale, self.scale)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         inp = x  # (B, C_in, H, W)
         x, (H, W) = pad_to_multiple(x, self.stride)  # (B, C_in, H', W'), H' and W' multiples of 32
         x0, x1, x2, x3, x4 = self.encoder(x)
@@ -274,16 +302,20 @@ class PlainUNet(ConfiguredModule):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 1, base: int = 32, depth: int = 3,
                  blur: bool = True, self_attention: bool = False, norm: Norm = "none",
-                 final_activation: Literal["none", "sigmoid"] = "none", growth: float = 1.5, residual: bool = False):
+                 final_activation: Literal["none", "sigmoid"] = "none", growth: float = 1.5, residual: bool = False,
+                 input_scale: float = 1.0):
         check_choice("norm", norm, NORMS)
         check_residual(residual, in_channels, out_channels, final_activation)
         check_choice("scale", scale, SCALES)
+        check_input_scale(input_scale, residual)
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         super().__init__("unet-plain", in_channels=in_channels, out_channels=out_channels, scale=scale, base=base,
                          depth=depth, growth=growth, blur=blur, self_attention=self_attention, norm=norm,
-                         final_activation=final_activation, residual=residual)
+                         final_activation=final_activation, residual=residual,
+                         **({"input_scale": input_scale} if input_scale != 1 else {}))
         self.scale, self.stride, self.residual, self.out_channels = scale, 2**depth, residual, out_channels
+        self.input_scale = input_scale
         ch = [round(base * growth**i) for i in range(depth + 1)]
         self.stem = nn.Sequential(ConvBlock(in_channels, ch[0], norm=norm), ConvBlock(ch[0], ch[0], norm=norm))
         self.down = nn.ModuleList([
@@ -301,6 +333,9 @@ class PlainUNet(ConfiguredModule):
             zero_last_conv_(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return at_input_scale(self._forward, x, self.input_scale, self.scale)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         inp = x  # (B, C_in, H, W)
         x, (H, W) = pad_to_multiple(x, self.stride)  # (B, C_in, H', W'), multiples of 2**depth
         skips = [self.stem(x)]  # (B, base, H', W')

@@ -350,3 +350,16 @@ def test_residual_nets_start_from_the_upscaled_input(arch, scale, in_channels):
 def test_residual_needs_an_image_output():
     with pytest.raises(ValueError, match="residual=True needs an image out"):
         build_model({"arch": "unet-plain", "out_channels": 12, "residual": True})
+
+
+@pytest.mark.parametrize("arch", ["unet-plain", "unet-resnet18"])
+def test_input_scale_runs_at_lower_resolution_and_answers_at_the_input_size(arch):
+    kwargs = {"weights": "random"} if arch != "unet-plain" else {"base": 8, "depth": 2}
+    model = build_model({"arch": arch, "out_channels": 5, "input_scale": 0.5, **kwargs}).eval()
+    x = torch.rand(2, 3, 37, 51)
+    with torch.no_grad():
+        assert model(x).shape == (2, 5, 37, 51)
+    assert model.config["input_scale"] == 0.5 and build_model(model.config).config == model.config
+    assert "input_scale" not in build_model({"arch": arch, "out_channels": 5, **kwargs}).config  # old configs stay
+    with pytest.raises(ValueError, match="input_scale"):
+        build_model({"arch": arch, "residual": True, "input_scale": 0.5, **kwargs})
