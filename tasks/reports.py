@@ -110,3 +110,34 @@ def gallery_markdown(columns: list[str], rows: list[list[bytes]], height: int = 
     """A before/after table: one image per cell, columns like ["input", "target"]."""
     cells = [[f"![]({thumbnail_data_uri(b, height)})" for b in row] for row in rows]
     return markdown_table(columns, cells)
+
+
+def predictions_summary(table: pa.Table, max_errors: int = 20) -> dict:
+    """Rows by model version, status and output folder, the error kinds, and the first errors."""
+    errors = table.filter(pc.equal(table["status"], "error"))
+    versions = Counter(f"{m}:{v}" for m, v in zip(table["model"].to_pylist(), table["model_version"].to_pylist(),
+                                                   strict=True))
+    seconds = pc.sum(table["seconds"]).as_py() or 0.0
+    return {
+        "rows": table.num_rows,
+        "models": dict(sorted(versions.items())),
+        "status": count_by(table, "status"),
+        "outputs": count_by(table, "output_root"),
+        "error_kinds": dict(sorted(Counter((e or "").split(":")[0] for e in errors["error"].to_pylist()).items())),
+        "image_seconds": round(seconds, 3),
+        "errors": [{"input_uri": u, "error": e} for u, e in
+                   zip(errors["input_uri"].to_pylist()[:max_errors], errors["error"].to_pylist()[:max_errors],
+                       strict=True)],
+    }
+
+
+def predictions_markdown(summary: dict, title: str) -> str:
+    parts = [f"## {title}", f"{summary['rows']} inputs."]
+    for key, label in (("models", "model"), ("status", "status"), ("outputs", "output"), ("error_kinds", "error")):
+        if summary[key]:
+            table = markdown_table([label, "inputs"], [[k, v] for k, v in summary[key].items()])
+            parts.append(f"**{label}**\n\n{table}")
+    if summary["errors"]:
+        parts.append("**errors**\n\n" + markdown_table(["input", "error"], [[e["input_uri"], e["error"]]
+                                                                           for e in summary["errors"]]))
+    return "\n\n".join(parts)

@@ -22,6 +22,7 @@ from pixelmill.tasks.core import runs, storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.core.shards import ShardResult
+from pixelmill.tasks.inference import apply as apply_core
 from pixelmill.tasks.prep import crappify, ingest
 from pixelmill.tasks.reports import artifact_key
 from pixelmill.tasks.training.config import TrainConfig
@@ -108,6 +109,21 @@ def crappify_shard(shard: crappify.CrappifyShard, workspace: str, cfg: crappify.
                    processes: int = 1) -> ShardResult:
     """Make a shard's pairs and write its catalog part."""
     return crappify.crappify_shard(shard, workspace, cfg, processes)
+
+
+@task(name="plan_apply", cache_policy=NO_CACHE)
+def plan_apply(workspace: str, model: str, source: str, output: str,
+               cfg: apply_core.ApplyConfig) -> apply_core.ApplyPlan:
+    """Resolve the model, list the inputs and keep those this model version has not done for this output."""
+    mv, model_task = apply_core.resolve_model(workspace, model)
+    return apply_core.plan_apply(Catalog(workspace), mv, model_task, source, output, cfg)
+
+
+@task(name="apply_shard", task_run_name="apply-{shard.model.name}-{shard.shard_id}", **SHARD_RETRIES)
+def apply_shard(shard: apply_core.ApplyShard, workspace: str, cfg: apply_core.ApplyConfig,
+                run_id: str = "") -> ShardResult:
+    """Run the model over a shard's inputs, write the outputs, then the shard's catalog part."""
+    return apply_core.apply_shard(shard, workspace, cfg, run_id)
 
 
 @task(name="compact_catalog", task_run_name="compact-{table}-{group}", **SHARD_RETRIES)

@@ -21,6 +21,7 @@ import hashlib
 import os
 import posixpath
 import queue
+import re
 import threading
 import time
 import warnings
@@ -59,6 +60,18 @@ def default_max_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (ValueError, OSError, AttributeError):
         return 4 * 2**30
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "k": 2**10, "m": 2**20, "g": 2**30}
+
+
+def parse_bytes(text: str) -> int:
+    """'2GiB', '1500MB', '3g' or a plain number of bytes."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ConfigError(f"cannot read {text!r} as a memory size", "e.g. 2GiB, 1500MB or 3g")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 class ApplyConfig(BaseModel):

@@ -1,0 +1,98 @@
+"""The apply flow on a real Prefect server: artifacts, the CLI, Dask against threads, the catalog summary."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pixelmill.flows.apply import run_apply
+from pixelmill.flows.cli import app
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.inference.apply import ApplyConfig
+from tests.helpers import noise_png
+from tests.tasks.inference.test_apply import register_tiny
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+torch.set_num_threads(1)
+
+
+def fill(folder, n: int = 6) -> None:
+    for i in range(n):
+        (folder / f"sub{i % 2}").mkdir(parents=True, exist_ok=True)
+        (folder / f"sub{i % 2}" / f"p{i}.png").write_bytes(noise_png(40 + 4 * i, 36, seed=i))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+
+
+def fingerprint(ws: str, model: str, output: str) -> dict[str, tuple]:
+    """input -> (status, error kind, output name, hash of its bytes): what must agree between runners."""
+    rows = Catalog(ws).read("predictions", model).to_pylist()
+    output = storage.normalize_url(output)
+    return {r["input_uri"]: (r["status"], (r["error"] or "").split(":")[0],
+                             r["output_uri"] and r["output_uri"].removeprefix(output),
+                             r["output_uri"] and hashlib.sha256(storage.read_bytes(r["output_uri"])).hexdigest())
+            for r in rows if r["output_root"] == output}
+
+
+def test_flow_summary_artifacts_and_rerun(tmp_path):
+    from prefect.artifacts import Artifact
+
+    ws = str(tmp_path / "ws")
+    ref = register_tiny(ws, name="sr", scale=2)
+    fill(tmp_path / "in")
+    cfg = ApplyConfig(tile=32, overlap=8, shard_size=2)
+    s = run_apply(ref, str(tmp_path / "in"), str(tmp_path / "out"), cfg, workspace=ws)
+    assert (s["processed"], s["failed"], s["skipped"]) == (6, 1, 0) and s["images_per_s"] > 0
+    assert s["error_kinds"] == {"corrupt": 1} or s["error_kinds"] == {"truncated": 1}
+    summary = Artifact.get("apply-sr")
+    assert "6 processed, 0 skipped (already done), 1 failed" in summary.data
+    assert summary.data.count("data:image/jpeg;base64,") == 8  # 4 before/after pairs
+    assert len(summary.data) < 100_000
+    progress = Artifact.get("apply-progress-sr")
+    assert progress.type == "progress" and progress.data == 100.0
+
+    again = run_apply(ref, str(tmp_path / "in"), str(tmp_path / "out"), cfg, workspace=ws)
+    assert (again["processed"], again["failed"], again["skipped"]) == (0, 0, 7)
+    assert "Nothing new to process" in Artifact.get("apply-sr").data
+    assert Catalog(ws).read("predictions", "sr").num_rows == 7
+
+
+def test_dask_local_cluster_gives_the_same_catalog_as_threads(tmp_path):
+    ws = str(tmp_path / "ws")
+    ref = register_tiny(ws, name="sr")
+    fill(tmp_path / "in")
+    cfg = ApplyConfig(tile=32, overlap=8, shard_size=2, workers=2)
+    run_apply(ref, str(tmp_path / "in"), str(tmp_path / "threads"), cfg, workspace=ws)
+    run_apply(ref, str(tmp_path / "in"), str(tmp_path / "dask"), cfg, workspace=ws, dask="local")
+    threads = fingerprint(ws, "sr", str(tmp_path / "threads"))
+    dask = fingerprint(ws, "sr", str(tmp_path / "dask"))
+    assert len(threads) == 7 and threads == dask
+
+
+def test_cli_apply_and_catalog_show_predictions(tmp_path):
+    ws = str(tmp_path / "ws")
+    register_tiny(ws, name="sr")
+    fill(tmp_path / "in", n=2)
+    runner = CliRunner()
+    result = runner.invoke(app, ["apply", "sr", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                                 "--workspace", ws, "--tile", "32", "--overlap", "8", "--format", "webp",
+                                 "--max-memory", "1GiB"])
+    assert result.exit_code == 0, result.output
+    assert "2 processed, 0 skipped, 1 failed" in result.output and "broken.jpg" in result.output
+    assert len(list((tmp_path / "out").rglob("*.webp"))) == 2
+    shown = runner.invoke(app, ["catalog", "show", "predictions", "--workspace", ws])
+    assert shown.exit_code == 0, shown.output
+    assert "3 inputs." in shown.output and "sr:v1" in shown.output and "| ok | 2 |" in shown.output
+
+    bad = runner.invoke(app, ["apply", "sr", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
+                              "--workspace", ws, "--tile", "32", "--overlap", "32"])
+    assert bad.exit_code == 1 and "error: overlap 32 must be smaller than tile 32" in bad.output
+    unknown = runner.invoke(app, ["apply", "nope", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
+                                  "--workspace", ws])
+    assert unknown.exit_code == 1 and "unknown model 'nope'" in unknown.output and "hint:" in unknown.output
+    memory = runner.invoke(app, ["apply", "sr", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
+                                 "--workspace", ws, "--max-memory", "lots"])
+    assert memory.exit_code == 1 and "memory size" in memory.output
