@@ -1,0 +1,236 @@
+"""The fault suite's driver: the real `pixelmill` CLI in its own process group, killed with SIGKILL on cue, and
+audits that count what a run left on storage (rows, duplicates, missing rows, orphan and temporary files)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pixelmill.tasks.core import runs
+from pixelmill.tasks.core.catalog import KEYS, Catalog
+
+PIXELMILL = str(Path(sys.executable).parent / "pixelmill")
+PREFECT = str(Path(sys.executable).parent / "prefect")
+# What each test reports in the terminal summary (tests/faults/conftest.py): runs killed, rows checked, ...
+COUNTS: dict[str, Counter] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(prefect_home: Path, **extra: str) -> dict[str, str]:
+    """This environment minus any Prefect or pixelmill setting that would point a child somewhere else."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PIXELMILL_", "AWS_"))}
+    return env | {"PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                  "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"} | extra
+
+
+class PrefectServer:
+    """`prefect server start` on a free port with a private PREFECT_HOME: one for the suite, so that each CLI
+    call does not start the embedded server (10-15 s on 2 cores)."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.url = f"http://127.0.0.1:{free_port()}/api"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        import httpx
+
+        port = self.url.rsplit(":", 1)[1].split("/")[0]
+        self.log = open(self.home / "server.log", "ab")
+        self.proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port],
+                                     env=clean_env(self.home), stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"Prefect server did not start; see {self.home / 'server.log'}")
+            time.sleep(0.5)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return clean_env(self.home, PREFECT_API_URL=self.url, **extra)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc, signal.SIGTERM, timeout=15)
+            self.proc = None
+            self.log.close()
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 15) -> None:
+    """Signal the process group and wait until every process in it is gone (forkserver and pool workers too)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process group {proc.pid} outlived SIGKILL")
+
+
+@dataclass
+class Cli:
+    """One `pixelmill` command in its own process group (a session), output to a log file."""
+
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen = field(init=False)
+
+    def __post_init__(self):
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen([PIXELMILL, *self.args], env=self.env, stdout=self._out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait(self, timeout: float = 300) -> tuple[int, str]:
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            kill_group(self.proc)  # also what the CLI may have left behind (a forkserver)
+            self._out.close()
+        return code, self.log.read_text(errors="replace")
+
+    def kill_when(self, ready: Callable[[], bool], timeout: float = 300, poll: float = 0.05) -> bool:
+        """SIGKILL the whole group as soon as `ready()`; False when the command ended first."""
+        deadline = time.time() + timeout
+        while self.proc.poll() is None:
+            if ready():
+                kill_group(self.proc)
+                self._out.close()
+                return True
+            if time.time() > deadline:
+                raise AssertionError(f"`pixelmill {' '.join(self.args)}` never reached its kill point")
+            time.sleep(poll)
+        self.wait()
+        return False
+
+
+def run_cli(args: list[str], env: dict[str, str], log: Path, timeout: float = 300) -> tuple[int, str]:
+    return Cli(args, env, log).wait(timeout)
+
+
+# ---------------------------------------------------------------- what is on storage
+
+
+def local(ws: str | Path) -> Path:
+    return Path(str(ws).removeprefix("file://"))
+
+
+def committed_rows(ws: str | Path, table: str, group: str) -> int:
+    """Rows in the group's parts now on disk (parts are replaced atomically; one may vanish while we count)."""
+    total = 0
+    for part in (local(ws) / "catalog" / table / group).glob("part-*.parquet"):
+        with contextlib.suppress(FileNotFoundError, OSError, pa.ArrowInvalid):
+            total += pq.read_metadata(part).num_rows
+    return total
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def temp_files(ws: str | Path) -> list[Path]:
+    """What a killed writer leaves: storage.write_bytes's temporary files and crappify's write probe."""
+    return [p for p in files_under(local(ws)) if p.name.startswith(runs.TEMP_PREFIXES)]
+
+
+def raw_rows(ws: str | Path, table: str, group: str) -> list[dict]:
+    """Every row in every part on disk, not deduplicated as Catalog.read does: what storage holds."""
+    return [row for _, part in Catalog(str(ws)).read_parts(table, group) for row in part.to_pylist()]
+
+
+def duplicates(rows: list[dict], table: str) -> int:
+    key_cols = KEYS[table][0]
+    keys = Counter(tuple(r[c] for c in key_cols) for r in rows)
+    return sum(n - 1 for n in keys.values())
+
+
+def leases(ws: str | Path, stage: str, group: str) -> list[runs.Lease]:
+    return runs.read_leases(str(ws), stage, group)
+
+
+def flow_run_of(ws: str | Path, stage: str, group: str, pid: int) -> str | None:
+    """The flow run id that the CLI process `pid` runs, from its lease (None before it is written)."""
+    return next((lease.flow_run_id for lease in leases(ws, stage, group) if lease.pid == pid), None)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under a folder."""
+    return {str(p.relative_to(folder)): sha(p) for p in files_under(folder)}
+
+
+IMAGE_FIELDS = ("dataset", "uri", "sha256", "bytes", "width", "height", "format", "mode", "status", "error",
+                "split", "mask_uri", "duplicate_of", "source_version")
+PAIR_FIELDS = ("pair_id", "set_name", "dataset", "image_uri", "image_sha256", "split", "recipe", "recipe_hash",
+               "seed", "params", "hr_uri", "lr_uri", "mask_uri", "hr_width", "hr_height", "lr_width", "lr_height",
+               "status", "error")
+
+
+def rows_by_key(ws: str | Path, table: str, group: str, fields: tuple[str, ...]) -> dict[tuple, dict]:
+    """Catalog.read's rows (one per key), minus the timestamps, with workspace URLs made relative."""
+    root = Catalog(str(ws)).workspace
+    key_cols = KEYS[table][0]
+    return {tuple(r[c] for c in key_cols): {f: (r[f].replace(root, "WS") if isinstance(r[f], str) else r[f])
+                                            for f in fields}
+            for r in Catalog(str(ws)).read(table, group).to_pylist()}
+
+
+def audit_images(ws: str | Path, dataset: str, expected_uris: set[str]) -> Counter:
+    """Counts that must be 0 after any number of kills and a rerun, and the rows checked."""
+    stored = raw_rows(ws, "images", dataset)
+    read = Catalog(str(ws)).read("images", dataset).to_pylist()
+    uris = Counter(r["uri"] for r in read)
+    return Counter(rows_checked=len(stored), duplicates_on_storage=duplicates(stored, "images"),
+                   duplicates_read=sum(n - 1 for n in uris.values()), missing=len(expected_uris - set(uris)),
+                   unexpected=len(set(uris) - expected_uris), temp_files=len(temp_files(ws)))
+
+
+def audit_pairs(ws: str | Path, set_name: str, expected_pairs: int) -> Counter:
+    """Storage and catalog agree: every file under the set's folder belongs to exactly one ok pair row."""
+    stored = raw_rows(ws, "pairs", set_name)
+    read = Catalog(str(ws)).read("pairs", set_name).to_pylist()
+    ok = [r for r in read if r["status"] == "ok"]
+    referenced = Counter(local(u) for r in ok for u in (r["hr_uri"], r["lr_uri"], r["mask_uri"]) if u)
+    on_disk = set(files_under(local(ws) / "datasets" / set_name))
+    return Counter(rows_checked=len(stored), duplicates_on_storage=duplicates(stored, "pairs"),
+                   duplicates_read=duplicates(read, "pairs"), missing=expected_pairs - len(ok),
+                   error_rows=len(read) - len(ok), orphans=len(on_disk - set(referenced)),
+                   shared_files=sum(n - 1 for n in referenced.values()),
+                   files_missing=len(set(referenced) - on_disk), temp_files=len(temp_files(ws)))
+
+
+def record(test: str, **counts: int) -> None:
+    COUNTS.setdefault(test, Counter()).update(counts)

@@ -1,0 +1,66 @@
+"""Two crappify runs with different options on the same paired set at the same time: `--split all` and `--split
+train` both make the train pairs. Readers see each pair once as soon as both end; storage holds each pair once after
+the next run's compaction; neither run takes the other for a dead one."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import httpx
+import pytest
+
+from tests.faults.conftest import crappify_args
+from tests.faults.driver import (
+    PAIR_FIELDS,
+    Cli,
+    audit_pairs,
+    duplicates,
+    flow_run_of,
+    local,
+    raw_rows,
+    record,
+    rows_by_key,
+    run_cli,
+    tree,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_split_all_and_split_train_at_once(prefect, photos, baseline, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(baseline / "catalog" / "images", ws / "catalog" / "images")
+    both = [Cli(crappify_args(ws, "--split", split), prefect.env(), tmp_path / f"{split}.log")
+            for split in ("all", "train")]
+    run_ids, deadline = {}, time.time() + 120
+    while len(run_ids) < 2 and time.time() < deadline and any(c.proc.poll() is None for c in both):
+        for cli in both:
+            run_ids[cli.proc.pid] = run_ids.get(cli.proc.pid) or flow_run_of(ws, "crappify", "d-lesson7", cli.proc.pid)
+        run_ids = {pid: run for pid, run in run_ids.items() if run}
+        time.sleep(0.05)
+    results = [cli.wait() for cli in both]
+    for code, out in results:
+        assert code == 0, out[-3000:]
+    assert len(run_ids) == 2, "both runs must have been under way at once"
+    for run_id in run_ids.values():  # each saw the other's lease and left it alone
+        assert httpx.get(f"{prefect.url}/flow_runs/{run_id}", timeout=10).json()["state"]["type"] == "COMPLETED"
+    assert any("1 other run(s) alive" in out for _, out in results)
+
+    after_both = audit_pairs(ws, "d-lesson7", photos.pairs)
+    assert after_both["duplicates_read"] == 0 and after_both["missing"] == 0 and after_both["orphans"] == 0
+    left_on_storage = after_both["duplicates_on_storage"]  # a compaction racing the other run may leave some
+
+    code, out = run_cli(crappify_args(ws), prefect.env(), tmp_path / "rerun.log")
+    assert code == 0, out[-3000:]
+    assert "0 pairs made now, 240 already there." in out
+    counts = audit_pairs(ws, "d-lesson7", photos.pairs)
+    assert counts.pop("rows_checked") == photos.pairs
+    assert counts == {"duplicates_on_storage": 0, "duplicates_read": 0, "missing": 0, "error_rows": 0,
+                      "orphans": 0, "shared_files": 0, "files_missing": 0, "temp_files": 0}
+    assert duplicates(raw_rows(ws, "pairs", "d-lesson7"), "pairs") == 0
+    assert rows_by_key(ws, "pairs", "d-lesson7", PAIR_FIELDS) == \
+        rows_by_key(baseline, "pairs", "d-lesson7", PAIR_FIELDS)
+    assert tree(local(ws) / "datasets" / "d-lesson7") == tree(local(baseline) / "datasets" / "d-lesson7")
+    record("overlapping crappify runs", runs=3, rows_checked=photos.pairs,
+           duplicates_on_storage_after_both=left_on_storage, duplicates_found=0)
