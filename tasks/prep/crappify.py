@@ -204,13 +204,14 @@ def image_pool(processes: int) -> ProcessPoolExecutor:
     forkserver, not fork: children start from a clean process instead of a copy of Prefect's threads and
     locks. Processes, not threads: about 4 ms of each image's work is Python that holds the GIL.
     """
-    return _pool(processes, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))))
+    settings = sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "PIXELMILL_")))
+    return _pool(processes, tuple(settings))
 
 
 @functools.cache
 def _pool(processes: int, storage_env: tuple) -> ProcessPoolExecutor:
     # Children fork from the forkserver, whose environment is the one it started with: hand them today's
-    # storage settings (endpoint, credentials), and start a new pool when those change.
+    # storage settings (endpoint, credentials, retry budget), and start a new pool when those change.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["pixelmill.tasks.prep.crappify"])
     return ProcessPoolExecutor(processes, mp_context=context, initializer=_use_env, initargs=(dict(storage_env),))
