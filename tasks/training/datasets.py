@@ -78,6 +78,24 @@ def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
+class DecodedCache:
+    """Decoded arrays kept in memory up to a byte budget (per worker process): decoding a PNG costs more than
+    a CPU training step, and epochs revisit every item."""
+
+    def __init__(self, budget_mb: int):
+        self.budget, self.used, self.items = budget_mb * 2**20, 0, {}
+
+    def get(self, key, load):
+        """The cached value of `key`, else load() kept while the budget has room."""
+        if key in self.items:
+            return self.items[key]
+        value = load()
+        size = sum(a.nbytes for a in value)
+        if self.used + size <= self.budget:
+            self.items[key], self.used = value, self.used + size
+        return value
+
+
 class PairDataset(torch.utils.data.Dataset):
     """(input, target) tensors in [0, 1]; train mode crops `crop` LR pixels at random and flips/rotates,
     with draws that depend only on (seed, item number), never on a global RNG.
@@ -92,19 +110,17 @@ class PairDataset(torch.utils.data.Dataset):
             raise PixelmillError("no usable pairs to train or validate on",
                                  "check the set name and split (`pixelmill catalog show pairs`)")
         self.records, self.scale, self.crop, self.train = records, scale, crop, train
-        self.in_channels, self.cache_dir, self.cache_budget = in_channels, cache_dir, cache_mb * 2**20
-        self.seed = seed
-        self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._cached_bytes = 0
+        self.in_channels, self.cache_dir, self.seed = in_channels, cache_dir, seed
+        self.cache = DecodedCache(cache_mb)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(LR at HR/scale size, HR) as uint8 (H, W, C) arrays."""
-        if i in self._decoded:
-            return self._decoded[i]
-        rec = self.records[i]
+        return self.cache.get(i, lambda: self._decode(self.records[i]))
+
+    def _decode(self, rec: PairRecord) -> tuple[np.ndarray, np.ndarray]:
         hr = Image.open(io.BytesIO(fetch(rec.hr_uri, self.cache_dir))).convert("RGB")
         lr = Image.open(io.BytesIO(fetch(rec.lr_uri, self.cache_dir))).convert("RGB")
         target = (hr.width // self.scale, hr.height // self.scale)
@@ -113,11 +129,7 @@ class PairDataset(torch.utils.data.Dataset):
             lr = lr.resize(target, Image.Resampling.BICUBIC)
         if self.in_channels == 1:
             lr = lr.convert("L")
-        pair = (np.asarray(lr).reshape(lr.height, lr.width, -1), np.asarray(hr))
-        if self._cached_bytes + pair[0].nbytes + pair[1].nbytes <= self.cache_budget:
-            self._decoded[i] = pair
-            self._cached_bytes += pair[0].nbytes + pair[1].nbytes
-        return pair
+        return np.asarray(lr).reshape(lr.height, lr.width, -1), np.asarray(hr)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Item `i % len(self)`; in train mode `i` also seeds its crop and flips (see `SampleStream`)."""

@@ -29,7 +29,7 @@ from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.core.images import ImageError, normalize_mode, open_image
 from pixelmill.tasks.training.classes import ClassMap, mask_to_indices
-from pixelmill.tasks.training.datasets import fetch
+from pixelmill.tasks.training.datasets import DecodedCache, fetch
 
 
 @dataclass(frozen=True)
@@ -156,23 +156,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.records, self.class_map, self.train, self.seed = records, class_map, train, seed
         self.crop: Size | None = (crop, crop) if isinstance(crop, int) else (tuple(crop) if crop else None)
         self.scale_range, self.hflip, self.color_jitter = tuple(scale_range), hflip, tuple(color_jitter)
-        self.cache_dir, self.cache_budget = cache_dir, cache_mb * 2**20
-        self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._cached_bytes = 0
+        self.cache_dir, self.cache = cache_dir, DecodedCache(cache_mb)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(image (H, W, 3) uint8, indices (H, W) uint8) of record i, decoded once while the cache has room."""
-        if i in self._decoded:
-            return self._decoded[i]
-        pair = load_pair(self.records[i], self.class_map, self.cache_dir)
-        size = pair[0].nbytes + pair[1].nbytes
-        if self._cached_bytes + size <= self.cache_budget:
-            self._decoded[i] = pair
-            self._cached_bytes += size
-        return pair
+        return self.cache.get(i, lambda: load_pair(self.records[i], self.class_map, self.cache_dir))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Item `i % len(self)`; in train mode `i` also seeds its augmentation (see `SampleStream`)."""
