@@ -178,7 +178,7 @@ def test_segmentation_writes_class_index_masks_and_overlays(tmp_path):
 
 def test_auto_batch_fits_the_memory_budget():
     config = {"model": {"arch": "unet-plain", "base": 32, "scale": 2}}
-    tile, batch = auto_batch(ApplyConfig(max_memory=8 * 2**30), config)
+    tile, batch = auto_batch(ApplyConfig(max_memory=32 * 2**30), config)
     small_tile, small_batch = auto_batch(ApplyConfig(max_memory=700 * 2**20), config)
     assert tile == 512 and batch > small_batch == 1 and small_tile < tile
     assert auto_batch(ApplyConfig(batch_size=3), config)[1] == 3
