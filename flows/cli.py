@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+from pathlib import PurePosixPath
 from typing import Annotated
 
 import typer
@@ -26,7 +27,7 @@ app.add_typer(train_app, name="train")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry.")
 app.add_typer(models_app, name="models")
 
-_debug = {"on": False}
+_debug = {"on": False, "verbose": False}
 Workspace = Annotated[str | None, typer.Option(envvar="PIXELMILL_WORKSPACE", show_default="./pixelmill-workspace",
                                                 help="workspace URL: catalog, models, data sets")]
 
@@ -46,15 +47,38 @@ def user_errors():
             raise
         if isinstance(exc, ValidationError):
             exc = config_error(exc, exc.title)
-        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        # one line each, whatever the message holds (a recipe's errors come one per line)
+        typer.secho(f"error: {one_line(exc.message)}", err=True, fg="red")
         if exc.hint:
-            typer.echo(f"hint: {exc.hint}", err=True)
+            typer.echo(f"hint: {one_line(exc.hint)}", err=True)
         raise typer.Exit(1) from None
 
 
+def one_line(text: str) -> str:
+    first, *rest = [line.strip() for line in text.splitlines() if line.strip()] or [""]
+    return first + (": " + "; ".join(rest) if rest else "")
+
+
+def start_prefect() -> None:
+    """After the CLI's checks, before the flow: say which Prefect server runs it and keep its console quiet."""
+    from pixelmill.flows.console import choose_server, quiet_prefect_console
+
+    typer.echo(choose_server())
+    if not (_debug["on"] or _debug["verbose"]):
+        quiet_prefect_console()
+
+
+def next_command(command: str, workspace: str | None) -> str:
+    """`command` as the user can paste it: with --workspace when it came from the flag, not the environment."""
+    given = workspace and workspace != os.environ.get("PIXELMILL_WORKSPACE")
+    return f"next: {command}" + (f" --workspace {workspace}" if given else "")
+
+
 @app.callback()
-def options(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False) -> None:
-    _debug["on"] = debug
+def options(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False,
+            verbose: Annotated[bool, typer.Option("--verbose", help="show Prefect's logs and the full tables")]
+            = False) -> None:
+    _debug["on"], _debug["verbose"] = debug, verbose
 
 
 @app.command()
@@ -70,19 +94,29 @@ def ingest(
 ) -> None:
     """Catalog the images under SOURCE into the `images` table (bad files become error rows)."""
     with user_errors():
+        from pixelmill.flows import preflight
+        from pixelmill.tasks.core.catalog import check_name
+        from pixelmill.tasks.prep.ingest import IngestConfig, dataset_name_for
+
+        cfg = IngestConfig(masks=masks, shard_size=shard_size, split_fractions=preflight.parse_split_fractions(split),
+                           force=force)
+        check_name(dataset or dataset_name_for(source), "dataset name")
+        preflight.require_source(source)
+        start_prefect()
         from pixelmill.flows.ingest import ingest as ingest_flow
-        from pixelmill.tasks.prep.ingest import IngestConfig
         from pixelmill.tasks.reports import images_markdown
 
-        try:
-            fractions = tuple(float(x) for x in split.split(","))
-        except ValueError:
-            raise ConfigError(f"--split {split!r} is not three numbers", "e.g. --split 0.8,0.1,0.1") from None
-        cfg = IngestConfig(masks=masks, shard_size=shard_size, split_fractions=fractions, force=force)
         summary = ingest_flow(source, dataset=dataset, workspace=workspace, config=cfg)
-        typer.echo(images_markdown(summary, f"ingest {summary['dataset']}"))
-        typer.echo(f"\n{summary['new_or_changed']} new or changed, {summary['unchanged']} unchanged, "
-                   f"{summary['other_files']} non-image files skipped.")
+        if _debug["verbose"]:
+            typer.echo(images_markdown(summary, f"ingest {summary['dataset']}") + "\n")
+        name, status = summary["dataset"], summary["status"]
+        typer.echo(f"{name}: {summary['files']} files in the catalog, {status.get('ok', 0)} ok, "
+                   f"{status.get('error', 0)} errors, {summary['duplicates']} duplicates; split "
+                   + ", ".join(f"{k} {v}" for k, v in summary["split"].items()))
+        typer.echo(f"this run: {summary['new_or_changed']} new or changed, {summary['unchanged']} unchanged, "
+                   f"{summary['other_files']} non-image files skipped")
+        typer.echo(f"details: pixelmill catalog show images --dataset {name}")
+        typer.echo(next_command(f"pixelmill crappify --dataset {name} --recipe lesson7", workspace))
 
 
 @app.command()
@@ -100,16 +134,28 @@ def crappify(
 ) -> None:
     """Make a paired training set (HR target, degraded LR input) from a data set's ok images."""
     with user_errors():
-        from pixelmill.flows.crappify import run_crappify
+        from pixelmill.flows import preflight
         from pixelmill.tasks.prep.crappify import CrappifyConfig
-        from pixelmill.tasks.reports import pairs_markdown
 
         cfg = CrappifyConfig(recipe=recipe, split=split, name=name, seed=seed, workers=workers,
                              shard_size=shard_size)
+        preflight.require_recipe(recipe)
+        preflight.require_dataset(workspace, dataset)
+        start_prefect()
+        from pixelmill.flows.crappify import run_crappify
+        from pixelmill.tasks.reports import pairs_markdown
+
         summary = run_crappify(dataset, cfg, workspace=workspace, dask=dask)
-        typer.echo(pairs_markdown(summary, f"crappify {summary['set_name']}"))
-        typer.echo(f"\n{summary['made']} pairs made now, {summary['existing']} already there.")
-        typer.echo(f"files: {summary['workspace']}/datasets/{summary['set_name']}/{{split}}/{{hr,lr}}/")
+        if _debug["verbose"]:
+            typer.echo(pairs_markdown(summary, f"crappify {summary['set_name']}") + "\n")
+        set_name, status = summary["set_name"], summary["status"]
+        typer.echo(f"{set_name}: {summary['pairs']} pairs, {status.get('ok', 0)} ok, {status.get('error', 0)} "
+                   "errors; split " + ", ".join(f"{k} {v}" for k, v in summary["split"].items()))
+        typer.echo(f"this run: {summary['made']} made, {summary['existing']} already there")
+        typer.echo(f"files: {summary['workspace']}/datasets/{set_name}/{{split}}/{{hr,lr}}/")
+        task = "colorize" if PurePosixPath(recipe).stem == "colorize" else "restoration"
+        typer.echo(next_command(f"pixelmill train {task} --pairs {set_name} --name {set_name}-model "
+                                "--max-minutes 10", workspace))
 
 
 @app.command()
@@ -174,14 +220,28 @@ def run_training(task: str, source: str, name: str, config: str | None, flags: d
                  resume: bool, workspace: str | None) -> None:
     """YAML config, then flags, then the subcommand's task; run the train flow and print its summary."""
     with user_errors():
-        from pixelmill.flows.train import train
+        from pixelmill.flows import preflight
+        from pixelmill.tasks.core.catalog import check_name
         from pixelmill.tasks.training.config import TrainConfig
 
         fields = load_yaml_config(config) if config else {}
         fields |= {k: v for k, v in flags.items() if v is not None} | {"task": task}
         if gan_from:
             fields["gan"] = (fields.get("gan") or {}) | {"init_from": gan_from}
-        summary = train(source, name, TrainConfig(**fields), workspace=workspace, resume=resume)
+        train_config = TrainConfig(**fields)
+        check_name(name, "model name")
+        if task == "segmentation":
+            preflight.require_dataset(workspace, source)
+        else:
+            preflight.require_pairs(workspace, source)
+        if gan_from:
+            preflight.require_model(workspace, gan_from)
+        if resume:
+            preflight.require_checkpoint(workspace, name)
+        start_prefect()
+        from pixelmill.flows.train import train
+
+        summary = train(source, name, train_config, workspace=workspace, resume=resume)
         scale = f", x{summary['scale']}" if summary.get("scale") else ""
         typer.echo(f"trained {summary['model']}: {summary['steps']} steps in {summary['seconds']:.0f} s "
                    f"({summary['images_per_s']:.1f} images/s){scale}")
@@ -189,6 +249,9 @@ def run_training(task: str, source: str, name: str, config: str | None, flags: d
         if shown:
             typer.echo("last validation: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
         typer.echo(f"weights: {summary['uri']}")
+        data = "--dataset" if task == "segmentation" else "--pairs"
+        typer.echo(next_command(f"pixelmill evaluate {summary['model']} {data} {source} --promote production",
+                                workspace))
 
 
 @app.command()
@@ -206,6 +269,15 @@ def evaluate(
         if (pairs is None) == (dataset is None):
             raise ConfigError("give the data to score on: --pairs SET (restoration) or --dataset NAME (segmentation)",
                               "`pixelmill catalog show pairs` and `pixelmill catalog show images` list them")
+        from pixelmill.flows import preflight
+
+        preflight.require_model(workspace, model)
+        preflight.require_split(split)
+        if pairs:
+            preflight.require_pairs(workspace, pairs)
+        else:
+            preflight.require_dataset(workspace, dataset)
+        start_prefect()
         from pixelmill.flows.evaluate import evaluate as evaluate_flow
 
         s = evaluate_flow(model, pairs or dataset, split=split, promote=promote, workspace=workspace)
@@ -215,6 +287,9 @@ def evaluate(
         typer.echo(f"  gain over the baseline: {s['gain']:+.4g} ({s['score_key']})")
         if promote:
             typer.echo(s["promotion_reason"])
+        use = "segment" if dataset else "enhance"
+        ref = f"{s['model'].split(':')[0]}@{promote}" if s.get("promoted") else s["model"]
+        typer.echo(next_command(f"pixelmill {use} {ref} IMAGE OUT.png", workspace))
 
 
 @models_app.command("list")
@@ -271,21 +346,27 @@ def enhance(
 ) -> None:
     """Run a model on one image."""
     with user_errors():
+        from pixelmill.flows import preflight
         from pixelmill.tasks.core import registry, storage
-        from pixelmill.tasks.core.images import ImageError, decode_image
-        from pixelmill.tasks.core.settings import workspace_url
-        from pixelmill.tasks.inference.enhance import encode_like, enhance_image
+        from pixelmill.tasks.core.images import ImageError, normalize_mode, open_image, output_format
+
+        fmt = output_format(output_image)
+        # the input and the reference first: loading the model (and torch) takes seconds
+        try:
+            original, _ = open_image(storage.read_bytes(input_image))
+            img = normalize_mode(original)
+        except (ImageError, ValueError, OSError) as exc:  # normalize_mode: an odd mode PIL cannot convert
+            raise PixelmillError(f"{input_image}: {exc}", "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF") from None
+        mv = preflight.require_model(workspace, model)
+        from pixelmill.tasks.inference.enhance import alpha_of, encode_like, enhance_image, with_alpha
         from pixelmill.tasks.training.loop import pick_device
 
-        mv = registry.resolve(workspace_url(workspace), model)
         net, config, _ = registry.load(mv)
         if config.get("task") == "segmentation":
             raise PixelmillError(f"{mv.ref} is a segmentation model", f"run `pixelmill segment {model} IN OUT`")
-        try:
-            img = decode_image(storage.read_bytes(input_image))
-        except ImageError as exc:
-            raise PixelmillError(f"{input_image}: {exc}", "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF") from None
-        out = enhance_image(net, config, img, pick_device())
+        out, note = with_alpha(enhance_image(net, config, img, pick_device()), alpha_of(original), fmt)
+        if note:
+            typer.echo(f"warning: {note}", err=True)
         storage.write_bytes(output_image, encode_like(out, output_image))
         typer.echo(f"{mv.ref}: {img.width}x{img.height} -> {out.width}x{out.height} written to {output_image}")
 
@@ -354,14 +435,23 @@ def apply(
 ) -> None:
     """Run a model over every new image under --input; results and a `predictions` table row for each."""
     with user_errors():
-        from pixelmill.flows.apply import run_apply
+        from pixelmill.flows import preflight
         from pixelmill.tasks.inference.apply import ApplyConfig, parse_bytes
 
         fields = dict(batch_size=batch_size, tile=tile, overlap=overlap, format=format, quality=quality,
                       workers=workers, force=force, limit=limit, overlay=overlay, shard_size=shard_size)
         if max_memory:
             fields["max_memory"] = parse_bytes(max_memory)
-        s = run_apply(model, input, output, ApplyConfig(**fields).check(), workspace=workspace, dask=dask)
+        apply_config = ApplyConfig(**fields).check()
+        preflight.require_model(workspace, model)
+        if input.startswith("dataset:"):
+            preflight.require_dataset(workspace, input.removeprefix("dataset:"))
+        else:
+            preflight.require_source(input)
+        start_prefect()
+        from pixelmill.flows.apply import run_apply
+
+        s = run_apply(model, input, output, apply_config, workspace=workspace, dask=dask)
         typer.echo(f"{s['model']} ({s['task']}): {s['processed']} processed, {s['skipped']} skipped, "
                    f"{s['failed']} failed, {s['images_per_s']} images/s")
         for e in s["errors"][:10]:
@@ -393,6 +483,7 @@ def catalog_show(
 ) -> None:
     """A readable summary of a catalog table."""
     with user_errors():
+        from pixelmill.flows import preflight
         from pixelmill.tasks.core.catalog import Catalog
         from pixelmill.tasks.core.settings import workspace_url
         from pixelmill.tasks.reports import (
@@ -404,6 +495,11 @@ def catalog_show(
         )
 
         catalog = Catalog(workspace_url(workspace))
+        catalog.table_url(table)  # an unknown table says which ones exist
+        preflight.require_workspace(workspace)
+        if dataset is not None:
+            what = {"images": "data set", "pairs": "paired set"}.get(table, "model")
+            preflight.require_group(workspace, table, dataset, what, f"the {table} table has no rows yet")
         data = catalog.read(table, dataset)
         if data.num_rows == 0:
             raise PixelmillError(f"table {table!r} is empty in {catalog.workspace}",

@@ -14,7 +14,12 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pixelmill.tasks.core.errors import ConfigError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+# Output extension -> PIL format, for writing a model's result; only PNG and WebP keep transparency.
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+ALPHA_FORMATS = ("PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k: a larger image is almost surely a mistake or a bomb
 
 # We enforce our own, configurable pixel limit before any pixel is decoded (see `open_image`);
@@ -116,3 +121,13 @@ def decode_image(data: bytes, mode: Literal["RGB", "L"] = "RGB", max_pixels: int
         raise
     except Exception as exc:
         raise ImageError("unsupported", f"cannot convert mode {im.mode} ({exc})") from None
+
+
+def output_format(name: str) -> str:
+    """The PIL format an output file's extension asks for; an unknown extension is a ConfigError."""
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    ext = base.rsplit(".", 1)[-1].lower() if "." in base else ""
+    if ext not in OUTPUT_FORMATS:
+        raise ConfigError(f"{name}: unknown output extension {'.' + ext if ext else '(none)'}",
+                          f"name it *.{', *.'.join(OUTPUT_FORMATS)}")
+    return OUTPUT_FORMATS[ext]

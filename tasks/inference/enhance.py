@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pixelmill.tasks.core.images import ALPHA_FORMATS, output_format
 from pixelmill.tasks.training.datasets import to_tensor
 from pixelmill.tasks.training.evaluate import to_uint8
 
@@ -20,9 +21,30 @@ def enhance_image(model: torch.nn.Module, config: dict, img: Image.Image, device
     return Image.fromarray(to_uint8(model.to(device).eval()(x)[0]))
 
 
+def alpha_of(im: Image.Image) -> Image.Image | None:
+    """The image's transparency as an L image (palette transparency included), or None when it has none."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        return im.convert("RGBA").getchannel("A")
+    return None
+
+
+def with_alpha(out: Image.Image, alpha: Image.Image | None, fmt: str) -> tuple[Image.Image, str]:
+    """The model works on RGB; the input's alpha, resized to the output, goes back on for formats that keep
+    it. Returns the image and a note for the user when transparency is dropped."""
+    if alpha is None:
+        return out, ""
+    if fmt not in ALPHA_FORMATS:
+        return out, f"the input's transparency is dropped: {fmt} has none (write .png or .webp to keep it)"
+    if alpha.size != out.size:
+        alpha = alpha.resize(out.size, Image.Resampling.BICUBIC)
+    out = out.convert("RGB")
+    out.putalpha(alpha)
+    return out, ""
+
+
 def encode_like(img: Image.Image, name: str) -> bytes:
-    """Encode by the output file's extension (PNG unless it asks for JPEG or WebP)."""
-    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}.get(name.rsplit(".", 1)[-1].lower(), "PNG")
+    """Encode by the output file's extension (.png, .jpg/.jpeg, .webp); any other is a ConfigError."""
+    fmt = output_format(name)
     buf = io.BytesIO()
     img.save(buf, fmt, **({"quality": 95} if fmt != "PNG" else {}))
     return buf.getvalue()

@@ -132,15 +132,17 @@ def test_cli_ingest_and_catalog_show(sample_folder, tmp_path):
     ws = str(tmp_path / "ws")
     result = runner.invoke(app, ["ingest", str(root), "--dataset", "cli", "--workspace", ws])
     assert result.exit_code == 0, result.output
-    assert "| ok | 15 |" in result.output and "19 new or changed" in result.output
+    assert "cli: 19 files in the catalog, 15 ok, 4 errors" in result.output
+    assert "this run: 19 new or changed" in result.output
+    assert "next: pixelmill crappify --dataset cli --recipe lesson7 --workspace " + ws in result.output
     shown = runner.invoke(app, ["catalog", "show", "images", "--workspace", ws])
     assert shown.exit_code == 0 and "| cli | 19 |" in shown.output and "empty: the file has zero bytes" in shown.output
 
 
 @pytest.mark.parametrize("args,message", [
     (["ingest", "/no/such/folder", "--workspace", "/tmp/pm-ws"], "error: file:///no/such/folder does not exist"),
-    (["ingest", ".", "--split", "0.5,0.5,0.5"], "error: invalid IngestConfig: split_fractions"),
-    (["ingest", ".", "--split", "half"], "error: --split 'half' is not three numbers"),
+    (["ingest", ".", "--split", "0.5,0.5,0.5"], "error: --split 0.5,0.5,0.5: give three fractions train,valid,test"),
+    (["ingest", ".", "--split", "half"], "error: --split half: give three fractions train,valid,test"),
     (["ingest", ".", "--dataset", "../x"], "error: invalid dataset name '../x'"),
     (["catalog", "show", "nope", "--workspace", "/tmp/pm-ws"], "error: unknown table 'nope'"),
 ])

@@ -147,7 +147,7 @@ def test_tasks_exchange_references_not_tensors(workspace):
     (["evaluate", "nope", "--pairs", "tex-sr-x2"], "error: unknown model 'nope'"),
     (["evaluate", "tiny@staging", "--pairs", "tex-sr-x2"], "has no alias 'staging'"),
     (["evaluate", "tiny:v99", "--pairs", "tex-sr-x2"], "has no version 'v99'"),
-    (["train", "restoration", "--pairs", "missing-set", "--name", "m"], "has 0 usable train pairs"),
+    (["train", "restoration", "--pairs", "missing-set", "--name", "m"], "unknown paired set 'missing-set'"),
     (["train", "restoration", "--pairs", "tex-sr-x2", "--name", "never-trained", "--resume"],
      "no checkpoint to resume"),
 ])
