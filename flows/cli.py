@@ -526,6 +526,30 @@ def catalog_show(
 
 
 @app.command()
+def server(
+    port: Annotated[int, typer.Option(help="port of the API and UI")] = 4200,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+) -> None:
+    """Start a Prefect server in the background: flow commands then use it instead of starting an embedded one
+    (about 10 s each), and its UI shows their runs."""
+    with user_errors():
+        from pathlib import Path
+
+        from pixelmill.flows.console import DEFAULT_LOCAL_SERVER, start_server
+
+        home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+        log = home / "pixelmill-server.log"
+        pid, url = start_server(host, port, log)
+        if pid is None:
+            typer.echo(f"a Prefect server already answers at {url}; UI {url.removesuffix('/api')}")
+            return
+        typer.echo(f"Prefect server running at {url}; UI {url.removesuffix('/api')} (log: {log})")
+        if url != DEFAULT_LOCAL_SERVER:
+            typer.echo(f"for pixelmill commands to find it: export PIXELMILL_LOCAL_PREFECT_URL={url}")
+        typer.echo(f"stop it: kill {pid}")
+
+
+@app.command()
 def demo(
     directory: Annotated[str, typer.Option("--dir", help="local folder for the demo's bucket and workspace")]
     = "./pixelmill-demo",

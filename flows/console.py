@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 from collections.abc import Callable
@@ -106,3 +108,28 @@ def report_progress(what: str, done: int, total: int) -> None:
 
 def set_progress_sink(fn: ProgressSink | None) -> None:
     _sink["fn"] = fn
+
+
+def start_server(host: str, port: int, log_path: Path, timeout: float = 180.0) -> tuple[int | None, str]:
+    """`prefect server start` in the background, in its own session so that it outlives this command; returns
+    (its pid, or None when a server already answers there; the API URL) once it answers its health check."""
+    url = f"http://{host}:{port}/api"
+    if server_is_up(url):
+        return None, url
+    from pixelmill.tasks.core.errors import PixelmillError
+
+    prefect = Path(sys.executable).parent / "prefect"  # the venv's, even when the venv is not activated
+    command = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", host, "--port", str(port)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server_is_up(url, timeout=1.0):
+            return proc.pid, url
+        if proc.poll() is not None:
+            raise PixelmillError(f"`prefect server start` exited with code {proc.returncode}", f"see {log_path}")
+        time.sleep(0.5)
+    raise PixelmillError(f"the Prefect server did not answer at {url} within {timeout:.0f} s",
+                         f"see {log_path}; stop it with `kill {proc.pid}`")
