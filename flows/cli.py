@@ -325,8 +325,14 @@ def models_promote(
 
         ws = workspace_url(workspace)
         mv = registry.resolve(ws, model)
+        previous = registry.aliases(ws, mv.name).get(alias)
         registry.set_alias(ws, mv, alias)
         typer.echo(f"{mv.name}@{alias} -> {mv.version}")
+        if os.environ.get("PREFECT_API_URL"):  # deployments on that server may re-apply the alias
+            from pixelmill.flows.events import PROMOTED, emit_promoted
+
+            if emit_promoted(mv, alias, ws, previous=previous):
+                typer.echo(f"sent {PROMOTED} to {os.environ['PREFECT_API_URL']}")
 
 
 @models_app.command("archs")

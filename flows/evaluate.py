@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from pixelmill.flows.events import emit_promoted
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.layout import Layout
@@ -44,6 +45,7 @@ def evaluate(model: str, source: str, split: str = "valid", promote: str | None 
                                             current_mean, current)
         if promoted:
             registry.set_alias(layout.root, mv, promote)
+            emit_promoted(mv, promote, layout.root, previous=current)
         summary |= {"promoted": promoted, "promotion_reason": reason}
         logger.info("promotion to %s: %s", promote, reason)
 

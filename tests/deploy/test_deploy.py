@@ -367,3 +367,59 @@ def test_automation_watches_every_deployment_and_no_cli_run():
         assert trigger.covers_resources(run, tags_as_related_resources(set(dep["tags"]))), dep["name"]
     assert not trigger.covers_resources(run, [])  # a CLI run: no tags (the next run marks those)
     assert not trigger.covers_resources(run, tags_as_related_resources({"other-team"}))
+
+
+# ---------------------------------------------------------------- promotion trigger (prefect.yaml)
+
+
+def promotion_triggers() -> list[tuple[dict, dict]]:
+    return [(dep, t) for dep in DEPLOYMENTS for t in dep.get("triggers") or []
+            if "pixelmill.model.promoted" in t.get("expect", [])]
+
+
+def promoted_event(name: str, version: str, alias: str, workspace: str):
+    """The event flows/events.py sends, as the server receives it."""
+    from uuid import uuid4
+
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    from pixelmill.flows.events import PROMOTED, promoted_resource
+    from pixelmill.tasks.core.registry import ModelVersion
+
+    mv = ModelVersion(name, version, f"{workspace}/models/{name}/{version}")
+    return ReceivedEvent(event=PROMOTED, resource=promoted_resource(mv, alias, workspace),
+                         occurred="2024-06-01T00:00:00Z", id=uuid4())
+
+
+def test_promotion_trigger_runs_apply_on_the_archive():
+    """What `prefect deploy` builds from the trigger (DeploymentTriggerAdapter, then the automation it creates),
+    matched by the server's own code against promotion events, and the parameters the run would get."""
+    from uuid import uuid4
+
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    from prefect.events.actions import RunDeployment
+    from prefect.server.events.schemas.automations import AutomationCore as ServerAutomation
+    from prefect.server.utilities.user_templates import render_user_template_sync
+
+    (dep, spec), = promotion_triggers()
+    assert dep["entrypoint"] == "flows/apply.py:apply" and dep["parameters"]["model"] == "sr@production"
+    (trigger,) = _initialize_deployment_triggers(dep["name"], [dict(spec)])
+    deployment_id = uuid4()
+    trigger.set_deployment_id(deployment_id)
+    automation = trigger.as_automation()
+    (action,) = automation.actions
+    assert isinstance(action, RunDeployment) and action.deployment_id == deployment_id
+    server_trigger = ServerAutomation.model_validate(automation.model_dump(mode="json")).trigger
+
+    workspace = dep["parameters"]["workspace"]
+    assert server_trigger.covers(promoted_event("sr", "v7", "production", workspace))
+    assert not server_trigger.covers(promoted_event("sr", "v7", "staging", workspace))
+    assert not server_trigger.covers(promoted_event("sr", "v7", "production", "s3://elsewhere/workspace"))
+    assert not server_trigger.covers(promoted_event("seg", "v7", "production", workspace))
+
+    event = promoted_event("sr", "v7", "production", workspace)
+    rendered = {k: render_user_template_sync(v, {"event": event}) if isinstance(v, str) else v
+                for k, v in action.parameters.items()}
+    assert rendered == {"model": "sr@production"}
+    params = dep["parameters"] | rendered  # the server merges the action's parameters over the deployment's
+    load_flow(dep["entrypoint"]).validate_parameters(params)

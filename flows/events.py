@@ -1,0 +1,42 @@
+"""Events pixelmill sends to Prefect, for deployment triggers (deploy/prefect.yaml) to act on.
+
+`pixelmill.model.promoted`: an alias now points at another model version. Its resource is the model,
+`pixelmill.model.{name}`, labelled with the version, the alias and the workspace, so that a trigger can match
+"production of sr in this workspace" and template the run's parameters from the labels.
+"""
+
+from __future__ import annotations
+
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.registry import ModelVersion
+
+PROMOTED = "pixelmill.model.promoted"
+DRAIN_SECONDS = 10.0
+
+
+def promoted_resource(mv: ModelVersion, alias: str, workspace: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"pixelmill.model.{mv.name}", "prefect.resource.name": mv.name,
+            "pixelmill.model": mv.name, "pixelmill.version": mv.version, "pixelmill.alias": alias,
+            "pixelmill.workspace": workspace}
+
+
+def emit_promoted(mv: ModelVersion, alias: str, workspace: str, previous: str | None = None):
+    """Tell the Prefect server that `alias` of `mv.name` now serves `mv.version`; returns the event, or None
+    when no server can hear it (a command without PREFECT_API_URL: an embedded server would start for ~10 s
+    only to drop the event with the process)."""
+    from prefect.context import FlowRunContext
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL
+
+    in_flow = FlowRunContext.get() is not None
+    if not in_flow and not PREFECT_API_URL.value():
+        return None
+    related = [{"prefect.resource.id": f"pixelmill.model-version.{mv.ref}", "prefect.resource.role": "model-version",
+                "pixelmill.uri": mv.uri}]
+    resource = promoted_resource(mv, alias, storage.normalize_url(workspace))
+    event = emit_event(PROMOTED, resource=resource, related=related,
+                       payload={"version": mv.version, "previous": previous, "uri": mv.uri})
+    if not in_flow:  # events go out from a background thread; a command exits right after this
+        EventsWorker.drain_all(timeout=DRAIN_SECONDS)
+    return event
