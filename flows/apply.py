@@ -44,7 +44,7 @@ def apply(model: str, input: str, output: str, workspace: str | None = None,
     run_id = str(FlowRunContext.get().flow_run.id)
 
     plan = steps.plan_apply(workspace, model, input, output, config)
-    steps.watch_run("apply", plan.model.name, workspace)  # a run killed with -9 is marked Crashed by the next
+    steps.watch_run("apply", plan.model.name, workspace, plan.output)  # a run killed with -9: marked by the next
     logger.info("%s (%s): %d inputs to process in %d shards, %d already done, %d left by --limit, "
                 "%d non-image files", plan.model.ref, plan.task, plan.todo, len(plan.shards), plan.skipped,
                 plan.limited, plan.other_files)

@@ -44,12 +44,13 @@ SHARD_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=
                      cache_policy=NO_CACHE)
 
 
-def watch_run(stage: str, group: str, workspace: str) -> runs.Heartbeat:
+def watch_run(stage: str, group: str, workspace: str, *outputs: str) -> runs.Heartbeat:
     """Mark earlier runs of this stage and group whose process is gone as Crashed; keep this run's lease.
 
     Called first thing in a flow (tasks/core/runs.py says how runs are judged). This run's lease is written
     before the others are read, so of two runs starting together at least one sees the other. When no other
-    run is alive, the temporary files that dead writers left where the stage writes are removed.
+    run is alive, the temporary files that dead writers left where the stage writes (in the workspace, and in
+    `outputs` outside it) are removed.
     """
     logger = get_run_logger()
     flow_run = FlowRunContext.get().flow_run
@@ -73,7 +74,7 @@ def watch_run(stage: str, group: str, workspace: str) -> runs.Heartbeat:
         logger.info("%s %s: %d other run(s) alive: %s", stage, group, len(alive),
                     ", ".join(f"{lease.flow_run_id} (pid {lease.pid} on {lease.host})" for lease in alive))
     else:
-        removed = runs.remove_temp_files(runs.output_folders(workspace, stage, group))
+        removed = runs.remove_temp_files([*runs.output_folders(workspace, stage, group), *outputs])
         if removed:
             logger.info("%s %s: removed %d temporary files left by killed writers", stage, group, removed)
     return heartbeat

@@ -124,7 +124,8 @@ def judge(leases: Iterable[Lease], me: str, now: datetime | None = None, host: s
 
 def checked_group(stage: str, group: str) -> str:
     """A group becomes a folder name: the same check, and message, as the stage's own."""
-    return check_name(group, {"ingest": "dataset name", "crappify": "paired set name"}.get(stage, "group"))
+    return check_name(group, {"ingest": "dataset name", "crappify": "paired set name", "apply": "model name"}
+                      .get(stage, "group"))
 
 
 def lease_uri(workspace: str, stage: str, group: str, flow_run_id: str) -> str:
@@ -132,14 +133,14 @@ def lease_uri(workspace: str, stage: str, group: str, flow_run_id: str) -> str:
 
 
 def output_folders(workspace: str, stage: str, group: str) -> list[str]:
-    """Where a stage's runs for `group` write: the folders that killed writers leave temporary files in."""
+    """Where a stage's runs for `group` write in the workspace: where killed writers leave temporary files."""
     layout = Layout.of(workspace)
     group = checked_group(stage, group)
-    if stage == "ingest":
-        return [storage.join(layout.table("images"), group)]
+    table = {"ingest": "images", "crappify": "pairs", "apply": "predictions"}.get(stage)
+    folders = [storage.join(layout.table(table), group)] if table else []
     if stage == "crappify":
-        return [storage.join(layout.table("pairs"), group), layout.paired_set(group)]
-    return []
+        folders.append(layout.paired_set(group))
+    return folders
 
 
 def write_lease(workspace: str, lease: Lease) -> None:

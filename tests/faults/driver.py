@@ -99,7 +99,7 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float
 
 @dataclass
 class Cli:
-    """One `pixelmill` command in its own process group (a session), output to a log file."""
+    """One `pixelmill --verbose` command (Prefect's logs in the log file) in its own process group (a session)."""
 
     args: list[str]
     env: dict[str, str]
@@ -108,7 +108,7 @@ class Cli:
 
     def __post_init__(self):
         self._out = open(self.log, "wb")
-        self.proc = subprocess.Popen([PIXELMILL, *self.args], env=self.env, stdout=self._out,
+        self.proc = subprocess.Popen([PIXELMILL, "--verbose", *self.args], env=self.env, stdout=self._out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def wait(self, timeout: float = 300) -> tuple[int, str]:
@@ -230,6 +230,24 @@ def audit_pairs(ws: str | Path, set_name: str, expected_pairs: int) -> Counter:
                    error_rows=len(read) - len(ok), orphans=len(on_disk - set(referenced)),
                    shared_files=sum(n - 1 for n in referenced.values()),
                    files_missing=len(set(referenced) - on_disk), temp_files=len(temp_files(ws)))
+
+
+PREDICTION_FIELDS = ("input_uri", "input_sha256", "input_bytes", "model", "model_version", "task", "input_width",
+                     "input_height", "output_width", "output_height", "tiles", "status", "error")
+
+
+def audit_predictions(ws: str | Path, model: str, output: Path, expected_inputs: set[str]) -> Counter:
+    """One row per input, and every file under the output folder named by exactly one ok row."""
+    stored = raw_rows(ws, "predictions", model)
+    read = Catalog(str(ws)).read("predictions", model).to_pylist()
+    referenced = Counter(local(u) for r in read if r["status"] == "ok" for u in (r["output_uri"], r["overlay_uri"]) if u)
+    on_disk = set(files_under(output))
+    inputs = Counter(r["input_uri"] for r in read)
+    return Counter(rows_checked=len(stored), duplicates_on_storage=duplicates(stored, "predictions"),
+                   duplicates_read=sum(n - 1 for n in inputs.values()), missing=len(expected_inputs - set(inputs)),
+                   unexpected=len(set(inputs) - expected_inputs), orphans=len(on_disk - set(referenced)),
+                   shared_files=sum(n - 1 for n in referenced.values()), files_missing=len(set(referenced) - on_disk),
+                   temp_files=len(temp_files(ws)) + len([p for p in on_disk if p.name.startswith(runs.TEMP_PREFIXES)]))
 
 
 def record(test: str, **counts: int) -> None:

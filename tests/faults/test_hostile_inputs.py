@@ -54,7 +54,6 @@ def test_hostile_zip_members(prefect, tmp_path):
     code, out = run_cli(["crappify", "--dataset", "hostile", "--recipe", "sr-x2", "--workspace", str(ws)],
                         prefect.env(), tmp_path / "crappify.log")
     assert code == 0, out[-3000:]
-    assert f"{len(SAFE)} pairs made now" in out
     counts = audit_pairs(ws, "hostile-sr-x2", len(SAFE))
     assert counts.pop("rows_checked") == len(SAFE)
     assert set(counts.values()) == {0}, counts
@@ -73,16 +72,16 @@ def test_hostile_zip_members(prefect, tmp_path):
 
 DEEP = 2000
 HOSTILE_RECIPES = {
-    # name: (YAML text, the second line of the error: the field and what is wrong)
+    # name: (YAML text, what the error says after the file's name: the field and what is wrong)
     "huge-short-side": ("steps:\n  - {op: downscale, short_side: 1000000}\n",
-                        "  steps.0.short_side: Input should be less than or equal to 10000"),
+                        "steps.0.short_side: Input should be less than or equal to 10000"),
     "million-steps": ("steps:\n" + "  - {op: grayscale}\n" * 10**6,
-                      "  steps: a recipe has at most 64 steps, nested ones included"),
+                      "steps: a recipe has at most 64 steps, nested ones included"),
     "deep-chain": ("steps:\n  - " + "{op: chain, steps: [" * DEEP + "{op: grayscale}" + "]}" * DEEP + "\n",
-                   "  steps.0" + ".steps.0" * 9 + ": chain and one_of nest at most 8 deep"),
+                   "steps.0" + ".steps.0" * 9 + ": chain and one_of nest at most 8 deep"),
     "huge-factor": ("steps:\n  - {op: downscale, factor: 1e300}\n",
-                    "  steps.0.factor: Input should be less than or equal to 64"),
-    "infinite-factor": ("steps:\n  - {op: downscale, factor: .inf}\n", "  steps.0.factor: Input should be a finite number"),
+                    "steps.0.factor: Input should be less than or equal to 64"),
+    "infinite-factor": ("steps:\n  - {op: downscale, factor: .inf}\n", "steps.0.factor: Input should be a finite number"),
 }
 
 
@@ -108,9 +107,9 @@ def test_hostile_recipes_fail_before_any_work_naming_the_field(prefect, small_se
         clis[name] = Cli(args, prefect.env(), tmp_path / f"{name}.log")
     for name, cli in clis.items():
         code, out = cli.wait(timeout=300)
-        errors = out[out.index("error: "):].splitlines() if "error: " in out else out.splitlines()[-5:]
         assert code == 1, (name, out[-2000:])
-        assert errors[:2] == [f"error: {tmp_path / name}.yaml: invalid recipe", HOSTILE_RECIPES[name][1]], name
+        error = next(line for line in out.splitlines() if line.startswith("error: "))  # the first
+        assert error == f"error: {tmp_path / name}.yaml: invalid recipe: {HOSTILE_RECIPES[name][1]}", name
     assert not (local(small_set) / "datasets").exists()  # nothing made, not even a folder
     assert Catalog(str(small_set)).read("pairs").num_rows == 0
     record("hostile recipes", recipes_refused=len(clis), pairs_made=0)

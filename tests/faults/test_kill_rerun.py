@@ -16,9 +16,11 @@ from tests.faults.conftest import crappify_args, ingest_args
 from tests.faults.driver import (
     IMAGE_FIELDS,
     PAIR_FIELDS,
+    PREDICTION_FIELDS,
     Cli,
     audit_images,
     audit_pairs,
+    audit_predictions,
     committed_rows,
     flow_run_of,
     leases,
@@ -125,4 +127,53 @@ def test_crappify_killed_three_times_then_rerun_makes_the_same_bytes(prefect, ph
     assert_marked_crashed(prefect, killed, "crappify", "d-lesson7")
     assert leases(ws, "crappify", "d-lesson7") == []
     record("crappify kill -9", runs_killed=len(killed), rows_checked=rows, files_compared=len(files),
+           duplicates_found=0, missing=0, orphans=0)
+
+
+APPLY_INPUTS = 24
+
+
+@pytest.fixture
+def apply_input(photos, tmp_path) -> Path:
+    """Twenty-four of the photos (the model's work is the slow part) and a broken file (an error row)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sorted(p for p in photos.folder.iterdir() if p.name.startswith(("noise", "photo")))[:APPLY_INPUTS]:
+        shutil.copy(path, folder / path.name)
+    shutil.copy(photos.folder / "truncated.jpg", folder / "truncated.jpg")
+    return folder
+
+
+def apply_args(ws: Path, folder: Path, out: Path) -> list[str]:
+    return ["apply", "tiny", "--input", str(folder), "--output", str(out), "--workspace", str(ws), "--tile", "256",
+            "--shard-size", "3"]
+
+
+def test_apply_killed_three_times_then_rerun_writes_the_same_outputs(prefect, apply_input, tmp_path):
+    from tests.tasks.inference.test_apply import register_tiny  # torch: only this test needs it
+
+    base_ws, base_out, ws, out = tmp_path / "base", tmp_path / "base-out", tmp_path / "ws", tmp_path / "out"
+    for workspace in (base_ws, ws):
+        register_tiny(str(workspace))  # seeded: the same weights in both
+    code, text = run_cli(apply_args(base_ws, apply_input, base_out), prefect.env(), tmp_path / "baseline.log")
+    assert code == 0, text[-3000:]
+
+    args, total = apply_args(ws, apply_input, out), APPLY_INPUTS + 1
+    outputs = lambda: sum(1 for p in out.rglob("*") if p.is_file()) if out.exists() else 0  # noqa: E731
+    # Mid-shard: outputs on disk that no committed row names yet (the error row has no output).
+    killed = kill_three_times(prefect, args, ws, "apply", "tiny", total, "predictions",
+                              mid_shard=lambda done: outputs() > done, logs=tmp_path)
+
+    code, text = run_cli(args, prefect.env(), tmp_path / "rerun.log")
+    assert code == 0, text[-3000:]
+    counts = audit_predictions(ws, "tiny", out, {f"file://{p}" for p in apply_input.iterdir()})
+    assert counts.pop("rows_checked") == total
+    assert set(counts.values()) == {0}, counts
+    strip = lambda rows: {k[-1].rsplit("/", 1)[1]: v for k, v in rows.items()}  # noqa: E731  (key: input name)
+    assert strip(rows_by_key(ws, "predictions", "tiny", PREDICTION_FIELDS)) == \
+        strip(rows_by_key(base_ws, "predictions", "tiny", PREDICTION_FIELDS))
+    files = tree(out)
+    assert len(files) == APPLY_INPUTS and files == tree(base_out)  # names and bytes
+    assert_marked_crashed(prefect, killed, "apply", "tiny")
+    record("apply kill -9", runs_killed=len(killed), rows_checked=total, files_compared=len(files),
            duplicates_found=0, missing=0, orphans=0)

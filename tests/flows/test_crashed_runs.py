@@ -113,3 +113,20 @@ def test_flow_run_names_say_what_runs(source, tmp_path):
         names = [r.name for r in client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["ingest-src", "crappify-src-sr-x2"])))]
     assert sorted(names)[-2:] == ["crappify-src-sr-x2", "ingest-src"]
+
+
+def test_apply_removes_what_a_killed_apply_left_in_its_output_folder(source, tmp_path):
+    from pixelmill.flows.apply import run_apply
+    from pixelmill.tasks.inference.apply import ApplyConfig
+    from tests.tasks.inference.test_apply import register_tiny
+
+    ws, out = tmp_path / "ws", tmp_path / "out"
+    ref = register_tiny(str(ws), name="sr")
+    stale = [out / "sub" / ".tmp-0123456789abcdef", ws / "catalog" / "predictions" / "sr" / ".tmp-fedcba9876543210"]
+    for path in stale:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"half an output")
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    summary = run_apply(ref, source, str(out), ApplyConfig(tile=32, overlap=8), workspace=str(ws))
+    assert summary["processed"] == 3
+    assert not any(path.exists() for path in stale)

@@ -93,6 +93,8 @@ def test_output_folders_are_what_each_stage_writes(tmp_path):
     ws = f"file://{tmp_path}"
     assert runs.output_folders(str(tmp_path), "ingest", "d") == [f"{ws}/catalog/images/d"]
     assert runs.output_folders(str(tmp_path), "crappify", "d-x") == [f"{ws}/catalog/pairs/d-x", f"{ws}/datasets/d-x"]
+    assert runs.output_folders(str(tmp_path), "apply", "sr2") == [f"{ws}/catalog/predictions/sr2"]
+    assert runs.output_folders(str(tmp_path), "train", "sr2") == []
 
 
 def test_heartbeat_rewrites_the_lease_and_removes_it_when_the_run_ends(tmp_path):
