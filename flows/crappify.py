@@ -22,7 +22,7 @@ from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import ConfigError
 from pixelmill.tasks.core.settings import workspace_url
 from pixelmill.tasks.prep.crappify import CrappifyConfig
-from pixelmill.tasks.reports import artifact_key, gallery_markdown, pairs_markdown, pairs_summary
+from pixelmill.tasks.reports import artifact_key, pair_gallery, pairs_markdown, pairs_summary
 
 GALLERY_PAIRS = 4
 SHARDS_IN_FLIGHT = 2  # on threads: enough to keep the process pool busy while one shard writes its part
@@ -49,7 +49,8 @@ def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str 
     logger.info("%s: recipe %s (%s), %d pairs to make in %d shards, %d already made", plan.set_name,
                 plan.recipe.name, plan.recipe.recipe_hash, todo, len(plan.shards), plan.existing)
 
-    progress = create_progress_artifact(0.0, description=f"crappify {plan.set_name}: shards done")
+    progress = create_progress_artifact(0.0, key=artifact_key("crappify-progress", plan.set_name),
+                                        description=f"crappify {plan.set_name}: shards done")
     # On threads, shards feed one local process pool of `workers`; on Dask, the workers are the processes.
     on_threads = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
     futures = steps.crappify_shard.map(plan.shards, workspace=unmapped(workspace), cfg=unmapped(config),
@@ -67,8 +68,7 @@ def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str 
     summary = pairs_summary(table) | {"set_name": plan.set_name, "recipe_hash": plan.recipe.recipe_hash,
                                       "made": todo, "existing": plan.existing, "workspace": workspace}
     ok = [r for r in table.to_pylist() if r["status"] == "ok"][:GALLERY_PAIRS]
-    gallery = gallery_markdown(["input (LR)", "target (HR)"],
-                               [[storage.read_bytes(r["lr_uri"]), storage.read_bytes(r["hr_uri"])] for r in ok])
+    gallery = pair_gallery([(storage.read_bytes(r["lr_uri"]), storage.read_bytes(r["hr_uri"])) for r in ok])
     create_markdown_artifact(
         pairs_markdown(summary, f"crappify {plan.set_name}")
         + f"\n\n{todo} made now, {plan.existing} already there.\n\n**before / after**\n\n{gallery}",

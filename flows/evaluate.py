@@ -11,9 +11,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from pixelmill.flows.events import emit_promoted
 from pixelmill.tasks import steps
-from pixelmill.tasks.core import registry, storage
+from pixelmill.tasks.core import registry
 from pixelmill.tasks.core.layout import Layout
-from pixelmill.tasks.reports import artifact_key, gallery_markdown, markdown_table
+from pixelmill.tasks.reports import artifact_key, evaluation_gallery, markdown_table
 
 GALLERY_IMAGES = 3
 
@@ -60,8 +60,7 @@ def evaluate(model: str, source: str, split: str = "valid", promote: str | None 
         report.append(f"promotion to `{promote}`: {summary['promotion_reason']}")
     if result["report"]:
         report.append(result["report"])
-    report.append(gallery_markdown(result["gallery_labels"],
-                                   [[storage.read_bytes(u) for u in row] for row in result["gallery"]], height=128))
+    report.append(evaluation_gallery(result))
     create_markdown_artifact("\n\n".join(report), key=artifact_key("evaluate", mv.name),
                              description=f"{mv.ref} on {source}/{split}")
     return summary

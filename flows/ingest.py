@@ -45,7 +45,8 @@ def ingest(source: str, dataset: str | None = None, workspace: str | None = None
                 dataset, sum(len(s.files) for s in plan.shards), len(plan.shards), plan.unchanged,
                 plan.mask_files, plan.other_files)
 
-    progress = create_progress_artifact(0.0, description=f"ingest {dataset}: shards done")
+    progress = create_progress_artifact(0.0, key=artifact_key("ingest-progress", dataset),
+                                        description=f"ingest {dataset}: shards done")
     futures = steps.ingest_shard.map(plan.shards, workspace=unmapped(workspace), cfg=unmapped(config))
     for done, future in enumerate(as_completed(futures), start=1):
         future.result()  # a shard that failed after its retries fails the flow, with its error

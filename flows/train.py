@@ -17,7 +17,7 @@ from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import check_name
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.core.layout import Layout
-from pixelmill.tasks.reports import artifact_key, gallery_markdown, round_values
+from pixelmill.tasks.reports import artifact_key, evaluation_gallery, round_values
 from pixelmill.tasks.training.config import TrainConfig
 
 GALLERY_IMAGES = 3
@@ -49,6 +49,6 @@ def train(source: str, name: str, config: TrainConfig | None = None, workspace: 
         f"in {summary['seconds']:.0f} s ({summary['images_per_s']:.1f} images/s).\n\nlast validation: "
         + ", ".join(f"{k} {v}" for k, v in round_values(last).items())
         + f"\n\nweights: `{summary['uri']}`\n\n**validation images**\n\n"
-        + gallery_markdown(shown["gallery_labels"], [[storage.read_bytes(u) for u in row] for row in shown["gallery"]]),
+        + evaluation_gallery(shown),
         key=artifact_key("model", name), description=f"{summary['model']} trained on {source}")
     return {k: v for k, v in summary.items() if k != "history"}

@@ -7,9 +7,14 @@ import io
 import re
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
+
+# Side of a gallery crop, in the image's own pixels: large enough to see texture, small enough that a dozen
+# crops fit in one Prefect artifact (the server keeps artifacts in its database).
+GALLERY_CROP = 96
 
 
 def count_by(table: pa.Table, column: str) -> dict[str, int]:
@@ -110,6 +115,59 @@ def gallery_markdown(columns: list[str], rows: list[list[bytes]], height: int = 
     """A before/after table: one image per cell, columns like ["input", "target"]."""
     cells = [[f"![]({thumbnail_data_uri(b, height)})" for b in row] for row in rows]
     return markdown_table(columns, cells)
+
+
+def nearest_resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Blocky on purpose: an LR input shown at the target's size with its own pixels visible."""
+    return np.asarray(Image.fromarray(arr).resize((width, height), Image.Resampling.NEAREST))
+
+
+def busiest_window(a: np.ndarray, b: np.ndarray, size: int = GALLERY_CROP) -> tuple[int, int]:
+    """(top, left) of the size x size window where `a` and `b` differ most (sum of absolute differences);
+    the first such window on ties, (0, 0) when the image is not larger than the window."""
+    diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
+    diff = diff.sum(axis=2) if diff.ndim == 3 else diff
+    h, w = min(size, diff.shape[0]), min(size, diff.shape[1])
+    integral = np.pad(diff.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]
+    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(top), int(left)
+
+
+def crop(arr: np.ndarray, top: int, left: int, size: int = GALLERY_CROP) -> np.ndarray:
+    return arr[top:top + size, left:left + size]
+
+
+def crops_markdown(columns: list[str], rows: list[list[bytes]], captions: list[list[str]] | None = None) -> str:
+    """A gallery of 1:1 crops: each cell holds the PNG bytes as they are (never resized) and its caption."""
+    captions = captions or [[""] * len(row) for row in rows]
+    cells = [[f"![](data:image/png;base64,{base64.b64encode(b).decode()}) {c}".rstrip() for b, c in
+              zip(row, caps, strict=True)] for row, caps in zip(rows, captions, strict=True)]
+    return markdown_table(columns, cells)
+
+
+def pair_gallery(pairs: list[tuple[bytes, bytes]]) -> str:
+    """Paired-set gallery: 1:1 crops of the LR input (upscaled, nearest, to the target's size) and the HR target,
+    where they differ most."""
+    rows = []
+    for lr_bytes, hr_bytes in pairs:
+        with Image.open(io.BytesIO(lr_bytes)) as lr_im, Image.open(io.BytesIO(hr_bytes)) as hr_im:
+            lr, hr = np.asarray(lr_im.convert("RGB")), np.asarray(hr_im.convert("RGB"))
+        lr_up = nearest_resize(lr, *hr.shape[:2])
+        top, left = busiest_window(lr_up, hr)
+        rows.append([png_bytes(np.ascontiguousarray(crop(a, top, left))) for a in (lr_up, hr)])
+    return crops_markdown(["input (LR, nearest to the target's size)", "target (HR)"], rows)
+
+
+def evaluation_gallery(result: dict, height: int = 128) -> str:
+    """The gallery of an evaluation (tasks/training/runs.py): 1:1 crops with their scores when it has captions
+    (restoration), else whole-image thumbnails (segmentation)."""
+    from pixelmill.tasks.core import storage
+
+    images = [[storage.read_bytes(u) for u in row] for row in result["gallery"]]
+    if result.get("gallery_captions"):
+        return crops_markdown(result["gallery_labels"], images, result["gallery_captions"])
+    return gallery_markdown(result["gallery_labels"], images, height=height)
 
 
 def predictions_summary(table: pa.Table, max_errors: int = 20) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pixelmill.models.unet import residual_base
+from pixelmill.tasks.reports import GALLERY_CROP, busiest_window, crop, nearest_resize
 from pixelmill.tasks.training.datasets import PairDataset, PairRecord
 from pixelmill.tasks.training.metrics import PSNR_CAP, psnr, ssim
 
@@ -28,6 +29,7 @@ class Evaluation:
     skipped: int
     baseline: str  # what "baseline" rows measure, e.g. bicubic
     gallery: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # images per row, as the objective labels them
+    gallery_captions: list[tuple[str, ...]] = field(default_factory=list)  # one per image, when crops carry scores
     report: str = ""  # extra Markdown for the report (a segmentation model's per-class table, its confusion matrix)
 
 
@@ -46,13 +48,25 @@ def scores(pred: np.ndarray, target: np.ndarray, scale: int) -> dict:
             "ssim_rgb": ssim(pred, target, crop_border=border)}
 
 
+def gallery_crops(lr: np.ndarray, base: np.ndarray, pred: np.ndarray, target: np.ndarray,
+                  size: int = GALLERY_CROP) -> tuple[tuple[np.ndarray, ...], tuple[str, ...]]:
+    """1:1 crops of (input, baseline, model, target) where model and baseline differ most, the input upscaled
+    (nearest) to the target's size; captions: each crop's Y-PSNR against the target crop."""
+    lr_up = nearest_resize(lr, *target.shape[:2])
+    top, left = busiest_window(pred, base, size)
+    crops = tuple(crop(a, top, left, size) for a in (lr_up, base, pred, target))
+    scores = (min(psnr(c, crops[-1], y_channel=True), PSNR_CAP) for c in crops[:-1])
+    return crops, (*(f"{s:.2f} dB" for s in scores), "")
+
+
 @torch.inference_mode()
 def evaluate_pairs(model: torch.nn.Module, records: list[PairRecord], scale: int, in_channels: int,
-                   device: torch.device, keep_images: int = 0) -> tuple[list[dict], list[tuple]]:
-    """Per-pair scores for model and baseline; also (input, baseline, model, target) arrays of the first few."""
+                   device: torch.device, keep_images: int = 0) -> tuple[list[dict], list[tuple], list[tuple]]:
+    """Per-pair scores for model and baseline; also gallery crops (input, baseline, model, target) of the first
+    few pairs and their captions (see `gallery_crops`)."""
     model = model.to(device).eval()
     data = PairDataset(records, scale, crop=None, train=False, in_channels=in_channels, cache_mb=0)
-    rows, gallery = [], []
+    rows, gallery, captions = [], [], []
     for i, rec in enumerate(records):
         x, y = (t.unsqueeze(0).to(device) for t in data[i])
         pred, base = model(x)[0], residual_base(x, scale, 3)[0]  # the baseline: a plain (bicubic) resize
@@ -61,8 +75,10 @@ def evaluate_pairs(model: torch.nn.Module, records: list[PairRecord], scale: int
         rows.append({"pair_id": rec.pair_id, "method": "model"} | scores(m, target, scale))
         rows.append({"pair_id": rec.pair_id, "method": "baseline"} | scores(b, target, scale))
         if i < keep_images:
-            gallery.append((to_uint8(x[0]), b, m, target))
-    return rows, gallery
+            crops, caps = gallery_crops(to_uint8(x[0]), b, m, target)
+            gallery.append(crops)
+            captions.append(caps)
+    return rows, gallery, captions
 
 
 def mean_scores(rows: list[dict], method: str) -> dict:

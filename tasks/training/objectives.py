@@ -142,9 +142,11 @@ class RestorationObjective:
         if scale != config["scale"]:
             raise PixelmillError(f"the model is a x{config['scale']} model but {source!r} holds x{scale} pairs",
                                  "evaluate it on a paired set made with a matching recipe")
-        rows, gallery = evaluate_pairs(model, records, scale, config.get("in_channels", 3), device, keep_images)
+        rows, gallery, captions = evaluate_pairs(model, records, scale, config.get("in_channels", 3), device,
+                                                 keep_images)
         means = {m: mean_scores(rows, m) for m in ("model", "baseline")}
-        return Evaluation(rows, means, len(records), skipped, "bicubic" if scale > 1 else "input", gallery)
+        return Evaluation(rows, means, len(records), skipped, "bicubic" if scale > 1 else "input", gallery,
+                          gallery_captions=captions)
 
 
 class ColorizeObjective(RestorationObjective):

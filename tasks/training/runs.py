@@ -74,4 +74,5 @@ def evaluate_registered(workspace: str, ref: str, source: str, split: str = "val
             storage.write_bytes(uri, png_bytes(image))
     return {"model": mv.ref, "task": config["task"], "evaluation_id": eid, "images": ev.images,
             "skipped": ev.skipped, "means": ev.means, "score_key": objective.score_key, "baseline": ev.baseline,
-            "gallery_labels": list(objective.gallery_labels), "gallery": uris, "report": ev.report}
+            "gallery_labels": list(objective.gallery_labels), "gallery": uris,
+            "gallery_captions": [list(c) for c in ev.gallery_captions], "report": ev.report}

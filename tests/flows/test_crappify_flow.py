@@ -81,10 +81,11 @@ def test_gallery_artifact_and_cli(tmp_path):
     ingest(str(tmp_path / "src"), dataset="gal", workspace=ws)
     result = CliRunner().invoke(app, ["crappify", "--dataset", "gal", "--recipe", "watermark", "--workspace", ws])
     assert result.exit_code == 0, result.output
-    assert "6 pairs made now" in result.output
+    assert "this run: 6 made, 0 already there" in result.output
     artifact = Artifact.get("crappify-gal-watermark")
-    assert artifact.data.count("data:image/jpeg;base64,") == 8  # 4 pairs x (input, target)
-    assert len(artifact.data) < 100_000  # thumbnails, not images
+    assert artifact.data.count("data:image/png;base64,") == 8  # 4 pairs x (input, target), 1:1 crops
+    print(f"crappify gallery artifact: {len(artifact.data)} characters")
+    assert len(artifact.data) < 400_000  # crops, not whole images
     listed = CliRunner().invoke(app, ["recipes"])
     assert listed.exit_code == 0 and "lesson7" in listed.output and "realistic" in listed.output
     bad = CliRunner().invoke(app, ["crappify", "--dataset", "gal", "--recipe", "nope", "--workspace", ws])

@@ -72,7 +72,7 @@ def test_cli_train_segmentation_and_clear_errors(scenes):
     assert result.exit_code == 0, result.output
     assert "val_miou" in result.output
     for args, message in [
-        (["train", "segmentation", "--dataset", "nope", "--name", "x"], "has 0 train images with masks"),
+        (["train", "segmentation", "--dataset", "nope", "--name", "x"], "unknown data set 'nope'"),
         (["train", "segmentation", "--dataset", "scenes", "--classes", "nosuch", "--name", "x"], "nosuch"),
         (["evaluate", "seg-cli"], "--pairs SET (restoration) or --dataset NAME"),
         (["segment", "seg-cli", "in.png", "out.jpg"], "a mask is written as PNG"),
