@@ -138,3 +138,17 @@ def print_report(report: dict) -> None:
     else:
         print("see these runs in the Prefect UI: `make ui` (runs `prefect server start` on the embedded "
               "server's database), then open http://127.0.0.1:4200/runs")
+    print("\nnext, in this shell (the CLI's default workspace is ./pixelmill-workspace, not the demo's):")
+    print("\n".join(f"  {line}" for line in next_steps(report)))
+
+
+def next_steps(report: dict) -> list[str]:
+    """Commands that work as printed after the demo: the first points the CLI at the demo's workspace."""
+    lines = [f"export PIXELMILL_WORKSPACE={report['workspace']}",
+             "pixelmill catalog show images --dataset samples",
+             f"pixelmill catalog show pairs --dataset {report['pairs']['set_name']}"]
+    if report["trained"]:
+        lines += ["pixelmill models list", "pixelmill enhance demo-sr-x2@production IMAGE OUT.png"]
+    if report.get("segmentation"):
+        lines.append("pixelmill segment demo-scenes@production IMAGE MASK.png --overlay")
+    return lines
