@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import PurePosixPath
 
 from prefect import flow, get_run_logger, unmapped
@@ -109,11 +111,40 @@ def api_url() -> str:
     return server.api_url
 
 
+@contextlib.contextmanager
+def api_for_workers(dask: str | None, url: str | None = None):
+    """Inside: task runs on a remote Dask cluster's workers report to this flow's Prefect API, which is checked
+    from the workers first. Prefect 3.9 hands each task its flow's settings, the embedded server's URL included
+    (older versions did not, and each worker started a temporary server of its own); the URL is set here all
+    the same, and when the workers cannot reach it (the embedded server listens on 127.0.0.1 only) one warning
+    says that a shared server is needed."""
+    if dask is None or dask == "local":  # a LocalCluster gets the URL in its workers' environment
+        yield
+        return
+    from distributed import Client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pixelmill.flows.console import server_is_up
+
+    url = url or api_url()
+    with Client(dask, timeout=30) as client:
+        answers = client.run(server_is_up, url, 2.0)
+    if answers and all(answers.values()):
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+        return
+    logging.getLogger("pixelmill.dask").warning(
+        "the Dask workers cannot reach the Prefect API at %s: their shard task runs go to temporary servers of "
+        "their own; to watch cluster work, run a shared Prefect server and set PREFECT_API_URL to it", url)
+    yield
+
+
 def run_crappify(dataset: str, config: CrappifyConfig, workspace: str | None = None,
                  dask: str | None = None) -> dict:
     """Run the flow on the chosen task runner (a runner is fixed per flow call, so it is chosen here)."""
     runner = task_runner_for(dask, config.workers, workspace_url(workspace))
-    return crappify.with_options(task_runner=runner)(dataset, config, workspace)
+    with api_for_workers(dask):
+        return crappify.with_options(task_runner=runner)(dataset, config, workspace)
 
 
 if __name__ == "__main__":
