@@ -16,7 +16,7 @@ from pixelmill.tasks.core.names import HASH_CHARS, STEM_MAX_BYTES, unsafe_reason
 from tests.faults.driver import Cli, audit_pairs, files_under, local, record, run_cli
 from tests.helpers import make_image
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # 25-50 s for the three on 2 busy cores
 
 # member -> the readable part of its output names (a long one is cut to leave room for the hash and extension)
 SAFE = {"ok.png": "ok", "sub/deep.png": "deep", "L" * 246 + ".png": "L" * (STEM_MAX_BYTES - HASH_CHARS - 1),

@@ -31,7 +31,7 @@ from tests.faults.driver import (
     tree,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # measured on 2 busy cores: ingest 12-20 s, crappify 30-35 s, apply 90-120 s
 # Kill points are fractions of the run's rows committed: seeded, so a failure can be replayed
 # (PIXELMILL_FAULT_SEED=... pytest tests/faults).
 SEED = int(os.environ.get("PIXELMILL_FAULT_SEED", "20250607"))

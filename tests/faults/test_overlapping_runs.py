@@ -25,7 +25,7 @@ from tests.faults.driver import (
     tree,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # 15-30 s on 2 busy cores (with the package's server and baseline: +50 s)
 
 
 def test_split_all_and_split_train_at_once(prefect, photos, baseline, tmp_path):

@@ -12,7 +12,7 @@ from tests.faults.driver import Cli, duplicates, raw_rows, record
 from tests.helpers import make_image, noise_png
 from tests.seaweed import SeaweedServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.s3]
+pytestmark = [pytest.mark.slow, pytest.mark.s3]  # 75-90 s: a 30 s outage, then ~20 s for SeaweedFS to serve
 FILES = 120
 OUTAGE_SECONDS = 30
 
