@@ -103,10 +103,12 @@ def ingest(
         check_name(dataset or dataset_name_for(source), "dataset name")
         preflight.require_source(source)
         start_prefect()
+        from pixelmill.flows.console import progress_bar
         from pixelmill.flows.ingest import ingest as ingest_flow
         from pixelmill.tasks.reports import images_markdown
 
-        summary = ingest_flow(source, dataset=dataset, workspace=workspace, config=cfg)
+        with progress_bar():
+            summary = ingest_flow(source, dataset=dataset, workspace=workspace, config=cfg)
         if _debug["verbose"]:
             typer.echo(images_markdown(summary, f"ingest {summary['dataset']}") + "\n")
         name, status = summary["dataset"], summary["status"]
@@ -142,10 +144,12 @@ def crappify(
         preflight.require_recipe(recipe)
         preflight.require_dataset(workspace, dataset)
         start_prefect()
+        from pixelmill.flows.console import progress_bar
         from pixelmill.flows.crappify import run_crappify
         from pixelmill.tasks.reports import pairs_markdown
 
-        summary = run_crappify(dataset, cfg, workspace=workspace, dask=dask)
+        with progress_bar():
+            summary = run_crappify(dataset, cfg, workspace=workspace, dask=dask)
         if _debug["verbose"]:
             typer.echo(pairs_markdown(summary, f"crappify {summary['set_name']}") + "\n")
         set_name, status = summary["set_name"], summary["status"]

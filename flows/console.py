@@ -12,6 +12,7 @@ still go to the Prefect API (the handlers on `prefect.flow_runs` and `prefect.ta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -108,6 +109,33 @@ def report_progress(what: str, done: int, total: int) -> None:
 
 def set_progress_sink(fn: ProgressSink | None) -> None:
     _sink["fn"] = fn
+
+
+@contextlib.contextmanager
+def progress_bar(console=None):
+    """A rich progress bar on stderr while a flow runs, one line per kind of work that the flow reports; nothing
+    when stderr is not a terminal (logs and pipes get the summary only)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        bars: dict[str, int] = {}
+
+        def show(what: str, done: int, total: int) -> None:
+            if what not in bars:
+                bars[what] = progress.add_task(what, total=total)
+            progress.update(bars[what], completed=done, total=total)
+
+        set_progress_sink(show)
+        try:
+            yield
+        finally:
+            set_progress_sink(None)
 
 
 def start_server(host: str, port: int, log_path: Path, timeout: float = 180.0) -> tuple[int | None, str]:

@@ -18,6 +18,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pixelmill.flows.console import report_progress
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
@@ -60,6 +61,7 @@ def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str 
     for done, future in enumerate(as_completed(futures), start=1):
         future.result()
         update_progress_artifact(progress, 100.0 * done / len(plan.shards))
+        report_progress(f"crappify {plan.set_name}: shards", done, len(plan.shards))
     if not plan.shards:
         update_progress_artifact(progress, 100.0)
 

@@ -13,6 +13,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pixelmill.flows.console import report_progress
 from pixelmill.tasks import steps
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.settings import workspace_url
@@ -51,6 +52,7 @@ def ingest(source: str, dataset: str | None = None, workspace: str | None = None
     for done, future in enumerate(as_completed(futures), start=1):
         future.result()  # a shard that failed after its retries fails the flow, with its error
         update_progress_artifact(progress, 100.0 * done / len(plan.shards))
+        report_progress(f"ingest {dataset}: shards", done, len(plan.shards))
     if not plan.shards:
         update_progress_artifact(progress, 100.0)
 
