@@ -502,6 +502,7 @@ def catalog_show(
             markdown_table,
             pairs_markdown,
             pairs_summary,
+            round_values,
         )
 
         catalog = Catalog(workspace_url(workspace))
@@ -529,8 +530,7 @@ def catalog_show(
             summary = {"rows": data.num_rows, "head": data.slice(0, 20).to_pylist()}
             cols = [c for c in data.column_names if c not in ("created_at", "uri", "metrics", "evaluation_id")]
             text = f"## {table} table ({data.num_rows} rows)\n\n" + markdown_table(
-                cols, [[r[c] if not isinstance(r[c], float) else round(r[c], 4) for c in cols]
-                       for r in data.slice(0, 20).to_pylist()])
+                cols, [[r[c] for c in cols] for r in map(round_values, data.slice(0, 20).to_pylist())])
         typer.echo(json.dumps(summary, indent=1, default=str) if as_json else text)
         typer.echo(f"\nParquet files: {catalog.table_url(table)}/*/*.parquet")
 

@@ -120,3 +120,16 @@ def test_enhance_checks_its_input_before_loading_torch(ws):
                                str(ws)], cwd=cwd, env=prefect_env(cwd / "prefect"), capture_output=True, text=True,
                               timeout=120)
         assert proc.stdout.split() == ["1", "False"], proc.stdout + proc.stderr
+
+
+def test_catalog_show_rounds_to_four_significant_digits(tmp_path):
+    from typer.testing import CliRunner
+
+    from pixelmill.flows.cli import app
+
+    Catalog(str(tmp_path)).write_part("evaluations", "m", "e", [{
+        "evaluation_id": "e", "model": "m:v1", "method": "model", "scope": "mean", "psnr_y": 29.123456789,
+        "ssim_y": 4.884244221428722e-8, "created_at": datetime.now(UTC)}])
+    result = CliRunner().invoke(app, ["catalog", "show", "evaluations", "--workspace", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "| 29.12 | 4.884e-08 |" in result.output
