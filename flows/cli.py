@@ -566,13 +566,14 @@ def demo(
     train_minutes: Annotated[float, typer.Option(help="CPU minutes to train the demo's x2 model (0: skip)")] = 2.0,
     segment_minutes: Annotated[float, typer.Option(help="CPU minutes to train the demo's segmentation model "
                                                         "(0: skip)")] = 1.0,
+    segment_steps: Annotated[int, typer.Option(help="at most this many segmentation training steps")] = 400,
 ) -> None:
     """Run the whole pipeline on built-in sample photographs, with a local folder as the bucket."""
     with user_errors():
         from pixelmill.flows.demo import demo as demo_flow
         from pixelmill.flows.demo import print_report
 
-        report = demo_flow(directory, train_minutes, segment_minutes)
+        report = demo_flow(directory, train_minutes, segment_minutes, segment_steps)
         print_report(report)
         if report["mismatches"]:
             raise typer.Exit(1)

@@ -13,6 +13,7 @@ from collections import Counter
 
 from prefect import flow
 
+from pixelmill.flows.apply import apply
 from pixelmill.flows.crappify import crappify
 from pixelmill.flows.evaluate import evaluate
 from pixelmill.flows.ingest import ingest
@@ -52,9 +53,11 @@ SCENE_COUNT = 48  # enough for a minute of training to beat the majority class c
 
 
 @flow(name="demo")
-def demo(directory: str = "./pixelmill-demo", train_minutes: float = 2.0, segment_minutes: float = 1.0) -> dict:
+def demo(directory: str = "./pixelmill-demo", train_minutes: float = 2.0, segment_minutes: float = 1.0,
+         segment_steps: int = 400) -> dict:
     """Ingest the sample bucket and check the catalog, crappify it (lesson 7 and x2), train a small x2
-    super-resolution U-Net for `train_minutes` on the CPU, evaluate it against bicubic and promote it."""
+    super-resolution U-Net for `train_minutes` on the CPU, evaluate it against bicubic, promote it and apply
+    it to the bucket; then train and check a segmentation model on synthetic scenes."""
     directory = os.path.abspath(directory)
     bucket, workspace = storage.join(directory, "bucket"), storage.join(directory, "workspace")
     expected = write_sample_photos(bucket)
@@ -74,25 +77,35 @@ def demo(directory: str = "./pixelmill-demo", train_minutes: float = 2.0, segmen
             workspace=workspace)
         evaluation = evaluate(trained["model"], sr_pairs["set_name"], split="valid", promote="production",
                               workspace=workspace)
+    applied = None
+    if trained:
+        # the nightly job in miniature: the promoted model (or, if it lost, the one just trained) over the bucket
+        ref = "demo-sr-x2@production" if evaluation["promoted"] else trained["model"]
+        applied = apply(ref, input=bucket, output=storage.join(directory, "enhanced"), workspace=workspace)
+        if applied["processed"] != summary["status"].get("ok", 0):
+            mismatches.append(f"apply: expected every ok photograph enhanced, got {applied['processed']} "
+                              f"processed and {applied['failed']} failed")
     segmentation = None
     if segment_minutes > 0:
-        segmentation = demo_segmentation(directory, workspace, segment_minutes)
+        segmentation = demo_segmentation(directory, workspace, segment_minutes, segment_steps)
         scores = segmentation["evaluation"]
         if not scores["model_scores"]["miou"] > scores["baseline_scores"]["miou"]:
             mismatches.append(f"segmentation: mean IoU {scores['model_scores']['miou']:.3f} does not beat the "
                               f"majority class's {scores['baseline_scores']['miou']:.3f}")
     return {"bucket": bucket, "workspace": workspace, "summary": summary, "pairs": pairs,
-            "trained": trained, "evaluation": evaluation, "segmentation": segmentation, "mismatches": mismatches}
+            "trained": trained, "evaluation": evaluation, "applied": applied, "segmentation": segmentation,
+            "mismatches": mismatches}
 
 
-def demo_segmentation(directory: str, workspace: str, minutes: float) -> dict:
+def demo_segmentation(directory: str, workspace: str, minutes: float, steps: int) -> dict:
     """Synthetic street scenes with exact masks (no downloads): ingest them with their masks, train a small
-    segmentation U-Net for `minutes`, and score it against always answering the majority class."""
+    segmentation U-Net for `steps` or `minutes`, whichever ends first, and score it against always answering
+    the majority class. (A step budget makes the result independent of how busy the machine is.)"""
     scenes = write_synthetic_scenes(storage.join(directory, "scenes"), SCENE_COUNT, size=(128, 96))
     ingested = ingest(scenes.images, dataset="scenes", workspace=workspace,
                       config=IngestConfig(masks=scenes.masks, split_fractions=(0.75, 0.25, 0.0)))
     trained = train("scenes", "demo-scenes", TrainConfig(
-        task="segmentation", classes="scenes", arch="unet-plain", arch_kwargs={"base": 16}, steps=100_000,
+        task="segmentation", classes="scenes", arch="unet-plain", arch_kwargs={"base": 16}, steps=steps,
         max_minutes=minutes, batch_size=8, crop=64, val_crop=None, val_every=100), workspace=workspace)
     evaluation = evaluate(trained["model"], "scenes", split="valid", promote="production", workspace=workspace)
     return {"scenes": scenes.images, "images": ingested["files"], "trained": trained, "evaluation": evaluation}
@@ -117,6 +130,12 @@ def print_report(report: dict) -> None:
             print(f"  {label:8s} Y-PSNR {m['psnr_y']:.2f} dB   Y-SSIM {m['ssim_y']:.4f}")
         print(f"  {e['promotion_reason']}")
         print(f"try it: pixelmill enhance demo-sr-x2@production IMAGE OUT.png --workspace {report['workspace']}")
+    if report.get("applied"):
+        a = report["applied"]
+        print(f"\napplied {a['model']} to the bucket: {a['processed']} photographs enhanced, {a['failed']} failed, "
+              f"{a['skipped']} skipped (already done), {a['images_per_s']} images/s")
+        print(f"  results: {a['output']}")
+        print(f"  predictions table: pixelmill catalog show predictions --workspace {report['workspace']}")
     if report.get("segmentation"):
         seg, e = report["segmentation"], report["segmentation"]["evaluation"]
         print(f"\nsegmentation model {seg['trained']['model']}: {seg['trained']['steps']} steps on {seg['images']} "

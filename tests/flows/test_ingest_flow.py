@@ -112,14 +112,16 @@ def test_summary_is_published_as_a_markdown_artifact(sample_folder, tmp_path):
     assert "broken/truncated.jpg" in artifact.data and "| ok | 15 |" in artifact.data
 
 
+@pytest.mark.timeout(1200)  # the whole pipeline in-process: 2-3 minutes alone, far more on a loaded machine
 def test_demo_checks_itself(tmp_path):
-    report = demo(str(tmp_path / "demo"), train_minutes=0.05, segment_minutes=0.5)
+    report = demo(str(tmp_path / "demo"), train_minutes=0.05, segment_minutes=10, segment_steps=80)
     assert report["mismatches"] == []
     assert report["summary"]["status"] == {"error": 4, "ok": 15}
     assert report["pairs"]["status"] == {"ok": 15}
     assert report["trained"]["model"] == "demo-sr-x2:v1" and report["trained"]["steps"] > 0
     assert report["evaluation"]["images"] >= 1
     assert report["evaluation"]["promoted"] == (report["evaluation"]["gain_psnr_y"] > 0)
+    assert report["applied"]["processed"] == 15 and report["applied"]["failed"] == 4  # the broken files
     seg = report["segmentation"]["evaluation"]
     assert seg["model_scores"]["miou"] > seg["baseline_scores"]["miou"] and seg["promoted"] is True
 
