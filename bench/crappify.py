@@ -195,8 +195,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     import prefect
     from prefect import flow, task
 
-    from pixelmill.flows.crappify import run_crappify, task_runner_for
+    from pixelmill.flows.crappify import SHARDS_IN_FLIGHT, run_crappify
     from pixelmill.flows.ingest import ingest
+    from pixelmill.flows.runners import task_runner_for
     from pixelmill.tasks.core.catalog import Catalog
     from pixelmill.tasks.core.layout import Layout
     from pixelmill.tasks.prep.crappify import CrappifyConfig
@@ -254,7 +255,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                 with shared_api_url(runner == "dask-api"):
                     if dask:
                         load = load1()
-                        startup, _ = timed(dask_startup.with_options(task_runner=task_runner_for(dask, k, ws)), k)
+                        dask_runner = task_runner_for(dask, k, ws, SHARDS_IN_FLIGHT)
+                        startup, _ = timed(dask_startup.with_options(task_runner=dask_runner), k)
                         record(f"{runner}_startup_w{k}", startup, load, images=False)
                     for t in threads_for[runner]:
                         name = f"bench-{runner}-w{k}-t{t}-{r}"

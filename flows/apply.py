@@ -17,10 +17,10 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pixelmill.flows.runners import api_for_workers, task_runner_for
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
-from pixelmill.tasks.core.errors import ConfigError
 from pixelmill.tasks.core.settings import workspace_url
 from pixelmill.tasks.inference.apply import ApplyConfig
 from pixelmill.tasks.reports import artifact_key, gallery_markdown, predictions_markdown, predictions_summary
@@ -90,28 +90,13 @@ def summary_markdown(summary: dict, rows: list[dict]) -> str:
     return f"{head}\n\n**before / after**\n\n{gallery}\n\n{body}" if shown else f"{head}\n\n{body}"
 
 
-def task_runner_for(dask: str | None, workers: int, workspace: str):
-    """Threads (shards sharing one model) by default; `dask="local"`: a LocalCluster of `workers` processes."""
-    if dask is None:
-        return ThreadPoolTaskRunner(max_workers=workers)
-    if storage.normalize_url(workspace).startswith("memory://"):
-        raise ConfigError("a memory:// workspace cannot be shared with Dask worker processes",
-                          "use a folder or bucket as the workspace, or run without --dask")
-    from prefect_dask import DaskTaskRunner
-
-    from pixelmill.flows.crappify import api_url
-
-    if dask == "local":
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                              "dashboard_address": None, "env": {"PREFECT_API_URL": api_url()}})
-    return DaskTaskRunner(address=dask)
-
-
 def run_apply(model: str, input: str, output: str, config: ApplyConfig, workspace: str | None = None,
               dask: str | None = None) -> dict:
     """Run the flow on the chosen task runner (a runner is fixed per flow call, so it is chosen here)."""
-    runner = task_runner_for(dask, config.workers, workspace_url(workspace))
-    return apply.with_options(task_runner=runner)(model, input, output, workspace, config)
+    # threads share one loaded model, so each worker thread is one shard at once
+    runner = task_runner_for(dask, config.workers, workspace_url(workspace), config.workers)
+    with api_for_workers(dask):
+        return apply.with_options(task_runner=runner)(model, input, output, workspace, config)
 
 
 if __name__ == "__main__":

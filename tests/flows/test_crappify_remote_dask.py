@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pixelmill.flows.crappify import api_for_workers
+from pixelmill.flows.runners import api_for_workers
 from tests.flows.test_cli_imports import prefect_env
 from tests.helpers import ingest_local, make_image
 
