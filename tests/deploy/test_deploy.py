@@ -423,3 +423,20 @@ def test_promotion_trigger_runs_apply_on_the_archive():
     assert rendered == {"model": "sr@production"}
     params = dep["parameters"] | rendered  # the server merges the action's parameters over the deployment's
     load_flow(dep["entrypoint"]).validate_parameters(params)
+
+
+def test_gpu_pool_examples_match_the_cpu_pool():
+    """The GPU pools are examples no deployment uses yet; moving a deployment to one must keep the workspace and
+    the heartbeat that deploy/automations.yaml relies on, and ask for the GPUs in each worker type's own terms."""
+    pools = PROJECT["definitions"]["work_pools"]
+    cpu_env = pools["pixelmill_cpu"]["job_variables"]["env"]
+    docker, k8s = pools["pixelmill_gpu_docker"], pools["pixelmill_gpu_kubernetes"]
+    for pool in (docker, k8s):
+        assert pool["job_variables"]["env"] == cpu_env, pool["name"]
+        assert pool["name"] != POOL and pool["job_variables"]["image"]
+    (request,) = docker["job_variables"]["container_create_kwargs"]["device_requests"]
+    assert request == {"Driver": "nvidia", "Count": -1, "Capabilities": [["gpu"]]}  # `docker run --gpus all`
+    assert k8s["job_variables"]["gpu_count"] >= 1
+    text = (DEPLOY / "prefect.yaml").read_text()
+    assert '"nvidia.com/gpu": "{{ gpu_count }}"' in text  # the template change that gives gpu_count a meaning
+    assert not [d["name"] for d in DEPLOYMENTS if d["work_pool"]["name"] != POOL]
