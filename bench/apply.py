@@ -1,0 +1,241 @@
+"""Apply benchmark: the same model over the same N photos, five ways in one run.
+
+    python bench/apply.py --n 200            # or --quick
+    python bench/apply.py --n 1000 --base 16
+
+  forward      pure model forward on pre-decoded tensors, one image at a time: the limit (first 200 photos)
+  bare         the obvious loop: read, decode, forward, encode (PNG, level 1 as the flow), write
+  local_1      tasks.inference.apply.apply_local, 1 worker: the flow's work without Prefect
+  flow_1       the apply flow, 1 worker
+  flow_all     the apply flow, one worker per core
+
+Photos of 0.15-0.25 MP are cut from ../shared/data/restoration (CBSD68, CSun_Hays80), or generated when that folder
+is absent. The model is an x2 restoration U-Net with random weights saved through the registry: its speed, not
+its quality, is measured. Prefect's share of wall time is (flow_1 - local_1) / flow_1: the same shards in the same
+order, with and without the flow around them; the embedded server is started before any timing.
+Peak RSS: the sum over this process and all its descendants (the embedded Prefect server included), sampled
+from /proc every 20 ms.
+Prints one JSON object on stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_with_quick, run_benchmark  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "restoration"
+MIN_PIXELS, MAX_PIXELS = 150_000, 250_000
+FORWARD_SAMPLE = 200  # pre-decoded float tensors cost 2.4 MB per photo: the limit is measured on at most these
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of `root` and every process below it."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)  # fields[1]: ppid
+        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # fields[21]: rss in pages
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+class PeakRss:
+    """The highest tree_rss seen while the `with` block runs."""
+
+    def __init__(self, every: float = 0.02):
+        self.every, self.peak = every, 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(os.getpid()))
+            self._stop.wait(self.every)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """n JPEGs of 0.15-0.25 MP: crops of the restoration photos at varying sizes and offsets (generated smooth
+    noise when the photos are absent), so that no two inputs are the same bytes."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    sources = sorted(p for p in DATA.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}) \
+        if DATA.is_dir() else []
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        pixels, aspect = rng.integers(MIN_PIXELS, MAX_PIXELS), rng.uniform(0.66, 1.5)
+        w, h = int((pixels * aspect) ** 0.5), int((pixels / aspect) ** 0.5)
+        if sources:
+            src = Image.open(sources[i % len(sources)]).convert("RGB")
+            if src.width < w or src.height < h:
+                src = src.resize((max(w, src.width), max(h, src.height)), Image.Resampling.BICUBIC)
+            x, y = rng.integers(0, src.width - w + 1), rng.integers(0, src.height - h + 1)
+            img = src.crop((x, y, x + w, y + h))
+        else:
+            noise = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+            img = Image.fromarray(noise).resize((w, h), Image.Resampling.BICUBIC).filter(ImageFilter.DETAIL)
+        path = folder / f"{i // 100:03d}" / f"photo{i:05d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def register_model(workspace: str, base: int, depth: int) -> str:
+    import torch
+
+    from pixelmill.models.factory import build_model
+    from pixelmill.tasks.core import registry
+
+    torch.manual_seed(0)
+    model = build_model({"arch": "unet-plain", "scale": 2, "base": base, "depth": depth, "residual": True})
+    config = {"task": "restoration", "scale": 2, "in_channels": 3, "input_range": [0, 1]}
+    return registry.save(workspace, "bench", model, config, {"pairs_set": "random-weights"}).ref
+
+
+def pure_forward(model, photos: list[Path]) -> float:
+    """Seconds for the model alone over every photo, decoded and converted to tensors beforehand."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pixelmill.tasks.training.datasets import to_tensor
+
+    tensors = [to_tensor(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0) for p in photos]
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for x in tensors:
+            model(x)
+    return time.perf_counter() - started
+
+
+def bare_loop(model, config: dict, photos: list[Path], out: Path) -> float:
+    import torch
+    from PIL import Image
+
+    from pixelmill.tasks.inference.apply import encode
+    from pixelmill.tasks.inference.enhance import enhance_image
+
+    started = time.perf_counter()
+    for p in photos:
+        img = Image.open(p)
+        img.load()
+        result = enhance_image(model, config, img, torch.device("cpu"))
+        target = out / p.name.replace(".jpg", ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(encode(result, "png", 92))
+    return time.perf_counter() - started
+
+
+def run(workdir: Path, args) -> dict:
+    import torch
+    from PIL import Image
+
+    from pixelmill.flows.apply import run_apply
+    from pixelmill.tasks.core import registry
+    from pixelmill.tasks.inference.apply import ApplyConfig, apply_local
+
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    photos = make_photos(workdir / "photos", args.n)
+    workspace = str(workdir / "ws")
+    ref = register_model(workspace, args.base, args.depth)
+    mv = registry.resolve(workspace, ref)
+    model, config, _ = registry.load(mv)
+    model.eval()
+    megapixels = sum(w * h for w, h in (Image.open(p).size for p in photos)) / 1e6
+
+    run_apply(ref, str(photos[0].parent), str(workdir / "warm"), ApplyConfig(limit=1), workspace=workspace)
+
+    cfg = dict(format="png", shard_size=args.shard_size)
+    ways: dict[str, dict] = {}
+
+    def measure(name: str, fn, images: int = args.n) -> None:
+        print(f"{name} ...", file=sys.stderr)
+        with PeakRss() as rss:
+            seconds = fn()
+        ways[name] = {"images": images, "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 3),
+                      "peak_rss_mib": round(rss.peak / 2**20)}
+        print(f"{name}: {ways[name]}", file=sys.stderr)
+
+    def timed(fn):
+        def go():
+            started = time.perf_counter()
+            fn()
+            return time.perf_counter() - started
+        return go
+
+    source = str(workdir / "photos")
+    measure("forward", lambda: pure_forward(model, photos[:FORWARD_SAMPLE]), min(args.n, FORWARD_SAMPLE))
+    measure("bare", lambda: bare_loop(model, config, photos, workdir / "out-bare"))
+    measure("local_1", timed(lambda: apply_local(workspace, ref, source, str(workdir / "out-local"),
+                                                 ApplyConfig(workers=1, **cfg))))
+    measure("flow_1", timed(lambda: run_apply(ref, source, str(workdir / "out-flow-1"),
+                                              ApplyConfig(workers=1, **cfg), workspace=workspace)))
+    measure("flow_all", timed(lambda: run_apply(ref, source, str(workdir / "out-flow-all"),
+                                                ApplyConfig(workers=cores, **cfg), workspace=workspace)))
+
+    best_flow = max(ways["flow_1"]["images_per_s"], ways["flow_all"]["images_per_s"])
+    return {
+        "benchmark": "apply", "images": args.n, "megapixels": round(megapixels, 1), "cores": cores,
+        "model": {"arch": "unet-plain", "scale": 2, "base": args.base, "depth": args.depth, "weights": "random"},
+        "torch": torch.__version__, "shard_size": args.shard_size, "ways": ways,
+        "ratios": {
+            "flow_all_vs_bare": round(ways["flow_all"]["images_per_s"] / ways["bare"]["images_per_s"], 3),
+            "flow_all_vs_forward": round(ways["flow_all"]["images_per_s"] / ways["forward"]["images_per_s"], 3),
+            "flow_1_vs_bare": round(ways["flow_1"]["images_per_s"] / ways["bare"]["images_per_s"], 3),
+            "best_flow_vs_forward": round(best_flow / ways["forward"]["images_per_s"], 3),
+        },
+        "prefect_share_of_wall": round((ways["flow_1"]["seconds"] - ways["local_1"]["seconds"])
+                                       / ways["flow_1"]["seconds"], 4),
+        "peak_rss_mib_max": max(w["peak_rss_mib"] for w in ways.values()),
+        "targets": {"flow_vs_bare": ">= 1.0", "flow_vs_forward": ">= 0.85", "peak_rss": "<= 1536 MiB",
+                    "prefect_share": "< 0.02"},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000, help="photos")
+    parser.add_argument("--quick", action="store_true", help="n=200")
+    parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--base", type=int, default=16, help="U-Net width")
+    parser.add_argument("--depth", type=int, default=2, help="U-Net depth")
+    parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed)")
+    args = parse_with_quick(parser, argv)
+    run_benchmark("apply", Path(args.workdir) if args.workdir else None, lambda workdir: run(workdir, args))
+
+
+if __name__ == "__main__":
+    main()
