@@ -267,8 +267,9 @@ def evaluate(
     promote: Annotated[str | None, typer.Option(help="move this alias here if the model wins")] = None,
     workspace: Workspace = None,
 ) -> None:
-    """Score a model against its baseline: PSNR/SSIM for restoration (vs bicubic or the input), mean IoU and
-    pixel accuracy for segmentation (vs the majority class)."""
+    """Score a model against its baseline: PSNR/SSIM (restoration) or mean IoU (segmentation).
+
+    Restoration is compared with bicubic (or the input), segmentation with always answering the majority class."""
     with user_errors():
         if (pairs is None) == (dataset is None):
             raise ConfigError("give the data to score on: --pairs SET (restoration) or --dataset NAME (segmentation)",
@@ -540,8 +541,9 @@ def server(
     port: Annotated[int, typer.Option(help="port of the API and UI")] = 4200,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
 ) -> None:
-    """Start a Prefect server in the background: flow commands then use it instead of starting an embedded one
-    (about 10 s each), and its UI shows their runs."""
+    """Start a Prefect server in the background for flow commands and the UI to share.
+
+    Flow commands then use it instead of starting an embedded one (about 10 s each), and its UI shows their runs."""
     with user_errors():
         from pathlib import Path
 
