@@ -46,3 +46,82 @@ def parse_with_quick(parser, argv: list[str] | None):
     if args.n < 1 or args.repeats < 1:
         parser.error("--n and --repeats must be >= 1")
     return args
+
+
+# ---- CPU seconds by process: this one, the Prefect server it started, pool and Dask children ----------------
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a live process, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def process_tree_cpu(root: int | None = None) -> dict[int, tuple[str, float]]:
+    """pid -> (role, CPU seconds so far) for `root` (default: this process) and every live descendant.
+
+    Roles: parent (root), prefect_server (the embedded server's uvicorn), forkserver, pool_child (a process
+    started by the forkserver or the parent's multiprocessing), dask (a Dask nanny, worker or scheduler),
+    other. A child that already exited is not listed: its CPU went to its parent's `cutime`.
+    """
+    root = os.getpid() if root is None else root
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _proc_stat(int(entry))):
+            stats[int(entry)] = stat
+    below, frontier = {root}, [root]
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            below.add(child)
+            frontier.append(child)
+    roles: dict[int, tuple[str, float]] = {}
+    for pid in sorted(below & stats.keys()):
+        cmd = _cmdline(pid)
+        parent_cmd = _cmdline(stats[pid][0])
+        if pid == root:
+            role = "parent"
+        elif "uvicorn" in cmd or "prefect.server" in cmd or " server start" in cmd:
+            role = "prefect_server"
+        elif "forkserver" in cmd:
+            role = "forkserver"
+        elif "distributed" in cmd or "dask" in cmd or "distributed" in parent_cmd:
+            role = "dask"
+        elif "multiprocessing" in cmd or "forkserver" in parent_cmd or stats[pid][0] == root:
+            role = "pool_child"
+        else:
+            role = "other"
+        roles[pid] = (role, stats[pid][1])
+    return roles
+
+
+def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each role spent between two `process_tree_cpu` snapshots (processes that started in
+    between count from zero), plus `pool_child_max`: the busiest single child, to see an uneven feed."""
+    spent: dict[str, float] = {}
+    busiest = 0.0
+    for pid, (role, cpu) in after.items():
+        delta = cpu - before.get(pid, (role, 0.0))[1]
+        spent[role] = spent.get(role, 0.0) + delta
+        if role == "pool_child":
+            busiest = max(busiest, delta)
+    out = {role: round(v, 2) for role, v in sorted(spent.items())}
+    if busiest:
+        out["pool_child_max"] = round(busiest, 2)
+    return out

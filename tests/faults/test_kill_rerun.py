@@ -4,9 +4,11 @@ every killed run, left `Running` by its death, is marked `Crashed` by the run af
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -49,8 +51,10 @@ def flow_run_state(prefect, run_id: str) -> dict:
 
 def kill_once(prefect, args: list[str], ws: Path, stage: str, group: str, total: int, table: str, mid_shard,
               point: float, log: Path) -> str:
-    """Start the command and kill its group once `point` of `total` rows are committed, this run has committed
-    some (so it is past start-up and planning) and `mid_shard` holds; returns the killed flow run's id."""
+    """Start the command and kill its group once it holds its lease (so it is past start-up and planning),
+    `point` of `total` rows are committed and `mid_shard(done, before, started)` holds: `before` is what earlier
+    runs committed, `started` the wall time this run began. Returns the killed flow run's id."""
+    started = time.time()
     cli = Cli(args, prefect.env(), log)
     before = committed_rows(ws, table, group)
     seen: dict[str, str] = {}
@@ -60,7 +64,7 @@ def kill_once(prefect, args: list[str], ws: Path, stage: str, group: str, total:
         if run_id:
             seen["run"] = run_id
         done = committed_rows(ws, table, group)
-        return bool(run_id) and done > before and done >= point * total and mid_shard(done)
+        return bool(run_id) and done >= point * total and mid_shard(done, before, started)
 
     assert cli.kill_when(ready), f"{stage} ended before kill point {point:.2f}: {log.read_text()[-2000:]}"
     state = flow_run_state(prefect, seen["run"])
@@ -87,7 +91,7 @@ def test_ingest_killed_three_times_then_rerun_is_the_uninterrupted_run(prefect, 
     args = ingest_args(photos, ws)
     # Shards run four at a time: when one has just committed, the others are half done.
     killed = kill_three_times(prefect, args, ws, "ingest", "d", photos.image_files, "images",
-                              mid_shard=lambda done: True, logs=tmp_path)
+                              mid_shard=lambda done, before, started: done > before, logs=tmp_path)
 
     code, out = run_cli(args, prefect.env(), tmp_path / "rerun.log")
     assert code == 0, out[-3000:]
@@ -110,7 +114,8 @@ def test_crappify_killed_three_times_then_rerun_makes_the_same_bytes(prefect, ph
     hr_files = lambda: sum(1 for _ in (ws / "datasets" / "d-lesson7").glob("*/hr/*.png"))  # noqa: E731
     # Mid-shard: pairs on disk that no committed row names yet (each kill waits for one).
     killed = kill_three_times(prefect, args, ws, "crappify", "d-lesson7", photos.pairs, "pairs",
-                              mid_shard=lambda done: hr_files() > done, logs=tmp_path)
+                              mid_shard=lambda done, before, started: done > before and hr_files() > done,
+                              logs=tmp_path)
 
     code, out = run_cli(args, prefect.env(), tmp_path / "rerun.log")
     assert code == 0, out[-3000:]
@@ -144,9 +149,20 @@ def apply_input(photos, tmp_path) -> Path:
     return folder
 
 
+def fresh_files(folder: Path, since: float) -> int:
+    """Files under `folder` written at or after `since` (one may be replaced while we look)."""
+    count = 0
+    for path in folder.rglob("*") if folder.exists() else ():
+        with contextlib.suppress(FileNotFoundError):
+            count += path.is_file() and path.stat().st_mtime >= since
+    return count
+
+
 def apply_args(ws: Path, folder: Path, out: Path) -> list[str]:
+    # One image per forward in shards of 8: a shard's outputs land one by one over most of its time, so a poll
+    # finds one mid-shard; with whole-shard batches they land within ms of the commit and a kill can miss them.
     return ["apply", "tiny", "--input", str(folder), "--output", str(out), "--workspace", str(ws), "--tile", "256",
-            "--shard-size", "3"]
+            "--shard-size", "8", "--batch-size", "1"]
 
 
 def test_apply_killed_three_times_then_rerun_writes_the_same_outputs(prefect, apply_input, tmp_path):
@@ -159,10 +175,11 @@ def test_apply_killed_three_times_then_rerun_writes_the_same_outputs(prefect, ap
     assert code == 0, text[-3000:]
 
     args, total = apply_args(ws, apply_input, out), APPLY_INPUTS + 1
-    outputs = lambda: sum(1 for p in out.rglob("*") if p.is_file()) if out.exists() else 0  # noqa: E731
-    # Mid-shard: outputs on disk that no committed row names yet (the error row has no output).
+    # Mid-shard: outputs this run wrote that no row it committed names yet (by mtime: outputs an earlier killed
+    # run left are not this run's progress).
     killed = kill_three_times(prefect, args, ws, "apply", "tiny", total, "predictions",
-                              mid_shard=lambda done: outputs() > done, logs=tmp_path)
+                              mid_shard=lambda done, before, started: fresh_files(out, started) > done - before,
+                              logs=tmp_path)
 
     code, text = run_cli(args, prefect.env(), tmp_path / "rerun.log")
     assert code == 0, text[-3000:]
