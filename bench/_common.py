@@ -99,12 +99,10 @@ def process_tree_cpu(root: int | None = None) -> dict[int, tuple[str, float]]:
             role = "parent"
         elif "uvicorn" in cmd or "prefect.server" in cmd or " server start" in cmd:
             role = "prefect_server"
-        elif "forkserver" in cmd:
-            role = "forkserver"
+        elif "forkserver" in parent_cmd or "multiprocessing" in cmd or stats[pid][0] == root:
+            role = "forkserver" if "forkserver" in cmd and "forkserver" not in parent_cmd else "pool_child"
         elif "distributed" in cmd or "dask" in cmd or "distributed" in parent_cmd:
             role = "dask"
-        elif "multiprocessing" in cmd or "forkserver" in parent_cmd or stats[pid][0] == root:
-            role = "pool_child"
         else:
             role = "other"
         roles[pid] = (role, stats[pid][1])
@@ -125,3 +123,32 @@ def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str
     if busiest:
         out["pool_child_max"] = round(busiest, 2)
     return out
+
+
+# ---- data: the shared photos when present, generated ones on a fresh machine ---------------------------------
+
+PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+def photos_or_generated(preferred: Path, scratch: Path, count: int = 68, size: tuple[int, int] = (481, 321)) -> Path:
+    """`preferred` when it holds photos; else `count` generated photo-like PNGs of `size` in `scratch`.
+
+    Generated: smooth colour fields with fine detail (upscaled noise, sharpened), so PNG decoding and encoding
+    cost about what they cost on photographs; pure noise would not compress and a flat image would be free.
+    """
+    if preferred.is_dir() and any(p.suffix.lower() in PHOTO_SUFFIXES for p in preferred.rglob("*")):
+        return preferred
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    print(f"{preferred} has no photos: generating {count} into {scratch}", file=sys.stderr, flush=True)
+    rng = np.random.default_rng(0)
+    scratch.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    for i in range(count):
+        coarse = rng.integers(0, 256, (h // 12 + 1, w // 12 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC).filter(ImageFilter.DETAIL)
+        grain = rng.normal(0, 6, (h, w, 3))
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + grain, 0, 255).astype(np.uint8))
+        img.save(scratch / f"generated{i:03d}.png")
+    return scratch

@@ -1,46 +1,52 @@
-"""Benchmark: the crappify flow (lesson7 recipe) against a plain multiprocessing.Pool loop, in the same run.
+"""Benchmark: the crappify flow (lesson7, default options) against a plain multiprocessing.Pool, in the same run.
 
-    python bench/crappify.py --quick                 # 200 images, a smoke run
-    python bench/crappify.py --n 2000                # the issue's targets (below)
-    python bench/crappify.py --runner threads --threads 2 --workers 1,2
+    python bench/crappify.py --quick                 # 200 and 600 images: a smoke run
+    python bench/crappify.py                         # 1000 and 3000 images, workers 1 and 2, threads and Dask
+    python bench/crappify.py --runner threads --workers 2 --repeats 3
 
-Targets: the flow >= 0.9 x the plain pool at equal workers; 2 workers >= 1.7 x one worker.
+Targets (issue 12), all ratios of rates measured in this run:
+- the flow >= 1.0 x the plain pool at equal processes, on the marginal rate between the two sizes (so start-up
+  costs cancel): (n2 - n1) / (t(n2) - t(n1));
+- its fixed cost, the intercept t(n1) - n1 / marginal rate, <= 3 s (the Prefect server's start is not in it);
+- scaling: the flow at k workers >= 0.9 x k x its 1-worker marginal rate;
+- Dask (`--dask local`) >= 0.8 x the default runner at the same worker count.
 
-Both sides make the same pairs from the same N images: decode the PNG, resize the short side to 96 (bilinear),
-write the drawn JPEG quality (10-70) in white at a random spot of the top-left quarter, save the JPEG at that
-quality (fastai lesson 7's `crappify`), and write the HR target, which for a PNG source is the source file's
-bytes unchanged (what the flow does, see `tasks.crappify._hr_bytes`). The pool is fastai's loop as written in
-plain PIL on a fork-context `multiprocessing.Pool(k)`. The flow runs `flows.crappify.run_crappify` on its
-default thread runner (`workers` shards at once, `threads` images at once inside a shard) and on a Dask
-LocalCluster of `workers` processes; a trivial Dask flow is timed too, to separate the cluster's start-up.
+Both sides make the same pairs from the same images, and both start cold in every measurement (a fresh Pool for
+the baseline; the flow's process pool is closed after each run). The baseline is fastai's lesson 7 loop in plain
+PIL, split into steps: read the file, decode it to RGB, resize the short side to 96 (bilinear) and write the
+drawn JPEG quality (10-70) in white in the top-left quarter, encode the JPEG at that quality, write it and the HR
+target (for a PNG source, its bytes unchanged: what the flow does too). Every flow run is checked: all pairs ok,
+and every LR and HR file byte-identical to the first flow run's (at the fewest workers).
 
-Setup is not timed: the CBSD68 PNGs are repeated to N files (each repeat with a few unique bytes after IEND,
-so the catalog sees distinct images), ingested once, and a trivial flow starts the Prefect server. Every
-measurement writes to a fresh paired-set name (so nothing is skipped) and is checked: N ok `pairs` rows for
-the flow, N LR and N HR files for the pool. One JSON object goes to stdout; progress goes to stderr.
+Also measured: CPU seconds by process (this process, the Prefect server, each pool child) for every flow run,
+and a per-step profile of one image's work, the flow's `crappify_one` against the plain loop's steps, on a sample
+in this process (cProfile: its overhead lands on both sides alike). Inputs: ../shared/data/restoration/CBSD68
+(generated photo-like PNGs when absent), repeated to N files with distinct bytes. One JSON object goes to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import cProfile
 import hashlib
 import io
 import multiprocessing as mp
 import os
 import platform
+import pstats
 import random
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from _common import parse_with_quick, run_benchmark
+from _common import cpu_by_role, photos_or_generated, process_tree_cpu, run_benchmark
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "restoration" / "CBSD68"
-TARGET_RATIO = 0.9  # flow images/s over the pool's, at equal workers
-TARGET_SPEEDUP = 1.7  # 2 workers over 1 worker
+TARGETS = {"flow_vs_pool": 1.0, "fixed_cost_seconds": 3.0, "scaling_efficiency": 0.9, "dask_vs_threads": 0.8}
 SHORT_SIDE, QUALITY, FONT_SIZE = 96, (10, 70), 11  # RECIPES["lesson7"]
+RUNNERS = ("threads", "dask")
+PROFILE_IMAGES = 200
 
 
 def log(*args) -> None:
@@ -54,9 +60,6 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-RUNNERS = ("threads", "dask", "dask-api")
-
-
 def runner_list(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
     bad = sorted(set(values) - set(RUNNERS))
@@ -67,65 +70,61 @@ def runner_list(text: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=2000, help="images to crappify (default 2000)")
-    p.add_argument("--quick", action="store_true", help="smoke run: n=200")
+    p.add_argument("--sizes", type=int_list, default=[1000, 3000],
+                   help="two image counts; rates are marginal between them (default 1000,3000)")
+    p.add_argument("--quick", action="store_true", help="smoke run: sizes 200,600, one repeat")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help=f"PNG folder (default {DEFAULT_SOURCE})")
-    p.add_argument("--workers", type=int_list, default=[1, 2], help="worker counts, e.g. 1,2 (default)")
-    p.add_argument("--threads", type=int_list, default=[1, 2],
-                   help="CrappifyConfig.threads values for the flow (images at once inside a shard; default 1,2)")
+    p.add_argument("--workers", type=int_list, default=[1, 2], help="process counts, e.g. 1,2 (default)")
     p.add_argument("--runner", type=runner_list, default=list(RUNNERS),
-                   help="flow task runners, comma-separated (default all): threads (Prefect's thread pool), "
-                        "dask (a LocalCluster, as shipped), dask-api (the same, with PREFECT_API_URL set to this "
-                        "process's ephemeral server so the Dask workers use it instead of starting their own)")
-    p.add_argument("--dask-threads", type=int_list, default=[1],
-                   help="CrappifyConfig.threads values for the Dask runners (default 1: one process per core)")
-    p.add_argument("--shard-size", type=int, default=None, help="images per task (default: CrappifyConfig's)")
-    p.add_argument("--repeats", type=int, default=1, help="run each configuration this many times, keep the best")
+                   help="flow task runners, comma-separated (default all): threads (the default runner: shards "
+                        "on threads, each in a child of one process pool), dask (a LocalCluster)")
+    p.add_argument("--repeats", type=int, default=2, help="measure everything this many times, keep the best")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
-    return parse_with_quick(p, argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats = [200, 600], 1
+    if len(args.sizes) != 2 or args.sizes[0] >= args.sizes[1]:
+        p.error("--sizes takes two counts, the smaller first")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    return args
 
 
 def build_inputs(source: Path, src: Path, n: int) -> dict:
     """Write n PNGs with distinct content into src (repeats get a unique trailer after IEND)."""
-    from pixelmill.tasks.core.images import open_image
-
     originals = sorted(f for f in source.glob("*.png") if f.is_file())
     if not originals:
         raise SystemExit(f"no PNG files in {source}; pass --source")
     src.mkdir(parents=True)
-    seen: set[str] = set()
     for i in range(n):
         orig = originals[i % len(originals)]
-        round_ = i // len(originals)
         data = orig.read_bytes()
-        if round_:
-            data += b"\x00pixelmill-bench-copy-%d\x00" % round_  # after IEND: decoders ignore it
-            if round_ == 1:  # check once per original that the trailer leaves the image decodable
-                im, facts = open_image(data)
-                if facts.format != "PNG":
-                    raise SystemExit(f"{orig}: decoded as {facts.format}, expected PNG")
-                im.close()
-        seen.add(hashlib.sha256(data).hexdigest())
+        if i >= len(originals):
+            data += b"\x00pixelmill-bench-copy-%d\x00" % (i // len(originals))  # after IEND: decoders ignore it
         (src / f"{i:06d}_{orig.name}").write_bytes(data)
-    if len(seen) != n:
-        raise SystemExit(f"only {len(seen)} distinct contents among {n} files")
-    return {"from": str(source), "real_files": len(originals), "files": n, "distinct_contents": len(seen)}
+    return {"from": str(source), "real_files": len(originals), "files": n}
 
 
-# ---- the baseline: fastai's crappify in plain PIL on a process pool ----------------------------------
+# ---- the baseline: fastai's crappify in plain PIL, one function per step ---------------------------------------
 
 _FONT = None
 
 
-def pool_one(job: tuple[str, str]) -> int:
-    """One image, as fastai's lesson 7 loop does it, plus the HR copy the flow also writes."""
+def plain_read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def plain_decode(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def plain_degrade(img, name: str):
     global _FONT
     from PIL import Image, ImageDraw, ImageFont
 
-    path, out = job
-    name = os.path.basename(path)
-    data = Path(path).read_bytes()
-    img = Image.open(io.BytesIO(data)).convert("RGB")
     w, h = img.size
     s = SHORT_SIDE  # the short side to 96, keeping the aspect (as the recipe's Downscale.output_size)
     size = (s, max(1, round(h * s / w))) if w <= h else (max(1, round(w * s / h)), s)
@@ -136,9 +135,27 @@ def pool_one(job: tuple[str, str]) -> int:
         _FONT = ImageFont.load_default(size=FONT_SIZE)
     ImageDraw.Draw(img).text((rng.randint(0, size[0] // 2), rng.randint(0, size[1] // 2)), str(q),
                              fill=(255, 255, 255), font=_FONT)
-    img.save(os.path.join(out, "lr", os.path.splitext(name)[0] + ".jpg"), format="JPEG", quality=q)
-    with open(os.path.join(out, "hr", name), "wb") as handle:
-        handle.write(data)
+    return img, q
+
+
+def plain_encode(img, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def plain_write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def plain_one(job: tuple[str, str]) -> int:
+    path, out = job
+    name = os.path.basename(path)
+    data = plain_read(path)
+    img, quality = plain_degrade(plain_decode(data), name)
+    plain_write(os.path.join(out, "lr", os.path.splitext(name)[0] + ".jpg"), plain_encode(img, quality))
+    plain_write(os.path.join(out, "hr", name), data)
     return 1
 
 
@@ -147,42 +164,93 @@ def run_pool(paths: list[str], out: Path, workers: int) -> int:
     (out / "hr").mkdir()
     chunksize = max(1, len(paths) // (workers * 16))
     with mp.get_context("fork").Pool(workers) as pool:
-        done = sum(pool.imap_unordered(pool_one, [(p, str(out)) for p in paths], chunksize=chunksize))
+        done = sum(pool.imap_unordered(plain_one, [(p, str(out)) for p in paths], chunksize=chunksize))
     lr, hr = len(os.listdir(out / "lr")), len(os.listdir(out / "hr"))
     if done != len(paths) or lr != len(paths) or hr != len(paths):
         raise SystemExit(f"pool made {done} images, {lr} LR and {hr} HR files; expected {len(paths)} each")
     return done
 
 
+# ---- per-step profile --------------------------------------------------------------------------------------
+
+# step -> the functions whose cumulative time it is (first match wins); "bookkeeping" is the rest of one image
+FLOW_STEPS = {"read": ["storage.py:read_bytes"], "decode": ["images.py:open_image", "images.py:normalize_mode"],
+              "encode": ["degrade.py:encode_jpeg", "recipes.py:encode_png"], "write": ["storage.py:write_bytes"],
+              "degrade": ["recipes.py:apply_recipe"]}
+PLAIN_STEPS = {"read": ["plain_read"], "decode": ["plain_decode"], "degrade": ["plain_degrade"],
+               "encode": ["plain_encode"], "write": ["plain_write"]}
+
+
+def cumulative(stats: pstats.Stats, wanted: list[str]) -> float:
+    total = 0.0
+    for (filename, _, func), (_, _, _, cum, _) in stats.stats.items():
+        if any(w == func or w == f"{os.path.basename(filename)}:{func}" for w in wanted):
+            total += cum
+    return total
+
+
+def step_profile(profile: cProfile.Profile, steps: dict[str, list[str]], whole: str, n: int) -> dict:
+    stats = pstats.Stats(profile)
+    ms = {step: cumulative(stats, names) for step, names in steps.items()}
+    if "encode" in ms and "degrade" in ms and whole == "crappify_one":
+        ms["degrade"] -= cumulative(stats, ["degrade.py:encode_jpeg"])  # the JPEG step encodes inside the recipe
+    per_image = cumulative(stats, [whole])
+    ms["bookkeeping"] = per_image - sum(ms.values())
+    ms["total"] = per_image
+    return {step: round(1000 * v / n, 3) for step, v in ms.items()}
+
+
+def profile_steps(src: Path, workdir: Path, n: int) -> dict:
+    """ms per image by step, the flow's crappify_one against the plain loop, on n images in this process."""
+    from datetime import UTC, datetime
+
+    from pixelmill.tasks.prep.crappify import PairJob, crappify_one
+    from pixelmill.tasks.prep.recipes import get_recipe
+
+    paths = sorted(str(p) for p in src.iterdir())[:n]
+    out, flow_out = workdir / "profile-plain", workdir / "profile-flow"
+    recipe, now = get_recipe("lesson7"), datetime.now(UTC)
+    jobs = [PairJob(f"file://{p}", hashlib.sha256(Path(p).read_bytes()).hexdigest(), "train", None, "bench")
+            for p in paths]
+    sides = {}
+    for side in ("plain", "flow", "plain", "flow"):  # interleaved; the second of each is kept
+        # New files every pass, as in a real run: replacing existing files costs more on some filesystems
+        # (ext4 flushes a file renamed or truncated over an old one).
+        for folder in (out, flow_out):
+            shutil.rmtree(folder, ignore_errors=True)
+        (out / "lr").mkdir(parents=True)
+        (out / "hr").mkdir()
+        profile = cProfile.Profile()
+        profile.enable()
+        if side == "plain":
+            for p in paths:
+                plain_one((p, str(out)))
+        else:
+            for job in jobs:
+                row = crappify_one(job, recipe, 0, "profile", f"file://{flow_out}", 10**8, now)
+                if row["status"] != "ok":
+                    raise SystemExit(f"profile: {row['error']}")
+        profile.disable()
+        sides[side] = (step_profile(profile, FLOW_STEPS, "crappify_one", n) if side == "flow"
+                       else step_profile(profile, PLAIN_STEPS, "plain_one", n))
+    shutil.rmtree(out)
+    shutil.rmtree(flow_out)
+    sides["flow_over_plain"] = round(sides["flow"]["total"] / sides["plain"]["total"], 3)
+    return {"images": n, "unit": "ms per image (cProfile, in one process)", **sides}
+
+
 # ---- measuring ----------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def shared_api_url(enabled: bool):
-    """Point child processes (Dask workers inherit the environment) at this process's ephemeral server."""
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL
-
-    if not enabled or PREFECT_API_URL.value() or "PREFECT_API_URL" in os.environ:
-        yield
-        return
-    server = SubprocessASGIServer()  # the singleton the ephemeral client started
-    if not server.running:
-        raise SystemExit("the ephemeral Prefect server is not running; cannot share its URL with Dask workers")
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        yield
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under `folder`."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def timed(fn, *args, **kwargs) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return time.perf_counter() - t0, out
-
-
-def load1() -> float:
-    return round(os.getloadavg()[0], 2)
+def marginal(n1: int, n2: int, t1: float, t2: float) -> tuple[float, float]:
+    """(images/s between the two sizes, fixed seconds: the intercept)."""
+    rate = (n2 - n1) / (t2 - t1) if t2 > t1 else float("inf")
+    return round(rate, 1), round(t1 - n1 / rate, 3)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -193,133 +261,132 @@ def main(argv: list[str] | None = None) -> dict:
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     import PIL
     import prefect
-    from prefect import flow, task
+    from prefect import flow
 
-    from pixelmill.flows.crappify import SHARDS_IN_FLIGHT, run_crappify
+    from pixelmill.flows.crappify import run_crappify
     from pixelmill.flows.ingest import ingest
-    from pixelmill.flows.runners import task_runner_for
     from pixelmill.tasks.core.catalog import Catalog
     from pixelmill.tasks.core.layout import Layout
-    from pixelmill.tasks.prep.crappify import CrappifyConfig
+    from pixelmill.tasks.prep.crappify import CrappifyConfig, auto_shard_size, close_pools
 
     loadavg_before = [round(v, 2) for v in os.getloadavg()]
-    src, ws = workdir / "src", str(workdir / "workspace")
-    log(f"building {args.n} input files in {src} ...")
-    source = build_inputs(args.source.resolve(), src, args.n)
-    paths = sorted(str(p) for p in src.iterdir())
+    ws = str(workdir / "workspace")
+    source_folder = photos_or_generated(args.source.resolve(), workdir / "generated")
+    n1, n2 = args.sizes
+    sources, paths = {}, {}
+    for n in (n1, n2):
+        log(f"building {n} input files ...")
+        sources[n] = build_inputs(source_folder, workdir / f"src{n}", n)
+        paths[n] = sorted(str(p) for p in (workdir / f"src{n}").iterdir())
 
     @flow(name="bench-warmup")
     def warmup() -> int:
         return 1
 
-    @task(name="bench-noop")
-    def noop(i: int) -> int:
-        return i
-
-    @flow(name="bench-dask-startup")
-    def dask_startup(k: int) -> int:
-        return sum(f.result() for f in noop.map(range(k)))
-
     log("starting the Prefect server (not timed) ...")
-    server_s, _ = timed(warmup)
-    log(f"ingesting {args.n} images (not timed) ...")
-    ingest_s, _ = timed(ingest, str(src), dataset="bench", workspace=ws)
-    images = Catalog(ws).read("images", "bench", columns=["status", "duplicate_of"])
-    ok = sum(1 for s, d in zip(images["status"].to_pylist(), images["duplicate_of"].to_pylist(), strict=True)
-             if s == "ok" and d is None)
-    if ok != args.n:
-        raise SystemExit(f"ingest gave {ok} ok non-duplicate images, expected {args.n}")
+    warmup()
+    for n in (n1, n2):
+        log(f"ingesting {n} images (not timed) ...")
+        ingest(str(workdir / f"src{n}"), dataset=f"bench{n}", workspace=ws)
+    log(f"profiling the steps of one image on {PROFILE_IMAGES} images ...")
+    steps = profile_steps(workdir / f"src{n1}", workdir, min(PROFILE_IMAGES, n1))
 
-    runners = args.runner
-    threads_for = {"threads": args.threads, "dask": args.dask_threads, "dask-api": args.dask_threads}
-    extra = {} if args.shard_size is None else {"shard_size": args.shard_size}
     best: dict[str, dict] = {}
-    fixed: dict[str, float] = {}
+    reference: dict[int, dict[str, str]] = {}
 
-    def record(key: str, seconds: float, load: float, images: bool = True, **info) -> None:
-        rate_text = f"{args.n / seconds:.1f} images/s, " if images else ""
-        log(f"  {key}: {seconds:.2f} s ({rate_text}load {load})")
+    def keep(key: str, seconds: float, **info) -> None:
         if key not in best or seconds < best[key]["seconds"]:
-            rate = {"images_per_s": round(args.n / seconds, 1)} if images else {}
-            best[key] = {"seconds": round(seconds, 3), **rate, "load1_before": load, **info}
+            best[key] = {"seconds": round(seconds, 3), **info}
 
     for r in range(args.repeats):
-        for k in args.workers:  # pool and flow interleaved, so load from other processes hits both alike
-            log(f"repeat {r}, workers {k}:")
-            load = load1()
-            seconds, _ = timed(run_pool, paths, workdir / f"pool-{k}-{r}", k)
-            shutil.rmtree(workdir / f"pool-{k}-{r}")
-            record(f"pool_w{k}", seconds, load)
-            for runner in runners:
-                dask = None if runner == "threads" else "local"
-                with shared_api_url(runner == "dask-api"):
-                    if dask:
-                        load = load1()
-                        dask_runner = task_runner_for(dask, k, ws, SHARDS_IN_FLIGHT)
-                        startup, _ = timed(dask_startup.with_options(task_runner=dask_runner), k)
-                        record(f"{runner}_startup_w{k}", startup, load, images=False)
-                    for t in threads_for[runner]:
-                        name = f"bench-{runner}-w{k}-t{t}-{r}"
-                        cfg = CrappifyConfig(recipe="lesson7", workers=k, threads=t, name=name, **extra)
-                        load = load1()
-                        seconds, _ = timed(run_crappify, "bench", cfg, workspace=ws, dask=dask)
-                        pairs = Catalog(ws).read("pairs", name, columns=["status", "error"])
-                        statuses = pairs["status"].to_pylist()
-                        if pairs.num_rows != args.n or statuses.count("ok") != args.n:
-                            errors = [e for e in pairs["error"].to_pylist() if e][:5]
-                            raise SystemExit(f"{name}: {pairs.num_rows} pairs rows, {statuses.count('ok')} ok; "
-                                             f"expected {args.n}. First errors: {errors}")
-                        if runner == "threads" and r == 0 and k == args.workers[0] and t == threads_for[runner][0]:
-                            # Fixed cost of a flow call: the same set again, nothing left to make
-                            # (plan, pairs table, gallery, artifacts, flow and task run bookkeeping).
-                            rerun_s, summary = timed(run_crappify, "bench", cfg, workspace=ws)
-                            if summary["made"] != 0:
-                                raise SystemExit(f"{name}: the rerun made {summary['made']} pairs, expected 0")
-                            fixed["flow_rerun_nothing_to_do_seconds"] = round(rerun_s, 3)
-                        shutil.rmtree(Layout.of(ws).paired_set(name).removeprefix("file://"), ignore_errors=True)
-                        record(f"flow_{runner}_w{k}_t{t}", seconds, load, pairs_ok=statuses.count("ok"))
+        for k in args.workers:
+            for n in (n1, n2):  # pool and flow interleaved, so load from elsewhere hits both alike
+                load = round(os.getloadavg()[0], 2)
+                t0 = time.perf_counter()
+                run_pool(paths[n], workdir / "pool", k)
+                seconds = time.perf_counter() - t0
+                shutil.rmtree(workdir / "pool")
+                log(f"repeat {r} workers {k} n {n}: pool {seconds:.2f} s ({n / seconds:.0f}/s, load {load})")
+                keep(f"pool_w{k}_n{n}", seconds, load1_before=load)
+                for runner in args.runner:
+                    name = f"bench-{runner}-w{k}-n{n}-{r}"
+                    cfg = CrappifyConfig(recipe="lesson7", workers=k, name=name)
+                    load = round(os.getloadavg()[0], 2)
+                    before = process_tree_cpu()
+                    t0 = time.perf_counter()
+                    run_crappify(f"bench{n}", cfg, workspace=ws, dask=None if runner == "threads" else "local")
+                    seconds = time.perf_counter() - t0
+                    cpu = cpu_by_role(before, process_tree_cpu())
+                    close_pools()
+                    log(f"  flow {runner}: {seconds:.2f} s ({n / seconds:.0f}/s), cpu {cpu}")
+                    pairs = Catalog(ws).read("pairs", name, columns=["status", "error"])
+                    ok = pairs["status"].to_pylist().count("ok")
+                    if pairs.num_rows != n or ok != n:
+                        errors = [e for e in pairs["error"].to_pylist() if e][:5]
+                        raise SystemExit(f"{name}: {pairs.num_rows} rows, {ok} ok; expected {n}. Errors: {errors}")
+                    folder = Path(Layout.of(ws).paired_set(name).removeprefix("file://"))
+                    digest = tree_digest(folder)
+                    reference.setdefault(n, digest)
+                    if digest != reference[n]:
+                        differ = sorted(k for k in digest.keys() | reference[n].keys()
+                                        if digest.get(k) != reference[n].get(k))
+                        raise SystemExit(f"{name}: {len(differ)} files differ from the first run's, e.g. {differ[:3]}")
+                    shutil.rmtree(folder)
+                    busy = cpu.get("pool_child", 0.0) / (seconds * k) if runner == "threads" else None
+                    keep(f"flow_{runner}_w{k}_n{n}", seconds, load1_before=load, pairs_ok=ok, cpu_seconds=cpu,
+                         **({"pool_busy": round(busy, 3)} if busy is not None else {}))
 
-    pool = {k: best[f"pool_w{k}"]["images_per_s"] for k in args.workers}
-    ratios, speedups, met = {}, {}, {}
-    k1, k2 = min(args.workers), max(args.workers)
-    if k2 > k1:
-        speedups["pool"] = round(pool[k2] / pool[k1], 3)
-    for runner in runners:
-        for t in threads_for[runner]:
-            label = f"flow_{runner}_t{t}"
-            rate = {k: best[f"flow_{runner}_w{k}_t{t}"]["images_per_s"] for k in args.workers}
-            ratios[label] = {f"w{k}": round(rate[k] / pool[k], 3) for k in args.workers}
-            met[f"{label}_ratio"] = all(v >= TARGET_RATIO for v in ratios[label].values())
-            if k2 > k1:
-                speedups[label] = round(rate[k2] / rate[k1], 3)
-                met[f"{label}_speedup"] = speedups[label] >= TARGET_SPEEDUP
-    if k2 > k1:
-        met["pool_speedup"] = speedups["pool"] >= TARGET_SPEEDUP
-    cfg = CrappifyConfig()
+    rates, fixed, ratios, scaling, dask_ratio = {}, {}, {}, {}, {}
+    for side in ["pool", *(f"flow_{r}" for r in args.runner)]:
+        for k in args.workers:
+            rate, intercept = marginal(n1, n2, best[f"{side}_w{k}_n{n1}"]["seconds"],
+                                       best[f"{side}_w{k}_n{n2}"]["seconds"])
+            rates[f"{side}_w{k}"], fixed[f"{side}_w{k}"] = rate, intercept
+    k1 = min(args.workers)
+    for k in args.workers:
+        for runner in args.runner:
+            ratios[f"flow_{runner}_w{k}"] = round(rates[f"flow_{runner}_w{k}"] / rates[f"pool_w{k}"], 3)
+        for side in ["pool", *(f"flow_{r}" for r in args.runner)]:
+            if k > k1:
+                scaling[f"{side}_w{k}"] = round(rates[f"{side}_w{k}"] / (rates[f"{side}_w{k1}"] * k / k1), 3)
+        if "dask" in args.runner and "threads" in args.runner:
+            dask_ratio[f"w{k}"] = round(rates[f"flow_dask_w{k}"] / rates[f"flow_threads_w{k}"], 3)
+    flow_keys = [f"flow_threads_w{k}" for k in args.workers if "threads" in args.runner]
+    met = {
+        "flow_vs_pool": all(ratios[key] >= TARGETS["flow_vs_pool"] for key in flow_keys),
+        "fixed_cost_seconds": all(fixed[key] <= TARGETS["fixed_cost_seconds"] for key in flow_keys),
+        "scaling_efficiency": all(v >= TARGETS["scaling_efficiency"] for key, v in scaling.items()
+                                  if key.startswith("flow_threads")),
+        "dask_vs_threads": all(v >= TARGETS["dask_vs_threads"] for v in dask_ratio.values()),
+    }
+    big = {k: best[f"flow_threads_w{k}_n{n2}"]["cpu_seconds"] for k in args.workers if "threads" in args.runner}
+    prefect_share = {f"w{k}": round((c.get("parent", 0) + c.get("prefect_server", 0)) / sum(
+        v for key, v in c.items() if key != "pool_child_max"), 4) for k, c in big.items()}
     return {
         "benchmark": "crappify",
         "recipe": "lesson7",
-        "n": args.n,
-        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "sizes": args.sizes,
         "workers": args.workers,
-        "threads": args.threads,
-        "shard_size": args.shard_size or cfg.shard_size,
+        "runners": args.runner,
         "repeats": args.repeats,
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "shard_size": {f"w{k}_n{n}": auto_shard_size(n, k) for k in args.workers for n in (n1, n2)},
         "loadavg_before": loadavg_before,
         "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-        "runs": best,
+        "marginal_images_per_s": rates,
         "ratio_flow_vs_pool": ratios,
-        "speedup_max_vs_min_workers": speedups,
-        "scaling_efficiency": {key: round(v / (k2 / k1), 3) for key, v in speedups.items()},
-        "targets": {"ratio_flow_vs_pool": TARGET_RATIO, "speedup_2_vs_1": TARGET_SPEEDUP},
+        "scaling_efficiency": scaling,
+        "ratio_dask_vs_threads": dask_ratio,
+        "fixed_cost_seconds": fixed,
+        "parent_and_server_cpu_share": prefect_share,
+        "targets": TARGETS,
         "met": met,
-        "flow_fixed_cost": fixed,
-        "notes": ("threads: `workers` shards at once x `threads` images per shard, in one process (GIL); "
-                  "dask: a LocalCluster of `workers` processes, its start-up included in flow_dask_* "
-                  "(dask_startup_w* times a trivial flow of `workers` no-op tasks on the same runner); "
-                  "dask-api: the same with PREFECT_API_URL set to this process's ephemeral server"),
-        "untimed_setup_seconds": {"server_start": round(server_s, 2), "ingest": round(ingest_s, 2)},
-        "source": source,
+        "steps_ms_per_image": steps,
+        "runs": best,
+        "notes": ("rates are marginal between the two sizes (best of the repeats for each size); cpu_seconds by "
+                  "process: parent (flow engine, plan, catalog, gallery), prefect_server, forkserver, pool_child "
+                  "(sum; pool_child_max the busiest one), dask; pool_busy: pool children's CPU over wall x workers"),
+        "source": sources[n2],
         "versions": {"python": platform.python_version(), "prefect": prefect.__version__,
                      "pillow": PIL.__version__},
     }

@@ -1,7 +1,7 @@
 """Benchmark: the ingest flow against a bare loop doing the same work, in the same run.
 
     python bench/ingest.py --quick          # 200 images, a smoke run
-    python bench/ingest.py --n 2000         # the issue's target: flow >= 0.8 x the bare loop
+    python bench/ingest.py --n 2000         # target: flow >= 0.8 x the bare loop on 8 threads
 
 Both sides list the source folder, read every file, hash it (SHA-256) and decode-validate it with the project's
 own `tasks.images.open_image`. The bare loop is the obvious single-threaded code; a second baseline runs the same
@@ -10,7 +10,8 @@ trivial flow warms it up first. Prints one JSON object on stdout; everything els
 
 Inputs are real photos from ../shared/data (CamVid train PNGs, CBSD68 PNGs, CSun_Hays80 JPEGs). When N is more
 than the real files, they are repeated, and each repeat gets a few unique bytes after the image data (PNG and
-JPEG decoders stop at IEND/EOI) so every file has distinct content, as in a real archive.
+JPEG decoders stop at IEND/EOI) so every file has distinct content, as in a real archive. Without ../shared/data
+the inputs are generated photo-like PNGs (bench/_common.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import parse_with_quick, run_benchmark
+from _common import parse_with_quick, photos_or_generated, run_benchmark
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCE_GLOBS = ("camvid/train/*.png", "restoration/CBSD68/*.png", "restoration/CSun_Hays80/*")
@@ -48,11 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_with_quick(p, argv)
 
 
-def real_files(source: Path) -> list[Path]:
+def real_files(source: Path, globs: tuple[str, ...] = SOURCE_GLOBS) -> list[Path]:
     """The real images, the source folders interleaved so that any N mixes PNG and JPEG, sizes and scenes."""
-    groups = [sorted(f for f in source.glob(pattern) if f.is_file()) for pattern in SOURCE_GLOBS]
+    groups = [sorted(f for f in source.glob(pattern) if f.is_file()) for pattern in globs]
     if not any(groups):
-        raise SystemExit(f"no images under {source} ({', '.join(SOURCE_GLOBS)}); pass --source")
+        raise SystemExit(f"no images under {source} ({', '.join(globs)}); pass --source")
     files = []
     for i in range(max(len(g) for g in groups)):
         files += [g[i] for g in groups if i < len(g)]
@@ -131,8 +132,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     cfg = IngestConfig() if args.shard_size is None else IngestConfig(shard_size=args.shard_size)
     src = workdir / "src"
     log(f"building {args.n} input files in {src} ...")
-    source = build_inputs(real_files(args.source.resolve()), src, args.n)
-    source["from"] = [str(args.source.resolve() / g) for g in SOURCE_GLOBS]
+    folder = args.source.resolve()
+    if not any(any(folder.glob(g)) for g in SOURCE_GLOBS):  # a fresh machine: photo-like PNGs, generated
+        folder = photos_or_generated(folder / "missing", workdir / "generated")
+        globs = ("*.png",)
+    else:
+        globs = SOURCE_GLOBS
+    source = build_inputs(real_files(folder, globs), src, args.n)
+    source["from"] = [str(folder / g) for g in globs]
 
     @flow(name="bench-warmup")
     def warmup() -> int:
@@ -166,7 +173,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         log(f"repeat {r}: flow {seconds:.2f} s ({args.n / seconds:.1f} images/s)")
 
     rate = {k: args.n / v for k, v in best.items()}
-    ratio = rate["flow"] / rate["bare"]
+    # The target is against the threaded loop: the flow threads too, so against one thread the ratio would
+    # mostly measure parallelism (it is reported, not judged).
+    ratio = rate["flow"] / rate["bare_threaded"]
     return {
         "benchmark": "ingest",
         "n": args.n,
@@ -182,10 +191,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         "bare_images_per_s": round(rate["bare"], 1),
         "bare_threaded_images_per_s": round(rate["bare_threaded"], 1),
         "flow_images_per_s": round(rate["flow"], 1),
-        "ratio_flow_vs_bare": round(ratio, 3),
-        "ratio_flow_vs_bare_threaded": round(rate["flow"] / rate["bare_threaded"], 3),
+        "ratio_flow_vs_bare_threaded": round(ratio, 3),
+        "ratio_flow_vs_bare_single_thread": round(rate["flow"] / rate["bare"], 3),
         "ratio_flow_vs_bare_per_repeat": [round(p["bare"] / p["flow"], 3) for p in paired],
         "ratio_flow_vs_bare_threaded_per_repeat": [round(p["bare_threaded"] / p["flow"], 3) for p in paired],
+        "target": f"flow >= {TARGET_RATIO} x the bare loop on {BARE_THREADS} threads",
         "target_ratio": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
         "server_start_excluded": True,

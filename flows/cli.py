@@ -128,8 +128,10 @@ def crappify(
     split: Annotated[str, typer.Option(help="train, valid, test or all")] = "all",
     name: Annotated[str | None, typer.Option(help="paired set name (default: DATASET-RECIPE)")] = None,
     seed: Annotated[int, typer.Option(help="global seed")] = 0,
-    workers: Annotated[int, typer.Option(help="shards at once (threads, or Dask worker processes)")] = 2,
-    shard_size: Annotated[int, typer.Option(help="images per task")] = 64,
+    workers: Annotated[int | None, typer.Option(help="processes making pairs (default: this machine's cores; "
+                                                     "with --dask, the LocalCluster's workers)")] = None,
+    shard_size: Annotated[int | None, typer.Option(help="images per task (default: about 4 tasks per worker, "
+                                                        "16 to 1024 images each)")] = None,
     dask: Annotated[str | None, typer.Option(help="'local' for a Dask LocalCluster, or a scheduler address")]
     = None,
     workspace: Workspace = None,
@@ -139,8 +141,8 @@ def crappify(
         from pixelmill.flows import preflight
         from pixelmill.tasks.prep.crappify import CrappifyConfig
 
-        cfg = CrappifyConfig(recipe=recipe, split=split, name=name, seed=seed, workers=workers,
-                             shard_size=shard_size)
+        cfg = CrappifyConfig(recipe=recipe, split=split, name=name, seed=seed, shard_size=shard_size,
+                             **({"workers": workers} if workers is not None else {}))
         preflight.require_recipe(recipe)
         preflight.require_dataset(workspace, dataset)
         start_prefect()

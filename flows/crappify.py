@@ -7,26 +7,29 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import PurePosixPath
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pixelmill.flows.console import report_progress
-from pixelmill.flows.runners import api_for_workers, task_runner_for
+from pixelmill.flows.runners import api_for_workers, in_window, task_runner_for
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.settings import workspace_url
-from pixelmill.tasks.prep.crappify import CrappifyConfig
+from pixelmill.tasks.prep.crappify import CrappifyConfig, start_pool
 from pixelmill.tasks.reports import artifact_key, pair_gallery, pairs_markdown, pairs_summary
 
 GALLERY_PAIRS = 4
-SHARDS_IN_FLIGHT = 2  # on threads: enough to keep the process pool busy while one shard writes its part
+
+
+def shards_in_flight(workers: int) -> int:
+    return 2 * workers
 
 
 def run_name() -> str:
@@ -37,12 +40,19 @@ def run_name() -> str:
     return f"crappify-{params['dataset']}-{PurePosixPath(recipe).stem}"
 
 
-@flow(name="crappify", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_IN_FLIGHT))
+# The flow bounds the shards in flight itself (`in_window`), so a deployment's run needs no runner settings.
+@flow(name="crappify", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner())
 def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str | None = None) -> dict:
     """Make (HR target, LR input) pairs with a named degradation recipe; reruns only make missing pairs."""
     logger = get_run_logger()
     config = config or CrappifyConfig()
     workspace = workspace_url(workspace)
+    # On threads, each shard runs whole in a child of one local process pool of `workers`, started now so that
+    # its start overlaps the planning; on Dask, the workers are the processes.
+    on_threads = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
+    processes = config.workers if on_threads else 0
+    if processes and not workspace.startswith("memory://"):
+        start_pool(processes)
 
     plan = steps.plan_crappify(workspace, dataset, config)
     steps.watch_run("crappify", plan.set_name, workspace)  # before any work: a run killed with -9 is marked by the next
@@ -52,11 +62,9 @@ def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str 
 
     progress = create_progress_artifact(0.0, key=artifact_key("crappify-progress", plan.set_name),
                                         description=f"crappify {plan.set_name}: shards done")
-    # On threads, shards feed one local process pool of `workers`; on Dask, the workers are the processes.
-    on_threads = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
-    futures = steps.crappify_shard.map(plan.shards, workspace=unmapped(workspace), cfg=unmapped(config),
-                                       processes=unmapped(config.workers if on_threads else 1))
-    for done, future in enumerate(as_completed(futures), start=1):
+    # Two shards per worker in flight: one running, one queued for when it ends.
+    submit = functools.partial(steps.crappify_shard.submit, workspace=workspace, cfg=config, processes=processes)
+    for done, future in enumerate(in_window(submit, plan.shards, shards_in_flight(config.workers)), start=1):
         future.result()
         update_progress_artifact(progress, 100.0 * done / len(plan.shards))
         report_progress(f"crappify {plan.set_name}: shards", done, len(plan.shards))
@@ -79,11 +87,10 @@ def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str 
     return summary
 
 
-
 def run_crappify(dataset: str, config: CrappifyConfig, workspace: str | None = None,
                  dask: str | None = None) -> dict:
     """Run the flow on the chosen task runner (a runner is fixed per flow call, so it is chosen here)."""
-    runner = task_runner_for(dask, config.workers, workspace_url(workspace), SHARDS_IN_FLIGHT)
+    runner = task_runner_for(dask, config.workers, workspace_url(workspace), shards_in_flight(config.workers))
     with api_for_workers(dask):
         return crappify.with_options(task_runner=runner)(dataset, config, workspace)
 

@@ -6,12 +6,18 @@ crappify and apply choose here; a runner is fixed per flow call, so the `run_*` 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def task_runner_for(dask: str | None, workers: int, workspace: str, threads: int):
@@ -30,6 +36,21 @@ def task_runner_for(dask: str | None, workers: int, workspace: str, threads: int
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                                               "dashboard_address": None, "env": {"PREFECT_API_URL": api_url()}})
     return DaskTaskRunner(address=dask)
+
+
+def in_window(submit: Callable[[T], PrefectFuture], items: Iterable[T], window: int) -> Iterator[PrefectFuture]:
+    """Submit `items` with at most `window` in flight, yielding each future as it completes.
+
+    The bound is the flow's, not the task runner's, so it holds on any runner (a deployment's default thread
+    pool, Dask): no more task runs show Running than do work, and finished shards free their memory.
+    """
+    items = iter(items)
+    running = [submit(item) for item in itertools.islice(items, max(1, window))]
+    while running:
+        done = next(as_completed(running))
+        running.remove(done)
+        running.extend(submit(item) for item in itertools.islice(items, 1))
+        yield done
 
 
 def api_url() -> str:

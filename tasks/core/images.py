@@ -76,7 +76,8 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image
     rotated = False
     try:
         rotated = im.getexif().get(0x0112, 1) not in (0, 1)
-        im = ImageOps.exif_transpose(im)
+        if rotated:  # exif_transpose copies the whole image even when there is nothing to turn
+            im = ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block should not cost us a good image
         pass
     return im, ImageFacts(im.width, im.height, fmt, mode, rotated)

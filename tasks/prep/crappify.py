@@ -18,7 +18,9 @@ import hashlib
 import json
 import multiprocessing
 import os
+import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -50,9 +52,13 @@ class CrappifyConfig(BaseModel):
     split: Split = "all"
     name: str | None = Field(None, description="paired set name (default: {dataset}-{recipe})")
     seed: int = Field(0, description="global seed, mixed with each image's hash and the recipe's hash")
-    shard_size: int = Field(64, ge=1, le=10_000, description="images per task")
-    workers: int = Field(2, ge=1, le=512, description="processes making pairs (a local pool, or Dask workers)")
-    threads: int = Field(2, ge=1, le=64, description="threads inside a shard when it runs in one process")
+    shard_size: int | None = Field(None, ge=1, le=10_000,
+                                   description="images per task (default: auto_shard_size)")
+    workers: int = Field(default_factory=lambda: usable_cores(), ge=1, le=512,
+                         description="processes making pairs: a local pool (default: this machine's cores), "
+                                     "or Dask workers")
+    threads: int = Field(1, ge=1, le=64, description="threads inside a process making pairs (more overlap the "
+                                                     "reads and writes of slow storage with the image work)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
 
     def load_recipe(self) -> Recipe:
@@ -107,6 +113,23 @@ def select_images(catalog: Catalog, dataset: str, split: Split) -> list[PairJob]
     return sorted(jobs, key=lambda j: j.image_uri)
 
 
+# Measured (bench/README.md): a shard costs Prefect about 55 ms of CPU (its task run in this process and on
+# the server) and a pair about 7 ms. 4 shards per worker keep the tail short (all workers end within about a
+# shard of each other); 1024 pairs a shard keep Prefect under 1% of a large run; 16 a shard keep small runs
+# from paying a task run per handful of images.
+SHARDS_PER_WORKER, MIN_SHARD, MAX_SHARD = 4, 16, 1024
+
+
+def auto_shard_size(images: int, workers: int) -> int:
+    """Images per shard: about SHARDS_PER_WORKER shards per worker, within [MIN_SHARD, MAX_SHARD]."""
+    return max(MIN_SHARD, min(MAX_SHARD, -(-images // (SHARDS_PER_WORKER * workers))))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def plan_crappify(catalog: Catalog, dataset: str, cfg: CrappifyConfig) -> CrappifyPlan:
     recipe = cfg.load_recipe()
     set_name = check_name(cfg.name or f"{dataset}-{recipe.name}", "paired set name")
@@ -124,8 +147,9 @@ def plan_crappify(catalog: Catalog, dataset: str, cfg: CrappifyConfig) -> Crappi
     done = {p for p, status in zip(made["pair_id"].to_pylist(), made["status"].to_pylist(), strict=True)
             if status == "ok"}
     todo = [j for j in jobs if pair_id(j.image_sha256, recipe.recipe_hash, cfg.seed) not in done]
+    size = cfg.shard_size or auto_shard_size(len(todo), cfg.workers)
     shards = [CrappifyShard(set_name, shard_id(set_name, recipe.recipe_hash, cfg.seed, [j.image_sha256 for j in chunk]),
-                            recipe, cfg.seed, chunk) for chunk in chunks(todo, cfg.shard_size)]
+                            recipe, cfg.seed, chunk) for chunk in chunks(todo, size)]
     return CrappifyPlan(set_name, recipe, shards, existing=len(jobs) - len(todo))
 
 
@@ -198,47 +222,88 @@ def check_writable(folder: str) -> None:
     storage.remove(probe)
 
 
+_pools: dict[tuple, ProcessPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
 def image_pool(processes: int) -> ProcessPoolExecutor:
     """One pool per process, for its lifetime: started once (about a second), shared by all shards in flight.
 
     forkserver, not fork: children start from a clean process instead of a copy of Prefect's threads and
     locks. Processes, not threads: about 4 ms of each image's work is Python that holds the GIL.
+    Children fork from the forkserver, whose environment is the one it started with: they get today's storage
+    settings (endpoint, credentials, retry budget), and a change of those starts a new pool.
     """
-    settings = sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "PIXELMILL_")))
-    return _pool(processes, tuple(settings))
+    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "PIXELMILL_"))))
+    with _pools_lock:
+        pool = _pools.get((processes, settings))
+        if pool is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["pixelmill.tasks.prep.crappify"])
+            pool = _pools[processes, settings] = ProcessPoolExecutor(
+                processes, mp_context=context, initializer=_use_env, initargs=(dict(settings),))
+        return pool
 
 
-@functools.cache
-def _pool(processes: int, storage_env: tuple) -> ProcessPoolExecutor:
-    # Children fork from the forkserver, whose environment is the one it started with: hand them today's
-    # storage settings (endpoint, credentials, retry budget), and start a new pool when those change.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pixelmill.tasks.prep.crappify"])
-    return ProcessPoolExecutor(processes, mp_context=context, initializer=_use_env, initargs=(dict(storage_env),))
+def start_pool(processes: int) -> None:
+    """Start the pool's processes now, so that their start-up (about a second) overlaps other work."""
+    pool = image_pool(processes)
+    for _ in range(processes):  # a pool starts one process per job submitted while none is idle
+        pool.submit(int)
+
+
+def close_pools() -> None:
+    """Stop this process's pools; the next shard starts a new one (benchmarks time both sides cold)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.shutdown(wait=True)
+
+
+def _forget_pool(pool: ProcessPoolExecutor) -> None:
+    with _pools_lock:
+        for key, value in list(_pools.items()):
+            if value is pool:
+                del _pools[key]
 
 
 def _use_env(env: dict) -> None:
     os.environ.update(env)
 
 
-def crappify_shard(shard: CrappifyShard, workspace: str, cfg: CrappifyConfig, processes: int = 1) -> ShardResult:
+def crappify_shard(shard: CrappifyShard, workspace: str, cfg: CrappifyConfig, processes: int = 0) -> ShardResult:
     """Make a shard's pairs, then write its catalog part.
 
-    processes > 1 spreads the images over this machine's shared process pool; otherwise they run here on
-    cfg.threads threads (reads and writes overlap). memory:// storage stays in this process: other
+    processes >= 1: the whole shard, catalog part included, runs in one child of this machine's shared pool of
+    `processes`, so this process only waits (it sends one small job per shard and gets back one count) and a
+    child that finishes a shard takes the next queued one at once. Otherwise the shard runs here on cfg.threads
+    threads (a Dask worker is already a process of its own). memory:// storage stays in this process: other
     processes cannot see it.
     """
+    in_memory = any(storage.normalize_url(u).startswith("memory://")
+                    for u in (workspace, *(j.image_uri for j in shard.jobs)))
+    if processes < 1 or in_memory:
+        return make_shard(shard, workspace, cfg)
+    pool = image_pool(processes)
+    try:
+        return pool.submit(make_shard, shard, workspace, cfg).result()
+    except BrokenProcessPool:  # a child died (OOM killer, kill -9): the task's retry gets a fresh pool
+        _forget_pool(pool)
+        raise
+
+
+def make_shard(shard: CrappifyShard, workspace: str, cfg: CrappifyConfig) -> ShardResult:
+    """The shard's pairs on cfg.threads threads (reads and writes overlap the image work), then its part."""
     now = datetime.now(UTC)
     set_root = Layout.of(workspace).paired_set(shard.set_name)
     make = functools.partial(crappify_one, recipe=shard.recipe, global_seed=shard.seed, set_name=shard.set_name,
                              set_root=set_root, max_pixels=cfg.max_pixels, now=now)
-    in_memory = any(storage.normalize_url(u).startswith("memory://")
-                    for u in (workspace, *(j.image_uri for j in shard.jobs)))
-    if processes > 1 and not in_memory:
-        rows = list(image_pool(processes).map(make, shard.jobs, chunksize=4))
-    else:
+    if cfg.threads > 1:
         with ThreadPoolExecutor(cfg.threads) as pool:
             rows = list(pool.map(make, shard.jobs))
+    else:
+        rows = [make(job) for job in shard.jobs]
     if any((r["error"] or "").startswith(WRITE_FAILED) for r in rows):
         check_writable(set_root)
     return commit_shard(Catalog(workspace), "pairs", shard.set_name, shard.shard_id, rows)

@@ -226,7 +226,9 @@ class Jpeg(Op):
         data = encode_jpeg(img, quality)
         if ctx is not None:
             ctx["jpeg_bytes"] = data
-        return Image.open(io.BytesIO(data)).convert(img.mode), {"quality": quality}
+        # Decoded lazily: when this is the last step (the usual case) only the size is ever read.
+        out = Image.open(io.BytesIO(data))
+        return (out if out.mode == img.mode else out.convert(img.mode)), {"quality": quality}
 
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
@@ -291,11 +293,16 @@ class Watermark(Op):
         else:
             x_max, y_max = max(0, w - right), max(0, h - bottom)
         x, y = _integer(rng, (0, x_max)), _integer(rng, (0, y_max))
-        # The text is drawn as an alpha mask and blended with one solid colour: the same result as
-        # alpha-compositing an RGBA text layer, and it works for "L" images unchanged.
-        mask = Image.new("L", img.size, 0)
-        ImageDraw.Draw(mask).text((x, y), text, fill=round(255 * opacity), font=font)
-        out = Image.composite(Image.new(img.mode, img.size, fill), img, mask)
+        alpha = round(255 * opacity)
+        if alpha == 255:  # opaque: drawing straight on the image gives the same bytes without two full-size layers
+            out = img.copy()
+            ImageDraw.Draw(out).text((x, y), text, fill=fill, font=font)
+        else:
+            # The text is drawn as an alpha mask and blended with one solid colour: the same result as
+            # alpha-compositing an RGBA text layer, and it works for "L" images unchanged.
+            mask = Image.new("L", img.size, 0)
+            ImageDraw.Draw(mask).text((x, y), text, fill=alpha, font=font)
+            out = Image.composite(Image.new(img.mode, img.size, fill), img, mask)
         box = [x + left, y + top, x + right, y + bottom]  # every changed pixel lies inside
         return out, {"text": text, "size": size, "opacity": opacity, "fill": list(fill),
                      "x": x, "y": y, "box": box}

@@ -385,3 +385,22 @@ def test_reads_ride_out_an_s3_server_restart(tmp_path, monkeypatch):
         assert result["files"] == {name: FILES[name] for name in ORDER}
     finally:
         server.stop()
+
+
+def test_a_write_that_cannot_be_renamed_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "taken").mkdir()  # a folder where the file should go: the rename fails, after the write
+    with pytest.raises(OSError):
+        storage.write_bytes(str(tmp_path / "taken"), b"data")
+    assert os.listdir(tmp_path) == ["taken"] and os.listdir(tmp_path / "taken") == []
+
+
+def test_local_reads_and_writes_resolve_like_fsspec(tmp_path):
+    """The local fast path must name the same file fsspec would, odd characters included."""
+    import fsspec
+
+    for name in ("a b.png", "c%20d.png", "日本.png", "q?x=1#f.png"):
+        url = f"file://{tmp_path}/sub/{name}"
+        storage.write_bytes(url, name.encode())
+        fs, path = fsspec.core.url_to_fs(url)
+        assert storage.resolve(url)[1] == path and fs.cat_file(path) == name.encode()
+        assert storage.read_bytes(url) == name.encode()

@@ -217,3 +217,48 @@ def test_a_rerun_retries_error_pairs_and_the_ok_row_replaces_the_error(photos):
     assert {r["status"] for r in catalog.read("pairs", "d-sr-x2").to_pylist()} == {"ok"}  # before compaction too
     assert catalog.compact("pairs", "d-sr-x2") == 1
     assert sum(t.num_rows for _, t in catalog.read_parts("pairs", "d-sr-x2")) == 7
+
+
+def test_shard_size_follows_the_work_and_the_workers():
+    from pixelmill.tasks.prep.crappify import MAX_SHARD, MIN_SHARD, SHARDS_PER_WORKER, auto_shard_size
+
+    assert auto_shard_size(10, 2) == MIN_SHARD  # small runs: one task, not one per handful of images
+    assert auto_shard_size(1000, 2) == 125  # 4 shards per worker
+    assert -(-1000 // auto_shard_size(1000, 2)) == SHARDS_PER_WORKER * 2
+    assert auto_shard_size(10**6, 2) == MAX_SHARD  # huge runs: bounded retry and memory per shard
+    assert auto_shard_size(1001, 1) == 251  # rounded up: never a fifth, tiny shard
+
+
+def test_defaults_use_every_core_and_plan_shards_for_them(photos):
+    config = CrappifyConfig()
+    assert config.workers == len(os.sched_getaffinity(0)) and config.shard_size is None
+    plan = plan_crappify(Catalog(photos), "d", CrappifyConfig(workers=1))
+    assert [len(s.jobs) for s in plan.shards] == [7]  # 7 images: one shard of at most MIN_SHARD
+    plan = plan_crappify(Catalog(photos), "d", CrappifyConfig(workers=1, shard_size=3))
+    assert [len(s.jobs) for s in plan.shards] == [3, 3, 1]
+
+
+def test_a_pool_whose_child_died_is_replaced_for_the_retry(photos):
+    """kill -9 of a pool child (the OOM killer's way) fails that shard with BrokenProcessPool; the task's retry
+    must get a fresh pool, not the broken one again."""
+    import signal
+    import time
+    from concurrent.futures.process import BrokenProcessPool
+
+    from pixelmill.tasks.prep.crappify import close_pools, image_pool, start_pool
+
+    close_pools()
+    config = CrappifyConfig(recipe="lesson7", name="broken-pool", workers=2)
+    plan = plan_crappify(Catalog(photos), "d", config)
+    start_pool(2)
+    pool = image_pool(2)
+    deadline = time.time() + 60
+    while len(pool._processes) < 2 and time.time() < deadline:  # noqa: SLF001  (the children to kill)
+        time.sleep(0.05)
+    for pid in list(pool._processes):  # noqa: SLF001
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(BrokenProcessPool):
+        crappify_shard(plan.shards[0], photos, config, processes=2)
+    result = crappify_shard(plan.shards[0], photos, config, processes=2)  # the retry
+    assert image_pool(2) is not pool and result.counts == {"ok": 7}
+    close_pools()

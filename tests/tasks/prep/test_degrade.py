@@ -429,3 +429,22 @@ def test_derive_seed_is_deterministic_63_bit_and_depends_on_each_input():
     others = {derive_seed("cd" * 32, "0123456789abcdef", 0), derive_seed("ab" * 32, "fedcba9876543210", 0),
               derive_seed("ab" * 32, "0123456789abcdef", 1)}
     assert base not in others and len(others) == 3
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("color", ["white", "black", "random"])
+def test_opaque_watermark_is_the_same_bytes_as_the_blended_one(mode, color):
+    """Opacity 1 draws straight on the image (cheaper); it must equal the mask-and-blend path it skips."""
+    from PIL import ImageDraw
+
+    from pixelmill.tasks.prep.degrade import _font
+
+    for seed in range(6):
+        img = make_image().convert(mode)
+        out, params = Watermark(text="random", size=(11, 40), opacity=(1, 1), color=color).apply(img, rng(seed))
+        fill = tuple(params["fill"])
+        mask = Image.new("L", img.size, 0)
+        ImageDraw.Draw(mask).text((params["x"], params["y"]), params["text"], fill=255, font=_font(params["size"]))
+        blended = Image.composite(Image.new(mode, img.size, fill), img, mask)
+        assert out.mode == mode and out.tobytes() == blended.tobytes()
+        assert out.tobytes() != img.tobytes()  # it did draw
