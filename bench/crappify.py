@@ -35,6 +35,7 @@ import os
 import platform
 import pstats
 import random
+import resource
 import shutil
 import sys
 import time
@@ -247,6 +248,11 @@ def tree_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def marginal(n1: int, n2: int, t1: float, t2: float) -> tuple[float, float]:
     """(images/s between the two sizes, fixed seconds: the intercept)."""
     rate = (n2 - n1) / (t2 - t1) if t2 > t1 else float("inf")
@@ -302,12 +308,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         for k in args.workers:
             for n in (n1, n2):  # pool and flow interleaved, so load from elsewhere hits both alike
                 load = round(os.getloadavg()[0], 2)
+                children = children_cpu()
                 t0 = time.perf_counter()
                 run_pool(paths[n], workdir / "pool", k)
                 seconds = time.perf_counter() - t0
+                cpu = {"pool_child": round(children_cpu() - children, 2)}  # the Pool's children, all waited for
                 shutil.rmtree(workdir / "pool")
-                log(f"repeat {r} workers {k} n {n}: pool {seconds:.2f} s ({n / seconds:.0f}/s, load {load})")
-                keep(f"pool_w{k}_n{n}", seconds, load1_before=load)
+                log(f"repeat {r} workers {k} n {n}: pool {seconds:.2f} s ({n / seconds:.0f}/s, load {load}), "
+                    f"cpu {cpu}")
+                keep(f"pool_w{k}_n{n}", seconds, load1_before=load, cpu_seconds=cpu,
+                     pool_busy=round(cpu["pool_child"] / (seconds * k), 3))
                 for runner in args.runner:
                     name = f"bench-{runner}-w{k}-n{n}-{r}"
                     cfg = CrappifyConfig(recipe="lesson7", workers=k, name=name)
@@ -336,12 +346,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                     keep(f"flow_{runner}_w{k}_n{n}", seconds, load1_before=load, pairs_ok=ok, cpu_seconds=cpu,
                          **({"pool_busy": round(busy, 3)} if busy is not None else {}))
 
-    rates, fixed, ratios, scaling, dask_ratio = {}, {}, {}, {}, {}
+    rates, fixed, ratios, scaling, dask_ratio, child_ms = {}, {}, {}, {}, {}, {}
     for side in ["pool", *(f"flow_{r}" for r in args.runner)]:
         for k in args.workers:
-            rate, intercept = marginal(n1, n2, best[f"{side}_w{k}_n{n1}"]["seconds"],
-                                       best[f"{side}_w{k}_n{n2}"]["seconds"])
+            small, large = best[f"{side}_w{k}_n{n1}"], best[f"{side}_w{k}_n{n2}"]
+            rate, intercept = marginal(n1, n2, small["seconds"], large["seconds"])
             rates[f"{side}_w{k}"], fixed[f"{side}_w{k}"] = rate, intercept
+            if side != "flow_dask":  # a LocalCluster's workers are gone (uncounted) when the flow returns
+                spent = large["cpu_seconds"]["pool_child"] - small["cpu_seconds"]["pool_child"]
+                child_ms[f"{side}_w{k}"] = round(1000 * spent / (n2 - n1), 3)
     k1 = min(args.workers)
     for k in args.workers:
         for runner in args.runner:
@@ -379,13 +392,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         "ratio_dask_vs_threads": dask_ratio,
         "fixed_cost_seconds": fixed,
         "parent_and_server_cpu_share": prefect_share,
+        "child_cpu_ms_per_image": child_ms,
         "targets": TARGETS,
         "met": met,
         "steps_ms_per_image": steps,
         "runs": best,
         "notes": ("rates are marginal between the two sizes (best of the repeats for each size); cpu_seconds by "
                   "process: parent (flow engine, plan, catalog, gallery), prefect_server, forkserver, pool_child "
-                  "(sum; pool_child_max the busiest one), dask; pool_busy: pool children's CPU over wall x workers"),
+                  "(sum; pool_child_max the busiest one), dask; pool_busy: pool children's CPU over wall x workers; "
+                  "child_cpu_ms_per_image: the marginal CPU of the processes making pairs, per pair; every flow "
+                  "run's end waits up to 1 s for Prefect's flow-run heartbeat thread (it sleeps in 1 s steps)"),
         "source": sources[n2],
         "versions": {"python": platform.python_version(), "prefect": prefect.__version__,
                      "pillow": PIL.__version__},
