@@ -32,6 +32,7 @@ from tests.faults.driver import (
     run_cli,
     tree,
 )
+from tests.helpers import noise_png
 
 pytestmark = pytest.mark.slow  # measured on 2 busy cores: ingest 12-20 s, crappify 30-35 s, apply 90-120 s
 # Kill points are fractions of the run's rows committed: seeded, so a failure can be replayed
@@ -140,11 +141,12 @@ APPLY_INPUTS = 24
 
 @pytest.fixture
 def apply_input(photos, tmp_path) -> Path:
-    """Twenty-four of the photos (the model's work is the slow part) and a broken file (an error row)."""
+    """Twenty-four images of 2-4 tiles and a broken file (an error row). Large enough that a shard's outputs
+    land over a few hundred ms: on 64 px images a whole shard took ~40 ms and the kill could miss it."""
     folder = tmp_path / "in"
     folder.mkdir()
-    for path in sorted(p for p in photos.folder.iterdir() if p.name.startswith(("noise", "photo")))[:APPLY_INPUTS]:
-        shutil.copy(path, folder / path.name)
+    for i in range(APPLY_INPUTS):
+        (folder / f"noise{i:02d}.png").write_bytes(noise_png(280 + 9 * i, 200 + 5 * i, seed=2000 + i))
     shutil.copy(photos.folder / "truncated.jpg", folder / "truncated.jpg")
     return folder
 
