@@ -107,8 +107,8 @@ def plan_crappify(workspace: str, dataset: str, cfg: crappify.CrappifyConfig) ->
 
 @task(name="crappify_shard", task_run_name="crappify-{shard.set_name}-{shard.shard_id}", **SHARD_RETRIES)
 def crappify_shard(shard: crappify.CrappifyShard, workspace: str, cfg: crappify.CrappifyConfig,
-                   processes: int = 1) -> ShardResult:
-    """Make a shard's pairs and write its catalog part."""
+                   processes: int = 0) -> ShardResult:
+    """Make a shard's pairs and write its catalog part (in a pool of `processes` children, or here when 0)."""
     return crappify.crappify_shard(shard, workspace, cfg, processes)
 
 
