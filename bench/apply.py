@@ -2,12 +2,16 @@
 
     python bench/apply.py --n 200            # or --quick
     python bench/apply.py --n 1000 --base 16
+    python bench/apply.py --n 300 --device cuda --ways forward,bare,local_1   # a GPU machine without Prefect
 
   forward      pure model forward on pre-decoded tensors, one image at a time: the limit (first 200 photos)
   bare         the obvious loop: read, decode, forward, encode (PNG, level 1 as the flow), write
   local_1      tasks.inference.apply.apply_local, 1 worker: the flow's work without Prefect
   flow_1       the apply flow, 1 worker
   flow_all     the apply flow, one worker per core
+  rss_N        (with --rss-sizes) apply_local over the first N photos in a fresh child process: its peak RSS
+               (VmHWM) alone, without this process's other ways or the Prefect server; flat means the same
+               peak for every N
 
 Photos of 0.15-0.25 MP are cut from ../shared/data/restoration (CBSD68, CSun_Hays80), or generated when that folder
 is absent. The model is an x2 restoration U-Net with random weights saved through the registry: its speed, not
@@ -21,7 +25,9 @@ Prints one JSON object on stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -33,6 +39,7 @@ from _common import parse_with_quick, run_benchmark  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "restoration"
 MIN_PIXELS, MAX_PIXELS = 150_000, 250_000
+WAYS = ("forward", "bare", "local_1", "flow_1", "flow_all")
 FORWARD_SAMPLE = 200  # pre-decoded float tensors cost 2.4 MB per photo: the limit is measured on at most these
 
 
@@ -123,24 +130,25 @@ def register_model(workspace: str, base: int, depth: int) -> str:
     return registry.save(workspace, "bench", model, config, {"pairs_set": "random-weights"}).ref
 
 
-def pure_forward(model, photos: list[Path]) -> float:
-    """Seconds for the model alone over every photo, decoded and converted to tensors beforehand."""
+def pure_forward(model, photos: list[Path], device) -> float:
+    """Seconds for the model alone over every photo, decoded and converted to tensors (on the device) beforehand.
+    On CUDA with fp16 autocast and channels_last, as apply runs it."""
     import numpy as np
-    import torch
     from PIL import Image
 
+    from pixelmill.tasks.inference.apply import make_forward
     from pixelmill.tasks.training.datasets import to_tensor
 
-    tensors = [to_tensor(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0) for p in photos]
+    forward = make_forward(model, device)
+    tensors = [to_tensor(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0).to(device) for p in photos]
+    forward(tensors[0])  # cuDNN picks its kernels on the first call
     started = time.perf_counter()
-    with torch.inference_mode():
-        for x in tensors:
-            model(x)
+    for x in tensors:
+        forward(x)  # on CUDA the copy back to the CPU waits for the result
     return time.perf_counter() - started
 
 
-def bare_loop(model, config: dict, photos: list[Path], out: Path) -> float:
-    import torch
+def bare_loop(model, config: dict, photos: list[Path], out: Path, device) -> float:
     from PIL import Image
 
     from pixelmill.tasks.inference.apply import encode
@@ -150,20 +158,39 @@ def bare_loop(model, config: dict, photos: list[Path], out: Path) -> float:
     for p in photos:
         img = Image.open(p)
         img.load()
-        result = enhance_image(model, config, img, torch.device("cpu"))
+        result = enhance_image(model, config, img, device)
         target = out / p.name.replace(".jpg", ".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(encode(result, "png", 92))
     return time.perf_counter() - started
 
 
+CHILD = """
+import json, sys, time
+from pixelmill.tasks.inference.apply import ApplyConfig, apply_local
+ws, source, out, limit, device = sys.argv[1:6]
+started = time.perf_counter()
+apply_local(ws, "bench", source, out, ApplyConfig(limit=int(limit), device=device, format="png"))
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss": int(status["VmHWM"].split()[0]) * 1024}))
+"""
+
+
+def child_rss(workspace: str, source: str, out: Path, n: int, device: str) -> dict:
+    """apply_local over the first n inputs in a fresh process: (seconds, peak RSS of that process alone)."""
+    done = subprocess.run([sys.executable, "-c", CHILD, workspace, source, str(out), str(n), device],
+                          capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"images": n, "seconds": round(result["seconds"], 2), "images_per_s": round(n / result["seconds"], 3),
+            "peak_rss_mib": round(result["peak_rss"] / 2**20)}
+
+
 def run(workdir: Path, args) -> dict:
     import torch
     from PIL import Image
 
-    from pixelmill.flows.apply import run_apply
     from pixelmill.tasks.core import registry
-    from pixelmill.tasks.inference.apply import ApplyConfig, apply_local
+    from pixelmill.tasks.inference.apply import ApplyConfig, apply_local, load_model
 
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)
@@ -171,16 +198,21 @@ def run(workdir: Path, args) -> dict:
     workspace = str(workdir / "ws")
     ref = register_model(workspace, args.base, args.depth)
     mv = registry.resolve(workspace, ref)
-    model, config, _ = registry.load(mv)
-    model.eval()
+    model, config, device = load_model(mv.uri, args.device)
     megapixels = sum(w * h for w, h in (Image.open(p).size for p in photos)) / 1e6
+    flows = {"flow_1", "flow_all"} & set(args.ways)
+    if flows:
+        from pixelmill.flows.apply import run_apply
 
-    run_apply(ref, str(photos[0].parent), str(workdir / "warm"), ApplyConfig(limit=1), workspace=workspace)
+        run_apply(ref, str(photos[0].parent), str(workdir / "warm"), ApplyConfig(limit=1, device=args.device),
+                  workspace=workspace)
 
-    cfg = dict(format="png", shard_size=args.shard_size)
+    cfg = dict(format="png", shard_size=args.shard_size, device=args.device)
     ways: dict[str, dict] = {}
 
     def measure(name: str, fn, images: int = args.n) -> None:
+        if name not in args.ways:
+            return
         print(f"{name} ...", file=sys.stderr)
         with PeakRss() as rss:
             seconds = fn()
@@ -196,8 +228,8 @@ def run(workdir: Path, args) -> dict:
         return go
 
     source = str(workdir / "photos")
-    measure("forward", lambda: pure_forward(model, photos[:FORWARD_SAMPLE]), min(args.n, FORWARD_SAMPLE))
-    measure("bare", lambda: bare_loop(model, config, photos, workdir / "out-bare"))
+    measure("forward", lambda: pure_forward(model, photos[:FORWARD_SAMPLE], device), min(args.n, FORWARD_SAMPLE))
+    measure("bare", lambda: bare_loop(model, config, photos, workdir / "out-bare", device))
     measure("local_1", timed(lambda: apply_local(workspace, ref, source, str(workdir / "out-local"),
                                                  ApplyConfig(workers=1, **cfg))))
     measure("flow_1", timed(lambda: run_apply(ref, source, str(workdir / "out-flow-1"),
@@ -205,23 +237,26 @@ def run(workdir: Path, args) -> dict:
     measure("flow_all", timed(lambda: run_apply(ref, source, str(workdir / "out-flow-all"),
                                                 ApplyConfig(workers=cores, **cfg), workspace=workspace)))
 
-    best_flow = max(ways["flow_1"]["images_per_s"], ways["flow_all"]["images_per_s"])
-    return {
+    for n in args.rss_sizes:
+        print(f"rss_{n} ...", file=sys.stderr)
+        ways[f"rss_{n}"] = child_rss(workspace, source, workdir / f"out-rss-{n}", n, args.device)
+        print(f"rss_{n}: {ways[f'rss_{n}']}", file=sys.stderr)
+    rate = {name: way["images_per_s"] for name, way in ways.items()}
+    ratios = {f"{a}_vs_{b}": round(rate[a] / rate[b], 3) for a in ("flow_all", "flow_1", "local_1")
+              for b in ("bare", "forward") if a in rate and b in rate}
+    result = {
         "benchmark": "apply", "images": args.n, "megapixels": round(megapixels, 1), "cores": cores,
+        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "model": {"arch": "unet-plain", "scale": 2, "base": args.base, "depth": args.depth, "weights": "random"},
-        "torch": torch.__version__, "shard_size": args.shard_size, "ways": ways,
-        "ratios": {
-            "flow_all_vs_bare": round(ways["flow_all"]["images_per_s"] / ways["bare"]["images_per_s"], 3),
-            "flow_all_vs_forward": round(ways["flow_all"]["images_per_s"] / ways["forward"]["images_per_s"], 3),
-            "flow_1_vs_bare": round(ways["flow_1"]["images_per_s"] / ways["bare"]["images_per_s"], 3),
-            "best_flow_vs_forward": round(best_flow / ways["forward"]["images_per_s"], 3),
-        },
-        "prefect_share_of_wall": round((ways["flow_1"]["seconds"] - ways["local_1"]["seconds"])
-                                       / ways["flow_1"]["seconds"], 4),
+        "torch": torch.__version__, "shard_size": args.shard_size, "ways": ways, "ratios": ratios,
         "peak_rss_mib_max": max(w["peak_rss_mib"] for w in ways.values()),
         "targets": {"flow_vs_bare": ">= 1.0", "flow_vs_forward": ">= 0.85", "peak_rss": "<= 1536 MiB",
                     "prefect_share": "< 0.02"},
     }
+    if {"flow_1", "local_1"} <= ways.keys():
+        result["prefect_share_of_wall"] = round((ways["flow_1"]["seconds"] - ways["local_1"]["seconds"])
+                                                / ways["flow_1"]["seconds"], 4)
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", type=int, default=16, help="U-Net width")
     parser.add_argument("--depth", type=int, default=2, help="U-Net depth")
     parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--rss-sizes", type=lambda s: [int(v) for v in s.split(",") if v], default=[],
+                        help="e.g. 100,400: peak RSS of apply alone in a child process for each many photos")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (apply's default)")
+    parser.add_argument("--ways", type=lambda s: s.split(","), default=list(WAYS),
+                        help=f"comma-separated, of {','.join(WAYS)} (the flows need Prefect)")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed)")
     args = parse_with_quick(parser, argv)
     run_benchmark("apply", Path(args.workdir) if args.workdir else None, lambda workdir: run(workdir, args))

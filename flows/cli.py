@@ -430,8 +430,12 @@ def apply(
     output: Annotated[str, typer.Option("--output", help="folder or s3://bucket/prefix; outputs mirror the "
                                                          "inputs' names")],
     workspace: Workspace = None,
-    batch_size: Annotated[int | None, typer.Option(help="tiles per forward (default: fits --max-memory)")] = None,
-    tile: Annotated[int, typer.Option(help="tile side in pixels; larger images go in overlapping tiles")] = 512,
+    batch_size: Annotated[int | None, typer.Option(
+        help="tiles per forward (default: what fits --max-memory on a GPU; on a CPU only small tiles share one)",
+    )] = None,
+    tile: Annotated[int | None, typer.Option(
+        help="tile side in pixels; larger images go in overlapping tiles (default: 512 on a GPU, sized to the "
+             "model's width on a CPU)")] = None,
     overlap: Annotated[int, typer.Option(help="pixels neighbouring tiles share (blended)")] = 32,
     format: Annotated[str, typer.Option("--format", help="restoration outputs: png, jpeg or webp")] = "png",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality")] = 92,

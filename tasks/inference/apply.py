@@ -16,8 +16,6 @@ redoes the unrecorded shards, rewriting the same files atomically, and replaces 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import hashlib
 import os
@@ -38,6 +36,12 @@ import pyarrow.dataset as ds
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.tasks.core import registry, storage
+
+# oneDNN (PyTorch's CPU convolutions) caches a compiled primitive per layer and input shape, 1024 by default:
+# with tiles of many sizes that held ~0.8 GiB after 30 photos and kept growing. 64 holds the primitives of one
+# forward with room to spare (measured: the same speed, peak RSS 1.02 GiB instead of 1.67). Read when oneDNN
+# makes its first primitive, so set before any convolution runs in this process.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import ConfigError, PixelmillError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
@@ -54,6 +58,15 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 ACTIVATION_BYTES_PER_PIXEL_PER_CHANNEL = 48
 # What a process holds before any image: Python, torch, the model (measured: ~0.45 GiB on CPU).
 BASE_MEMORY = 600 * 2**20
+# On a CPU a batch is no faster per pixel than a single tile once tiles are this large (measured on
+# unet-plain: 64x64 tiles gain from batches of 16, 256x256 tiles lose 2x in batches of 4): only small tiles
+# share a forward there.
+CPU_BATCH_PIXELS = 256 * 256
+# On a CPU a tile whose activations stay in cache is faster per pixel than a whole photo, overlap included
+# (unet-plain x2, 30 photos of 0.1-0.4 MP, 2 cores: base 16 at tile 384 took 0.74x the whole-image time,
+# base 32 at tile 256 0.72x; larger tiles lost). tile^2 * base ~ this many values sets the CPU's default tile.
+CPU_TILE_VALUES = 384 * 384 * 16
+GPU_TILE = 512
 
 
 def default_max_memory() -> int:
@@ -81,9 +94,11 @@ class ApplyConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    tile: int = Field(512, ge=32, le=8192, description="tile side in input pixels; larger images go in tiles")
+    tile: int | None = Field(None, ge=32, le=8192, description="tile side in input pixels; larger images go in "
+                             "tiles (default: 512 on a GPU; on a CPU sized to the model, for the cache)")
     overlap: int = Field(32, ge=0, le=1024, description="pixels neighbouring tiles share, blended (feathered)")
-    batch_size: int | None = Field(None, ge=1, le=1024, description="tiles per forward (default: fits max_memory)")
+    batch_size: int | None = Field(None, ge=1, le=1024, description="tiles per forward (default: what fits "
+                                   "max_memory on a GPU; on a CPU only small tiles, up to 64k pixels, share one)")
     format: Literal["png", "jpeg", "webp"] = "png"
     quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality")
     overlay: bool = Field(False, description="segmentation: also write the classes blended on the image")
@@ -91,7 +106,8 @@ class ApplyConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="process at most this many inputs (after skipping)")
     shard_size: int = Field(64, ge=1, le=100_000, description="images per task")
     workers: int = Field(1, ge=1, le=512, description="shards at once (threads sharing one model, or Dask workers)")
-    io_threads: int = Field(2, ge=1, le=64, description="reader and writer threads inside a shard, each")
+    io_threads: int | None = Field(None, ge=1, le=64, description="reader and writer threads inside a shard, "
+                                   "each (default: 2 on a CPU; on a GPU the cores per worker, up to 8)")
     threads: int | None = Field(None, ge=1, le=512, description="torch intra-op threads (default: cores / workers)")
     max_memory: int = Field(default_factory=default_max_memory, ge=256 * 2**20,
                             description="bytes a worker process may use: sizes batches and queues")
@@ -99,7 +115,7 @@ class ApplyConfig(BaseModel):
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda:N")
 
     def check(self) -> ApplyConfig:
-        if self.overlap >= self.tile:
+        if self.tile is not None and self.overlap >= self.tile:
             raise ConfigError(f"overlap {self.overlap} must be smaller than tile {self.tile}",
                               "e.g. --tile 512 --overlap 32")
         return self
@@ -217,17 +233,6 @@ def plan_apply(catalog: Catalog, mv: ModelVersion, task: str, source: str, outpu
 # ------------------------------------------------------------------ the model, once per process
 
 
-@functools.cache
-def return_freed_memory() -> None:
-    """Large buffers straight from mmap, so that a freed batch goes back to the OS.
-
-    glibc raises its mmap threshold after the first large free, then serves activations from the heap,
-    which fragments: measured +60% peak RSS for the same forward passes.
-    """
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator has its own policy
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MiB, fixed
-
-
 @functools.lru_cache(maxsize=2)
 def load_model(uri: str, device: str):
     """(model on its device, config): a version folder never changes, so its URI is the cache key."""
@@ -248,13 +253,29 @@ def model_task(config: dict) -> str:
     return config.get("task") or "restoration"
 
 
-def auto_batch(cfg: ApplyConfig, config: dict) -> tuple[int, int]:
+def default_tile(width: int, gpu: bool) -> int:
+    """512 on a GPU; on a CPU the cache-sized tile for a model of this base width (a multiple of 32, 128-512)."""
+    if gpu:
+        return GPU_TILE
+    return max(128, min(512, int((CPU_TILE_VALUES / max(width, 1)) ** 0.5) // 32 * 32))
+
+
+def io_threads_for(gpu: bool, workers: int) -> int:
+    """Readers and writers (each) per shard. On a CPU the model takes every core, and more threads only
+    compete with it; a GPU waits on decoding and encoding (measured on an H200 with 2 each: 10 images/s
+    against a pure forward's 30), so there they get the worker's share of the cores."""
+    if not gpu:
+        return 2
+    return max(2, min(8, (os.cpu_count() or 1) // max(workers, 1)))
+
+
+def auto_batch(cfg: ApplyConfig, config: dict, gpu: bool = False) -> tuple[int, int]:
     """(tile, batch size) that fit cfg.max_memory: the tile shrinks only when one tile alone does not fit."""
     scale = int(config["model"].get("scale", 1))
     width = int(config["model"].get("base", 64))
     # a third for activations; the rest holds decoded, finished and encoded images (3 copies of the largest)
     budget = max(cfg.max_memory - BASE_MEMORY, 64 * 2**20) // 3
-    tile = cfg.tile
+    tile = cfg.tile or max(default_tile(width, gpu), 2 * cfg.overlap + 32)
     while tile > 64 and tile**2 * scale**2 * width * ACTIVATION_BYTES_PER_PIXEL_PER_CHANNEL > budget:
         tile //= 2
     per_tile = tile**2 * scale**2 * width * ACTIVATION_BYTES_PER_PIXEL_PER_CHANNEL
@@ -312,14 +333,17 @@ def apply_shard(shard: ApplyShard, workspace: str, cfg: ApplyConfig, run_id: str
     import torch
     from PIL import Image
 
-    from pixelmill.tasks.inference.tiling import plan_tiles, run_tiled, to_indices, to_rgb8
+    from pixelmill.tasks.inference.tiling import SHAPE_MULTIPLE, plan_tiles, run_tiled, to_indices, to_rgb8
     from pixelmill.tasks.training.classes import ClassMap, overlay, to_palette_image
 
-    return_freed_memory()
     model, config, dev = load_model(shard.model.uri, cfg.device)
     task = model_task(config)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers))
-    tile, batch = auto_batch(cfg, config)
+    tile, batch = auto_batch(cfg, config, gpu=dev.type == "cuda")
+    if dev.type == "cuda":
+        multiple, batch_pixels = SHAPE_MULTIPLE, None
+    else:
+        multiple, batch_pixels = 1, None if cfg.batch_size else CPU_BATCH_PIXELS
     scale = int(config["model"].get("scale", 1))
     segmentation = task == "segmentation"
     classes = ClassMap(**config["classes"]) if segmentation else None
@@ -332,7 +356,8 @@ def apply_shard(shard: ApplyShard, workspace: str, cfg: ApplyConfig, run_id: str
     rows: list[dict] = []
     rows_lock = threading.Lock()
     # Bounded: at most this many decoded images wait for the model, so memory stays flat however long the shard.
-    decoded: queue.Queue = queue.Queue(maxsize=max(2, cfg.io_threads))
+    io_threads = cfg.io_threads or io_threads_for(dev.type == "cuda", cfg.workers)
+    decoded: queue.Queue = queue.Queue(maxsize=max(2, io_threads))
     items = iter(enumerate(shard.items))
     items_lock = threading.Lock()
 
@@ -430,16 +455,17 @@ def apply_shard(shard: ApplyShard, workspace: str, cfg: ApplyConfig, run_id: str
         add_row(row_for(job, status="ok", error=None, output_uri=uri, overlay_uri=overlay_uri,
                         output_width=out.shape[1], output_height=out.shape[0]))
 
-    readers = [threading.Thread(target=reader, daemon=True, name=f"apply-read-{i}") for i in range(cfg.io_threads)]
+    readers = [threading.Thread(target=reader, daemon=True, name=f"apply-read-{i}") for i in range(io_threads)]
     for t in readers:
         t.start()
     jobs: dict[int, _Job] = {}
-    in_flight = threading.BoundedSemaphore(2 * cfg.io_threads)  # finished outputs waiting to be written
-    with ThreadPoolExecutor(cfg.io_threads, thread_name_prefix="apply-write") as writers:
+    in_flight = threading.BoundedSemaphore(2 * io_threads)  # finished outputs waiting to be written
+    with ThreadPoolExecutor(io_threads, thread_name_prefix="apply-write") as writers:
         futures = []
         forward = make_forward(model, dev)
         finish = to_indices if segmentation else to_rgb8
-        for index, out in run_tiled(forward, inputs(jobs), tile, cfg.overlap, scale, batch, channels, finish):
+        for index, out in run_tiled(forward, inputs(jobs), tile, cfg.overlap, scale, batch, channels, finish,
+                                    multiple, batch_pixels):
             in_flight.acquire()
             future = writers.submit(write_one, jobs.pop(index), out)
             future.add_done_callback(lambda _: in_flight.release())

@@ -85,7 +85,7 @@ class GanObjective:
                 real_logits, fake_logits = self.critic(y), self.critic(fake)
                 loss_c = (self.bce(real_logits.float(), torch.ones_like(real_logits, dtype=torch.float32))
                           + self.bce(fake_logits.float(), torch.zeros_like(fake_logits, dtype=torch.float32)))
-            amp.step(loss_c, self.critic_optimizer, self.critic.parameters())
+            amp.step(loss_c, self.critic_optimizer, self.critic.parameters(), name="critic")
             self.critic_loss = loss_c.item() / 2
             self.critic_turn = self.critic_loss >= self.gan.critic_threshold
             return None, {"critic_loss": self.critic_loss}

@@ -82,7 +82,8 @@ class Amp:
 
     def __init__(self, device: torch.device, grad_clip: float):
         self.device, self.enabled, self.grad_clip = device, device.type == "cuda", grad_clip
-        self.scalers: dict[int, torch.amp.GradScaler] = {}
+        self.scalers: dict[str, torch.amp.GradScaler] = {}
+        self._saved: dict[str, dict] = {}  # a checkpoint's scaler states, applied when each scaler is made
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.enabled)
@@ -91,9 +92,22 @@ class Amp:
         t = t.to(self.device, non_blocking=True)
         return t.contiguous(memory_format=torch.channels_last) if self.enabled and t.ndim == 4 else t
 
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> None:
-        """Backward, unscale, clip to `grad_clip`, step, for one optimizer."""
-        scaler = self.scalers.setdefault(id(optimizer), torch.amp.GradScaler("cuda", enabled=self.enabled))
+    def state_dict(self) -> dict[str, dict]:
+        """The loss scales: a resume that restarted them at 65536 would skip different steps (measured on an
+        H200: weights 0.1 apart after 20 steps) instead of continuing the same run."""
+        return {name: scaler.state_dict() for name, scaler in self.scalers.items()}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        self._saved = dict(state)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor],
+             name: str = "model") -> None:
+        """Backward, unscale, clip to `grad_clip`, step, for one optimizer (`name`: whose loss scale)."""
+        scaler = self.scalers.get(name)
+        if scaler is None:
+            scaler = self.scalers[name] = torch.amp.GradScaler("cuda", enabled=self.enabled)
+            if self.enabled and self._saved.get(name):
+                scaler.load_state_dict(self._saved[name])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -148,6 +162,7 @@ def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, re
     objective.setup(model, device)  # the loss (a missing feature network fails here), a critic
     optimizer = configure_optimizer(model.named_parameters(), cfg.lr, cfg.weight_decay)
     step, elapsed, samples = 0, 0.0, 0
+    amp = Amp(device, cfg.grad_clip)
     if resume is not None:
         if resume.get("fingerprint") != cfg.fingerprint() or resume.get("objective_name") != objective.name:
             raise ConfigError("the checkpoint was made with another training config or data set",
@@ -157,8 +172,8 @@ def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, re
         objective.load_state_dict(resume["objective"])
         step, elapsed, samples = resume["step"], resume["elapsed"], resume["samples"]
         torch.set_rng_state(resume["torch_rng"])
+        amp.load_state_dict(resume.get("amp", {}))  # older checkpoints have none: the scales start afresh
     train_ds, val_ds = objective.datasets(cache_dir)
-    amp = Amp(device, cfg.grad_clip)
     batches = iter(make_loader(train_ds, cfg, train=True, start=samples))
     val_loader = make_loader(val_ds, cfg, train=False)
     budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
@@ -175,7 +190,7 @@ def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, re
         hooks.save_checkpoint(state_bytes({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
             "objective_name": objective.name, "step": step, "elapsed": elapsed, "samples": samples,
-            "fingerprint": cfg.fingerprint(), "torch_rng": torch.get_rng_state()}))
+            "fingerprint": cfg.fingerprint(), "torch_rng": torch.get_rng_state(), "amp": amp.state_dict()}))
 
     model.train()
     while step < cfg.steps and elapsed < budget:

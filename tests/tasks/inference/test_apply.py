@@ -178,10 +178,20 @@ def test_segmentation_writes_class_index_masks_and_overlays(tmp_path):
 
 def test_auto_batch_fits_the_memory_budget():
     config = {"model": {"arch": "unet-plain", "base": 32, "scale": 2}}
-    tile, batch = auto_batch(ApplyConfig(max_memory=32 * 2**30), config)
-    small_tile, small_batch = auto_batch(ApplyConfig(max_memory=700 * 2**20), config)
+    tile, batch = auto_batch(ApplyConfig(max_memory=32 * 2**30), config, gpu=True)
+    small_tile, small_batch = auto_batch(ApplyConfig(max_memory=700 * 2**20), config, gpu=True)
     assert tile == 512 and batch > small_batch == 1 and small_tile < tile
     assert auto_batch(ApplyConfig(batch_size=3), config)[1] == 3
+    assert auto_batch(ApplyConfig(tile=1024, max_memory=32 * 2**30), config)[0] == 1024  # asked for: kept
+
+
+def test_the_cpu_tile_follows_the_models_width():
+    def cpu_tile(base: int) -> int:
+        return auto_batch(ApplyConfig(max_memory=32 * 2**30), {"model": {"base": base, "scale": 2}})[0]
+
+    assert cpu_tile(8) == 512 and cpu_tile(16) == 384 and cpu_tile(32) == 256 and cpu_tile(64) == 192
+    assert cpu_tile(1024) == 128  # never below
+    assert auto_batch(ApplyConfig(overlap=200), {"model": {"base": 64}})[0] > 2 * 200  # room for the overlap
 
 
 KILL_SCRIPT = """

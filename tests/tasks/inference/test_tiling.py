@@ -13,7 +13,7 @@ from pixelmill.tasks.inference.tiling import (
     Blender,
     plan_tiles,
     run_tiled,
-    tile_starts,
+    tile_span,
     to_indices,
     to_rgb8,
 )
@@ -31,20 +31,28 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
-@pytest.mark.parametrize(("length", "tile", "overlap"), [(1, 8, 0), (8, 8, 3), (9, 8, 3), (100, 32, 7), (257, 64, 63)])
-def test_tile_starts_cover_with_the_overlap(length, tile, overlap):
-    starts = tile_starts(length, tile, overlap)
-    size = min(tile, length)
+@pytest.mark.parametrize(("length", "tile", "overlap"),
+                         [(1, 8, 0), (8, 8, 3), (9, 8, 3), (100, 32, 7), (257, 64, 63), (612, 512, 32),
+                          (1000, 256, 32), (513, 512, 0), (8000, 512, 32), (97, 10, 9)])
+def test_tile_span_covers_with_the_overlap_in_the_fewest_smallest_tiles(length, tile, overlap):
+    size, starts = tile_span(length, tile, overlap)
     covered = np.zeros(length, bool)
     for s in starts:
         covered[s:s + size] = True
-    assert covered.all() and starts[0] == 0 and starts[-1] + size == length
-    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
+    assert covered.all() and starts[0] == 0 and starts[-1] + size == length and size <= tile
+    assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:], strict=False))  # overlap kept
+    n = len(starts)
+    assert n == (1 if length <= tile else math.ceil((length - overlap) / (tile - overlap)))  # fewest tiles
+    assert n == 1 or (size - 1) * n - (n - 1) * overlap < length  # one pixel less would not cover
 
 
-def test_tile_starts_reject_an_overlap_as_large_as_the_tile():
+def test_a_side_just_over_the_tile_is_not_computed_twice():
+    assert tile_span(612, 512, 32) == (322, [0, 290])  # 644 pixels of work for 612, not 1024
+
+
+def test_tile_span_rejects_an_overlap_as_large_as_the_tile():
     with pytest.raises(ValueError, match="overlap < tile"):
-        tile_starts(100, 16, 16)
+        tile_span(100, 16, 16)
 
 
 @pytest.mark.parametrize(("w", "h", "tile", "overlap", "scale"),
@@ -123,6 +131,22 @@ def test_small_images_share_batches_and_come_back_complete():
     for i, img in images:
         np.testing.assert_array_equal(got[i], img.permute(1, 2, 0).numpy())
     assert max(batches) == 4 and len(batches) < sum(len(plan_tiles(h, w, 64, 8)) for w, h in sizes)
+
+
+def test_without_padding_only_equal_shapes_share_a_batch_and_batch_pixels_cap_it():
+    shapes = []
+
+    def forward(x):
+        shapes.append(tuple(x.shape))
+        return x
+
+    sizes = [(40, 30)] * 5 + [(41, 30), (50, 50)]
+    images = [(i, image_tensor(w, h, seed=i)) for i, (w, h) in enumerate(sizes)]
+    got = dict(run_tiled(forward, images, tile=64, overlap=8, scale=1, batch_size=16, channels=3, multiple=1,
+                         batch_pixels=3 * 40 * 30))
+    for i, img in images:
+        np.testing.assert_array_equal(got[i], img.permute(1, 2, 0).numpy())
+    assert sorted(shapes) == sorted([(3, 3, 30, 40), (2, 3, 30, 40), (1, 3, 30, 41), (1, 3, 50, 50)])
 
 
 def test_none_flushes_partial_batches_so_a_slow_reader_never_stalls_the_model():
