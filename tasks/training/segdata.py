@@ -102,7 +102,21 @@ def augment(image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator, c
     h, w = image.shape[-2:]
     s = rng.uniform(*scale_range)
     size = [max(1, round(h * s)), max(1, round(w * s))]
-    if size != [h, w]:
+    if crop is not None and size[0] >= crop[0] and size[1] >= crop[1]:
+        # The same draws and window as scaling the whole pair, then cropping, but only the window's source
+        # pixels are resized: for a 960x720 photo at 2x, 0.07 MP instead of 2.8 (the loader was the bottleneck).
+        y = int(rng.integers(0, size[0] - crop[0] + 1))
+        x = int(rng.integers(0, size[1] - crop[1] + 1))
+        fy, fx = h / size[0], w / size[1]
+        box_h, box_w = max(1, round(crop[0] * fy)), max(1, round(crop[1] * fx))
+        top, left = min(round(y * fy), h - box_h), min(round(x * fx), w - box_w)
+        image = TF.resized_crop(image, top, left, box_h, box_w, list(crop), interpolation=interpolation,
+                                antialias=True)
+        # as a plain tensor: torchvision's Mask kernel of resized_crop ignores `interpolation` (plain NEAREST)
+        mask = tv_tensors.Mask(TF.resized_crop(mask.as_subclass(torch.Tensor), top, left, box_h, box_w, list(crop),
+                                               interpolation=InterpolationMode.NEAREST_EXACT))
+        crop = None  # done
+    elif size != [h, w]:
         image = TF.resize(image, size, interpolation=interpolation, antialias=True)
         mask = TF.resize(mask, size, interpolation=InterpolationMode.NEAREST_EXACT)
     if crop is not None:
