@@ -9,9 +9,10 @@
   local_1      tasks.inference.apply.apply_local, 1 worker: the flow's work without Prefect
   flow_1       the apply flow, 1 worker
   flow_all     the apply flow, one worker per core
-  rss_N        (with --rss-sizes) apply_local over the first N photos in a fresh child process: its peak RSS
-               (VmHWM) alone, without this process's other ways or the Prefect server; flat means the same
-               peak for every N
+  rss_W_N      (with --rss-sizes) apply over the first N photos in a fresh child process, W = local
+               (apply_local) or flow (the flow, which starts its own Prefect server): peak RSS of the child
+               (VmHWM) and of its whole tree (server included), without this process's other ways; flat
+               means the same peak for every N
 
 Photos of 0.15-0.25 MP are cut from ../shared/data/restoration (CBSD68, CSun_Hays80), or generated when that folder
 is absent. The model is an x2 restoration U-Net with random weights saved through the registry: its speed, not
@@ -166,23 +167,36 @@ def bare_loop(model, config: dict, photos: list[Path], out: Path, device) -> flo
 
 
 CHILD = """
-import json, sys, time
+import json, os, sys, time
+sys.path.insert(0, sys.argv[6])
+from apply import PeakRss
 from pixelmill.tasks.inference.apply import ApplyConfig, apply_local
-ws, source, out, limit, device = sys.argv[1:6]
-started = time.perf_counter()
-apply_local(ws, "bench", source, out, ApplyConfig(limit=int(limit), device=device, format="png"))
+ws, source, out, limit, device, _, way = sys.argv[1:8]
+cfg = ApplyConfig(limit=int(limit), device=device, format="png")
+with PeakRss() as tree:
+    started = time.perf_counter()
+    if way == "flow":
+        from pixelmill.flows.apply import run_apply
+        run_apply("bench", source, out, cfg, workspace=ws)
+    else:
+        apply_local(ws, "bench", source, out, cfg)
+    seconds = time.perf_counter() - started
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss": int(status["VmHWM"].split()[0]) * 1024}))
+print(json.dumps({"seconds": seconds, "peak_rss": int(status["VmHWM"].split()[0]) * 1024, "tree": tree.peak}))
 """
 
 
-def child_rss(workspace: str, source: str, out: Path, n: int, device: str) -> dict:
-    """apply_local over the first n inputs in a fresh process: (seconds, peak RSS of that process alone)."""
-    done = subprocess.run([sys.executable, "-c", CHILD, workspace, source, str(out), str(n), device],
-                          capture_output=True, text=True, check=True)
+def child_rss(workspace: str, source: str, out: Path, n: int, device: str, way: str) -> dict:
+    """apply over the first n inputs in a fresh process (`way`: local, or flow with its own Prefect server):
+    seconds, the peak RSS of that process (VmHWM) and of its whole tree (sampled, the server included)."""
+    done = subprocess.run([sys.executable, "-c", CHILD, workspace, source, str(out), str(n), device,
+                           str(Path(__file__).resolve().parent), way], capture_output=True, text=True,
+                          env=os.environ | {"PREFECT_HOME": str(out) + "-prefect-home"})  # its own server and db
+    if done.returncode:
+        raise RuntimeError(f"the {way} child failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return {"images": n, "seconds": round(result["seconds"], 2), "images_per_s": round(n / result["seconds"], 3),
-            "peak_rss_mib": round(result["peak_rss"] / 2**20)}
+            "peak_rss_mib": round(result["peak_rss"] / 2**20), "tree_peak_rss_mib": round(result["tree"] / 2**20)}
 
 
 def run(workdir: Path, args) -> dict:
@@ -237,10 +251,12 @@ def run(workdir: Path, args) -> dict:
     measure("flow_all", timed(lambda: run_apply(ref, source, str(workdir / "out-flow-all"),
                                                 ApplyConfig(workers=cores, **cfg), workspace=workspace)))
 
-    for n in args.rss_sizes:
-        print(f"rss_{n} ...", file=sys.stderr)
-        ways[f"rss_{n}"] = child_rss(workspace, source, workdir / f"out-rss-{n}", n, args.device)
-        print(f"rss_{n}: {ways[f'rss_{n}']}", file=sys.stderr)
+    for way in args.rss_ways:
+        for n in args.rss_sizes:
+            name = f"rss_{way}_{n}"
+            print(f"{name} ...", file=sys.stderr)
+            ways[name] = child_rss(workspace, source, workdir / f"out-{name}", n, args.device, way)
+            print(f"{name}: {ways[name]}", file=sys.stderr)
     rate = {name: way["images_per_s"] for name, way in ways.items()}
     ratios = {f"{a}_vs_{b}": round(rate[a] / rate[b], 3) for a in ("flow_all", "flow_1", "local_1")
               for b in ("bare", "forward") if a in rate and b in rate}
@@ -268,7 +284,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--depth", type=int, default=2, help="U-Net depth")
     parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--rss-sizes", type=lambda s: [int(v) for v in s.split(",") if v], default=[],
-                        help="e.g. 100,400: peak RSS of apply alone in a child process for each many photos")
+                        help="e.g. 100,400: peak RSS of apply in a fresh child process for each many photos")
+    parser.add_argument("--rss-ways", type=lambda s: s.split(","), default=["local", "flow"],
+                        help="local (apply_local alone), flow (the flow and its own Prefect server), or both")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (apply's default)")
     parser.add_argument("--ways", type=lambda s: s.split(","), default=list(WAYS),
                         help=f"comma-separated, of {','.join(WAYS)} (the flows need Prefect)")
