@@ -36,12 +36,6 @@ import pyarrow.dataset as ds
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.tasks.core import registry, storage
-
-# oneDNN (PyTorch's CPU convolutions) caches a compiled primitive per layer and input shape, 1024 by default:
-# with tiles of many sizes that held ~0.8 GiB after 30 photos and kept growing. 64 holds the primitives of one
-# forward with room to spare (measured: the same speed, peak RSS 1.02 GiB instead of 1.67). Read when oneDNN
-# makes its first primitive, so set before any convolution runs in this process.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import ConfigError, PixelmillError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
@@ -49,6 +43,12 @@ from pixelmill.tasks.core.names import output_relpath, storable, unsafe_reason
 from pixelmill.tasks.core.registry import ModelVersion
 from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, shard_id
 from pixelmill.tasks.core.storage import FileInfo
+
+# oneDNN (PyTorch's CPU convolutions) caches a compiled primitive per layer and input shape, 1024 by default:
+# with tiles of many sizes that held ~0.8 GiB after 30 photos and kept growing. 64 holds the primitives of one
+# forward with room to spare (measured: the same speed, peak RSS 1.02 GiB instead of 1.67). Read when oneDNN
+# makes its first primitive, so set before any convolution runs in this process.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
 DATASET_PREFIX = "dataset:"
 WRITE_FAILED = "write_failed"
@@ -339,8 +339,9 @@ def apply_shard(shard: ApplyShard, workspace: str, cfg: ApplyConfig, run_id: str
     model, config, dev = load_model(shard.model.uri, cfg.device)
     task = model_task(config)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers))
-    tile, batch = auto_batch(cfg, config, gpu=dev.type == "cuda")
-    if dev.type == "cuda":
+    gpu = dev.type == "cuda"
+    tile, batch = auto_batch(cfg, config, gpu)
+    if gpu:
         multiple, batch_pixels = SHAPE_MULTIPLE, None
     else:
         multiple, batch_pixels = 1, None if cfg.batch_size else CPU_BATCH_PIXELS
@@ -356,7 +357,7 @@ def apply_shard(shard: ApplyShard, workspace: str, cfg: ApplyConfig, run_id: str
     rows: list[dict] = []
     rows_lock = threading.Lock()
     # Bounded: at most this many decoded images wait for the model, so memory stays flat however long the shard.
-    io_threads = cfg.io_threads or io_threads_for(dev.type == "cuda", cfg.workers)
+    io_threads = cfg.io_threads or io_threads_for(gpu, cfg.workers)
     decoded: queue.Queue = queue.Queue(maxsize=max(2, io_threads))
     items = iter(enumerate(shard.items))
     items_lock = threading.Lock()
