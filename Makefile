@@ -31,8 +31,9 @@ bench: $(STAMP)  ## benchmarks: JSON on stdout, ratios against a baseline measur
 bench-quality: $(STAMP)  ## x2 super-resolution trained for 20 CPU minutes, scored against bicubic
 	$(BIN)/python bench/train.py quality --minutes 20
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, and the import contract (models <- tasks/core <- tasks rooms <- tasks/steps <- flows)
 	$(BIN)/ruff check flows tasks models tests bench
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_imports.py
 
 clean:
 	rm -rf pixelmill-demo pixelmill-workspace .pytest_cache

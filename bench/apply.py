@@ -137,8 +137,8 @@ def pure_forward(model, photos: list[Path], device) -> float:
     import numpy as np
     from PIL import Image
 
+    from pixelmill.models.device import to_tensor
     from pixelmill.tasks.inference.apply import make_forward
-    from pixelmill.tasks.training.datasets import to_tensor
 
     forward = make_forward(model, device)
     tensors = [to_tensor(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0).to(device) for p in photos]

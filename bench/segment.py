@@ -45,7 +45,7 @@ def plain_loop(workspace: str, minutes: float, arch_kwargs: dict, input_scale: f
 
     from pixelmill.models.factory import build_model
     from pixelmill.tasks.core.catalog import Catalog
-    from pixelmill.tasks.training.classes import CAMVID
+    from pixelmill.tasks.core.classes import CAMVID
     from pixelmill.tasks.training.metrics import ConfusionMatrix
     from pixelmill.tasks.training.segdata import load_segmentation_records, median_frequency_weights
 

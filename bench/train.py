@@ -49,7 +49,7 @@ def make_pairs(workspace: str) -> str:
 def bare_loop(cfg, workspace: str, pairs: str, steps: int) -> float:
     """images/s of the obvious loop: same model, data, loader, optimizer, device, AMP and channels_last as the
     flow (fp16 autocast and channels_last on CUDA), nothing else: no schedule, validation or checkpoints."""
-    from pixelmill.tasks.training.loop import pick_device
+    from pixelmill.models.device import pick_device
     from pixelmill.tasks.training.objectives import RestorationObjective
 
     objective = RestorationObjective(cfg, workspace, pairs)

@@ -21,9 +21,9 @@ from pixelmill.flows.runners import api_for_workers, task_runner_for
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.reports import artifact_key, gallery_markdown, predictions_markdown, predictions_summary
 from pixelmill.tasks.core.settings import workspace_url
 from pixelmill.tasks.inference.apply import ApplyConfig
-from pixelmill.tasks.reports import artifact_key, gallery_markdown, predictions_markdown, predictions_summary
 
 GALLERY_IMAGES = 4
 

@@ -21,9 +21,9 @@ from pixelmill.flows.runners import api_for_workers, in_window, task_runner_for
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.reports import artifact_key, pair_gallery, pairs_markdown, pairs_summary
 from pixelmill.tasks.core.settings import workspace_url
 from pixelmill.tasks.prep.crappify import CrappifyConfig, start_pool
-from pixelmill.tasks.reports import artifact_key, pair_gallery, pairs_markdown, pairs_summary
 
 GALLERY_PAIRS = 4
 

@@ -112,7 +112,7 @@ def demo_segmentation(directory: str, workspace: str, minutes: float, steps: int
 
 
 def print_report(report: dict) -> None:
-    from pixelmill.tasks.reports import images_markdown, pairs_markdown
+    from pixelmill.tasks.core.reports import images_markdown, pairs_markdown
 
     print(images_markdown(report["summary"], "demo: images catalog"))
     print("\n" + pairs_markdown(report["pairs"], f"demo: paired set {report['pairs']['set_name']}"))

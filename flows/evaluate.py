@@ -13,7 +13,7 @@ from pixelmill.flows.events import emit_promoted
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import registry
 from pixelmill.tasks.core.layout import Layout
-from pixelmill.tasks.reports import artifact_key, evaluation_gallery, markdown_table
+from pixelmill.tasks.core.reports import artifact_key, evaluation_gallery, markdown_table
 
 GALLERY_IMAGES = 3
 

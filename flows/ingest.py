@@ -16,9 +16,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pixelmill.flows.console import report_progress
 from pixelmill.tasks import steps
 from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.reports import artifact_key, images_markdown, images_summary
 from pixelmill.tasks.core.settings import workspace_url
 from pixelmill.tasks.prep.ingest import IngestConfig, dataset_name_for
-from pixelmill.tasks.reports import artifact_key, images_markdown, images_summary
 
 # Shards in flight at once: each already runs IngestConfig.io_threads threads, and Prefect's default
 # pool is unbounded (a 1,000-shard plan would start 8,000 threads, each holding a decoded image).

@@ -14,10 +14,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import storage
-from pixelmill.tasks.core.catalog import check_name
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.core.layout import Layout
-from pixelmill.tasks.reports import artifact_key, evaluation_gallery, round_values
+from pixelmill.tasks.core.names import check_name
+from pixelmill.tasks.core.reports import artifact_key, evaluation_gallery, round_values
 from pixelmill.tasks.training.config import TrainConfig
 
 GALLERY_IMAGES = 3

@@ -21,10 +21,10 @@ from prefect.states import Crashed
 from pixelmill.tasks.core import runs, storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
+from pixelmill.tasks.core.reports import artifact_key
 from pixelmill.tasks.core.shards import ShardResult
 from pixelmill.tasks.inference import apply as apply_core
 from pixelmill.tasks.prep import crappify, ingest
-from pixelmill.tasks.reports import artifact_key
 from pixelmill.tasks.training.config import TrainConfig
 
 

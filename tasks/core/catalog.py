@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import posixpath
-import re
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
@@ -33,6 +32,7 @@ import pyarrow.parquet as pq
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.errors import ConfigError, StorageError
 from pixelmill.tasks.core.layout import Layout
+from pixelmill.tasks.core.names import check_name
 
 UTC_TIME = pa.timestamp("us", tz="UTC")
 
@@ -153,17 +153,6 @@ KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 # Listings a read makes when parts vanish under it (each vanishing is a concurrent compaction's doing).
 LIST_ATTEMPTS = 5
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def check_name(name: str, what: str = "name") -> str:
-    """Group and shard names become folder and file names on every store: keep them plain."""
-    if not _NAME.match(name or ""):
-        raise ConfigError(f"invalid {what} {name!r}",
-                          "use letters, digits, '.', '_' and '-' (start with a letter or digit)")
-    return name
-
 
 def schema_of(table: str) -> pa.Schema:
     if table not in SCHEMAS:

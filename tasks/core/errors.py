@@ -7,19 +7,9 @@ Bad *images* are not errors of this kind: they become catalog rows (see tasks/co
 
 from __future__ import annotations
 
+from pixelmill.models.errors import PixelmillError
 
-class PixelmillError(Exception):
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
-
-    # Prefect and Dask pickle exceptions across threads/processes; keep both fields.
-    def __reduce__(self):
-        return (type(self), (self.message, self.hint))
+__all__ = ["ConfigError", "PixelmillError", "StorageError"]
 
 
 class StorageError(PixelmillError):

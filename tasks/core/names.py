@@ -18,6 +18,8 @@ import posixpath
 import re
 import unicodedata
 
+from pixelmill.tasks.core.errors import ConfigError
+
 # Bytes in one path component on ext4, XFS, btrfs and ZFS (APFS and NTFS allow 255 characters: more).
 NAME_MAX = 255
 HASH_CHARS = 10
@@ -114,3 +116,14 @@ def output_relpath(source_rel: str, content_hash: str, extension: str, max_bytes
                if part not in ("", ".")]
     name = f"{output_stem(source_rel, content_hash, max_bytes)}.{extension.lstrip('.')}"
     return posixpath.join(*folders, name)
+
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Group and shard names become folder and file names on every store: keep them plain."""
+    if not _PLAIN_NAME.match(name or ""):
+        raise ConfigError(f"invalid {what} {name!r}",
+                          "use letters, digits, '.', '_' and '-' (start with a letter or digit)")
+    return name

@@ -19,9 +19,10 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from pixelmill.tasks.core import storage
-from pixelmill.tasks.core.catalog import Catalog, check_name
+from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.core.layout import Layout
+from pixelmill.tasks.core.names import check_name
 
 _VERSION = re.compile(r"^v(\d+)$")
 _REF = re.compile(r"^([^:@/]+)(?:@([^:@]+)|:([^:@]+))?$")

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 from pixelmill.tasks.core import storage
-from pixelmill.tasks.core.catalog import check_name
 from pixelmill.tasks.core.layout import Layout
+from pixelmill.tasks.core.names import check_name
 
 HEARTBEAT_SECONDS = 30.0
 # Ten missed heartbeats: a run on another host is only judged by its heartbeat, and a storage outage

@@ -15,7 +15,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.errors import PixelmillError
 
 T = TypeVar("T")
 
@@ -45,3 +47,14 @@ def commit_shard(catalog: Catalog, table: str, group: str, shard: str, rows: Ite
     rows = list(rows)
     catalog.write_part(table, group, shard, rows)
     return ShardResult(shard, len(rows), dict(Counter(r["status"] for r in rows)))
+
+
+def error_row(exc: Exception, kind: str) -> str:
+    """The one rule for an item's failure inside a shard: a transient storage error is the store's, so it is
+    raised again (the shard fails and its retry may succeed); anything else is this item's, and becomes the
+    `error` of its row, "<kind>: <what happened>". Call it from an `except` block."""
+    if storage.is_transient(exc):
+        raise exc
+    if isinstance(exc, PixelmillError):  # already says what and where (storage wraps its own failures)
+        return f"{kind}: {exc}"
+    return f"{kind}: {type(exc).__name__}: {exc}"

@@ -238,7 +238,7 @@ def load_model(uri: str, device: str):
     """(model on its device, config): a version folder never changes, so its URI is the cache key."""
     import torch
 
-    from pixelmill.tasks.training.loop import pick_device
+    from pixelmill.models.device import pick_device
 
     name, version = uri.rstrip("/").rsplit("/", 2)[-2:]
     model, config, _ = registry.load(ModelVersion(name, version, uri))
@@ -333,8 +333,8 @@ def apply_shard(shard: ApplyShard, workspace: str, cfg: ApplyConfig, run_id: str
     import torch
     from PIL import Image
 
+    from pixelmill.tasks.core.classes import ClassMap, overlay, to_palette_image
     from pixelmill.tasks.inference.tiling import SHAPE_MULTIPLE, plan_tiles, run_tiled, to_indices, to_rgb8
-    from pixelmill.tasks.training.classes import ClassMap, overlay, to_palette_image
 
     model, config, dev = load_model(shard.model.uri, cfg.device)
     task = model_task(config)

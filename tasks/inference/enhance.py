@@ -8,9 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pixelmill.models.device import to_tensor, to_uint8
 from pixelmill.tasks.core.images import ALPHA_FORMATS, output_format
-from pixelmill.tasks.training.datasets import to_tensor
-from pixelmill.tasks.training.evaluate import to_uint8
 
 
 @torch.inference_mode()

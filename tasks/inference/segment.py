@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelmill.tasks.training.classes import ClassMap, overlay, to_palette_image
-from pixelmill.tasks.training.datasets import to_tensor
+from pixelmill.models.device import to_tensor
+from pixelmill.tasks.core.classes import ClassMap, overlay, to_palette_image
 
 
 @torch.inference_mode()

@@ -30,12 +30,12 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.tasks.core import storage
-from pixelmill.tasks.core.catalog import Catalog, check_name
+from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import ConfigError, StorageError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, ImageFacts, normalize_mode, open_image
 from pixelmill.tasks.core.layout import Layout
-from pixelmill.tasks.core.names import output_stem
-from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, shard_id
+from pixelmill.tasks.core.names import check_name, output_stem
+from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, error_row, shard_id
 from pixelmill.tasks.prep.degrade import derive_seed
 from pixelmill.tasks.prep.recipes import Recipe, apply_recipe, encode_png, get_recipe
 
@@ -200,9 +200,7 @@ def crappify_one(job: PairJob, recipe: Recipe, global_seed: int, set_name: str, 
         if mask:
             storage.write_bytes(made["mask_uri"], mask)
     except Exception as exc:  # this pair's name, path or file: its row (crappify_shard checks the store)
-        if storage.is_transient(exc):
-            raise
-        return row | {"error": f"{WRITE_FAILED}: {type(exc).__name__}: {exc}"}
+        return row | {"error": error_row(exc, WRITE_FAILED)}
     return row | made | {"params": json.dumps(result.params, sort_keys=True), "status": "ok", "error": None,
                          "hr_width": result.hr.width, "hr_height": result.hr.height,
                          "lr_width": result.lr.width, "lr_height": result.lr.height}

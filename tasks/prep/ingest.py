@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pixelmill.tasks.core import storage
-from pixelmill.tasks.core.catalog import Catalog, check_name
-from pixelmill.tasks.core.errors import PixelmillError, StorageError
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.errors import StorageError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
-from pixelmill.tasks.core.names import storable, unsafe_reason
-from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, shard_id
+from pixelmill.tasks.core.names import check_name, storable, unsafe_reason
+from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, error_row, shard_id
 from pixelmill.tasks.core.storage import FileInfo
 
 SPLITS = ("train", "valid", "test")
@@ -164,12 +164,8 @@ def ingest_file(info: FileInfo, dataset: str, cfg: IngestConfig, now: datetime) 
     row["mask_uri"] = mask_uri_for(info, cfg.masks)
     try:
         data = storage.read_bytes(info.uri)
-    except PixelmillError as exc:
-        return row | {"error": f"unreadable: {exc}"}
     except Exception as exc:  # a bad archive member (BadZipFile: CRC) is this file's problem, not the shard's
-        if storage.is_transient(exc):  # the store's: fail the shard, whose retry may succeed
-            raise
-        return row | {"error": f"unreadable: {type(exc).__name__}: {exc}"}
+        return row | {"error": error_row(exc, "unreadable")}
     sha = hashlib.sha256(data).hexdigest()
     row |= {"sha256": sha, "bytes": len(data), "split": assign_split(sha, cfg.split_fractions)}
     try:

@@ -7,7 +7,7 @@ clouds, a road with lane dashes below a random horizon line, textured buildings 
 majority class (~40% of the pixels over many scenes, road ~34%, building ~17%, tree 6%, car 3%, pole 1%), so
 "everything is sky" scores ~0.4 pixel accuracy and ~0.07 mean IoU: the baseline a model must beat.
 
-Classes are those of the `scenes` class map (tasks/training/classes.py). Masks are palette PNGs whose pixel
+Classes are those of the `scenes` class map (tasks/core/classes.py). Masks are palette PNGs whose pixel
 values are the class indices, so `pixelmill ingest FOLDER/images --masks FOLDER/masks` pairs them.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from pixelmill.tasks.core import storage
-from pixelmill.tasks.training.classes import SCENES, to_palette_image
+from pixelmill.tasks.core.classes import SCENES, to_palette_image
 
 SKY, ROAD, BUILDING, TREE, CAR, POLE, VOID = range(7)
 assert SCENES.names == ("sky", "road", "building", "tree", "car", "pole", "void")

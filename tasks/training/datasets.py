@@ -17,6 +17,7 @@ import pyarrow.dataset as ds
 import torch
 from PIL import Image
 
+from pixelmill.models.device import to_tensor
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
@@ -63,11 +64,6 @@ def fetch(uri: str, cache_dir: str | None) -> bytes:
     data = storage.read_bytes(uri)
     storage.write_bytes(path, data)
     return data
-
-
-def to_tensor(arr: np.ndarray) -> torch.Tensor:
-    """(H, W, C) uint8 -> (C, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255)
 
 
 def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:

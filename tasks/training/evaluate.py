@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pixelmill.models.device import to_uint8
 from pixelmill.models.unet import residual_base
-from pixelmill.tasks.reports import GALLERY_CROP, busiest_window, crop, nearest_resize
+from pixelmill.tasks.core.images import GALLERY_CROP, busiest_window, crop, nearest_resize
 from pixelmill.tasks.training.datasets import PairDataset, PairRecord
 from pixelmill.tasks.training.metrics import PSNR_CAP, psnr, ssim
 
@@ -31,12 +32,6 @@ class Evaluation:
     gallery: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # images per row, as the objective labels them
     gallery_captions: list[tuple[str, ...]] = field(default_factory=list)  # one per image, when crops carry scores
     report: str = ""  # extra Markdown for the report (a segmentation model's per-class table, its confusion matrix)
-
-
-def to_uint8(t: torch.Tensor) -> np.ndarray:
-    """(C, H, W) float in [0, 1] -> (H, W, 3) uint8, rounding like saving a PNG would."""
-    arr = t.detach().float().clamp(0, 1).mul(255).round().byte().cpu().numpy().transpose(1, 2, 0)
-    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
 
 
 def scores(pred: np.ndarray, target: np.ndarray, scale: int) -> dict:

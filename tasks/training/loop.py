@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pixelmill.models.device import pick_device
 from pixelmill.tasks.core.errors import ConfigError
 from pixelmill.tasks.training.config import TrainConfig
 from pixelmill.tasks.training.datasets import SampleStream
@@ -42,15 +43,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     images_per_s: float = 0.0
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The config's device choice made concrete: 'auto' is CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device", "use device: auto or cpu")
-    return torch.device(name)
 
 
 def one_cycle(progress: float, peak: float, pct_start: float) -> float:

@@ -13,11 +13,12 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from pixelmill.models.device import pick_device
 from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.layout import Layout
 from pixelmill.tasks.training.config import TrainConfig
-from pixelmill.tasks.training.loop import TrainHooks, load_state, pick_device, train_model
+from pixelmill.tasks.training.loop import TrainHooks, load_state, train_model
 from pixelmill.tasks.training.objectives import build_objective, objective_class
 
 
@@ -52,7 +53,7 @@ def evaluate_registered(workspace: str, ref: str, source: str, split: str = "val
                         limit: int | None = None, record: bool = True) -> dict:
     """Score a registered model and its baseline on a split; rows to the `evaluations` table when `record`,
     gallery images to the workspace's reports folder. Returns means, counts and the gallery's URIs."""
-    from pixelmill.tasks.reports import png_bytes
+    from pixelmill.tasks.core.reports import png_bytes
 
     mv = registry.resolve(workspace, ref)
     model, config, _ = registry.load(mv)

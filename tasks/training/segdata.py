@@ -26,9 +26,9 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.classes import ClassMap, mask_to_indices
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.core.images import ImageError, normalize_mode, open_image
-from pixelmill.tasks.training.classes import ClassMap, mask_to_indices
 from pixelmill.tasks.training.datasets import DecodedCache, fetch
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pixelmill.models.device import to_uint8
 from pixelmill.models.factory import build_model
 from pixelmill.models.losses import SegmentationLoss
 from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.classes import ClassMap, load_class_map, overlay
 from pixelmill.tasks.core.errors import ConfigError, PixelmillError
-from pixelmill.tasks.reports import markdown_table
-from pixelmill.tasks.training.classes import ClassMap, load_class_map, overlay
+from pixelmill.tasks.core.reports import markdown_table
 from pixelmill.tasks.training.config import TrainConfig
-from pixelmill.tasks.training.evaluate import Evaluation, to_uint8
+from pixelmill.tasks.training.evaluate import Evaluation
 from pixelmill.tasks.training.metrics import ConfusionMatrix, Mean, MetricSet
 from pixelmill.tasks.training.segdata import (
     SegmentationDataset,

@@ -12,10 +12,10 @@ from pixelmill.flows.ingest import ingest
 from pixelmill.flows.train import train
 from pixelmill.tasks.core import registry
 from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.classes import SCENES, mask_to_indices
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.prep.ingest import IngestConfig
 from pixelmill.tasks.prep.scenes import write_synthetic_scenes
-from pixelmill.tasks.training.classes import SCENES, mask_to_indices
 from pixelmill.tasks.training.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

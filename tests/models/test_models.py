@@ -363,3 +363,9 @@ def test_input_scale_runs_at_lower_resolution_and_answers_at_the_input_size(arch
     assert "input_scale" not in build_model({"arch": arch, "out_channels": 5, **kwargs}).config  # old configs stay
     with pytest.raises(ValueError, match="input_scale"):
         build_model({"arch": arch, "residual": True, "input_scale": 0.5, **kwargs})
+
+
+def test_the_torch_free_arch_names_match_the_factory():
+    from pixelmill.models.archs import ARCH_NAMES
+
+    assert list(ARCH_NAMES) == list_archs()

@@ -19,8 +19,8 @@ from PIL import Image
 from pixelmill.models.factory import build_model
 from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.classes import ClassMap
 from pixelmill.tasks.inference.apply import ApplyConfig, apply_local, auto_batch
-from pixelmill.tasks.training.classes import ClassMap
 from tests.helpers import ingest_local, noise_png
 
 torch.set_num_threads(1)

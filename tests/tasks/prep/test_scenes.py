@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.classes import SCENES, mask_to_indices
 from pixelmill.tasks.prep.scenes import make_scene, write_synthetic_scenes
-from pixelmill.tasks.training.classes import SCENES, mask_to_indices
 from pixelmill.tasks.training.segdata import SegmentationDataset, load_segmentation_records
 from tests.helpers import ingest_local
 

@@ -10,8 +10,8 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 
 from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.classes import CAMVID, ClassMap, colorize, mask_to_indices, to_palette_image
 from pixelmill.tasks.core.errors import PixelmillError
-from pixelmill.tasks.training.classes import CAMVID, ClassMap, colorize, mask_to_indices, to_palette_image
 from pixelmill.tasks.training.datasets import SampleStream
 from pixelmill.tasks.training.segdata import (
     SegmentationDataset,

@@ -12,7 +12,8 @@ from PIL import Image
 
 from pixelmill.models.factory import build_model
 from pixelmill.tasks.core import registry, storage
-from pixelmill.tasks.reports import GALLERY_CROP, busiest_window, evaluation_gallery, pair_gallery
+from pixelmill.tasks.core.images import GALLERY_CROP, busiest_window
+from pixelmill.tasks.core.reports import evaluation_gallery, pair_gallery
 from pixelmill.tasks.training.evaluate import gallery_crops
 from pixelmill.tasks.training.runs import evaluate_registered
 from tests.helpers import crappify_local, ingest_local, texture_png

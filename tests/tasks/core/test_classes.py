@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelmill.tasks.core.errors import ConfigError
-from pixelmill.tasks.training.classes import (
+from pixelmill.tasks.core.classes import (
     CAMVID,
     PRESETS,
     ClassMap,
@@ -20,6 +19,7 @@ from pixelmill.tasks.training.classes import (
     to_palette_image,
     voc_palette,
 )
+from pixelmill.tasks.core.errors import ConfigError
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-# Side of a gallery crop, in the image's own pixels: large enough to see texture, small enough that a dozen
-# crops fit in one Prefect artifact (the server keeps artifacts in its database).
-GALLERY_CROP = 96
+from pixelmill.tasks.core.images import busiest_window, crop, nearest_resize
 
 
 def count_by(table: pa.Table, column: str) -> dict[str, int]:
@@ -115,27 +113,6 @@ def gallery_markdown(columns: list[str], rows: list[list[bytes]], height: int = 
     """A before/after table: one image per cell, columns like ["input", "target"]."""
     cells = [[f"![]({thumbnail_data_uri(b, height)})" for b in row] for row in rows]
     return markdown_table(columns, cells)
-
-
-def nearest_resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Blocky on purpose: an LR input shown at the target's size with its own pixels visible."""
-    return np.asarray(Image.fromarray(arr).resize((width, height), Image.Resampling.NEAREST))
-
-
-def busiest_window(a: np.ndarray, b: np.ndarray, size: int = GALLERY_CROP) -> tuple[int, int]:
-    """(top, left) of the size x size window where `a` and `b` differ most (sum of absolute differences);
-    the first such window on ties, (0, 0) when the image is not larger than the window."""
-    diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
-    diff = diff.sum(axis=2) if diff.ndim == 3 else diff
-    h, w = min(size, diff.shape[0]), min(size, diff.shape[1])
-    integral = np.pad(diff.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    sums = integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]
-    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
-    return int(top), int(left)
-
-
-def crop(arr: np.ndarray, top: int, left: int, size: int = GALLERY_CROP) -> np.ndarray:
-    return arr[top:top + size, left:left + size]
 
 
 def crops_markdown(columns: list[str], rows: list[list[bytes]], captions: list[list[str]] | None = None) -> str:

@@ -1,0 +1,163 @@
+"""Data commands: `ingest`, `crappify`, `recipes`, `catalog show`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+from typing import Annotated
+
+import typer
+
+from pixelmill.flows.cli.common import Workspace, _debug, app, catalog_app, next_command, start_prefect, user_errors
+from pixelmill.tasks.core.errors import PixelmillError
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="folder, s3://bucket/prefix, memory://..., or a .zip/.tar archive")],
+    dataset: Annotated[str | None, typer.Option(help="data set name (default: the source's base name)")] = None,
+    masks: Annotated[str | None, typer.Option(help="mask folder URL with the same file names, or a name "
+                                                   "pattern like '{stem}_P.png'")] = None,
+    workspace: Workspace = None,
+    shard_size: Annotated[int, typer.Option(help="files per task")] = 100,
+    split: Annotated[str, typer.Option(help="train,valid,test fractions")] = "0.8,0.1,0.1",
+    force: Annotated[bool, typer.Option(help="re-read unchanged files too")] = False,
+) -> None:
+    """Catalog the images under SOURCE into the `images` table (bad files become error rows)."""
+    with user_errors():
+        from pixelmill.flows import preflight
+        from pixelmill.tasks.core.names import check_name
+        from pixelmill.tasks.prep.ingest import IngestConfig, dataset_name_for
+
+        cfg = IngestConfig(masks=masks, shard_size=shard_size, split_fractions=preflight.parse_split_fractions(split),
+                           force=force)
+        check_name(dataset or dataset_name_for(source), "dataset name")
+        preflight.require_source(source)
+        start_prefect()
+        from pixelmill.flows.console import progress_bar
+        from pixelmill.flows.ingest import ingest as ingest_flow
+        from pixelmill.tasks.core.reports import images_markdown
+
+        with progress_bar():
+            summary = ingest_flow(source, dataset=dataset, workspace=workspace, config=cfg)
+        if _debug["verbose"]:
+            typer.echo(images_markdown(summary, f"ingest {summary['dataset']}") + "\n")
+        name, status = summary["dataset"], summary["status"]
+        typer.echo(f"{name}: {summary['files']} files in the catalog, {status.get('ok', 0)} ok, "
+                   f"{status.get('error', 0)} errors, {summary['duplicates']} duplicates; split "
+                   + ", ".join(f"{k} {v}" for k, v in summary["split"].items()))
+        typer.echo(f"this run: {summary['new_or_changed']} new or changed, {summary['unchanged']} unchanged, "
+                   f"{summary['other_files']} non-image files skipped")
+        typer.echo(f"details: pixelmill catalog show images --dataset {name}")
+        typer.echo(next_command(f"pixelmill crappify --dataset {name} --recipe lesson7", workspace))
+
+
+@app.command()
+def crappify(
+    dataset: Annotated[str, typer.Option(help="the ingested data set to degrade")],
+    recipe: Annotated[str, typer.Option(help="a recipe name (see `pixelmill recipes`) or a YAML file")] = "lesson7",
+    split: Annotated[str, typer.Option(help="train, valid, test or all")] = "all",
+    name: Annotated[str | None, typer.Option(help="paired set name (default: DATASET-RECIPE)")] = None,
+    seed: Annotated[int, typer.Option(help="global seed")] = 0,
+    workers: Annotated[int | None, typer.Option(help="processes making pairs (default: this machine's cores; "
+                                                     "with --dask, the LocalCluster's workers)")] = None,
+    shard_size: Annotated[int | None, typer.Option(help="images per task (default: about 4 tasks per worker, "
+                                                        "16 to 1024 images each)")] = None,
+    dask: Annotated[str | None, typer.Option(help="'local' for a Dask LocalCluster, or a scheduler address")]
+    = None,
+    workspace: Workspace = None,
+) -> None:
+    """Make a paired training set (HR target, degraded LR input) from a data set's ok images."""
+    with user_errors():
+        from pixelmill.flows import preflight
+        from pixelmill.tasks.prep.crappify import CrappifyConfig
+
+        cfg = CrappifyConfig(recipe=recipe, split=split, name=name, seed=seed, shard_size=shard_size,
+                             **({"workers": workers} if workers is not None else {}))
+        preflight.require_recipe(recipe)
+        preflight.require_dataset(workspace, dataset)
+        start_prefect()
+        from pixelmill.flows.console import progress_bar
+        from pixelmill.flows.crappify import run_crappify
+        from pixelmill.tasks.core.reports import pairs_markdown
+
+        with progress_bar():
+            summary = run_crappify(dataset, cfg, workspace=workspace, dask=dask)
+        if _debug["verbose"]:
+            typer.echo(pairs_markdown(summary, f"crappify {summary['set_name']}") + "\n")
+        set_name, status = summary["set_name"], summary["status"]
+        typer.echo(f"{set_name}: {summary['pairs']} pairs, {status.get('ok', 0)} ok, {status.get('error', 0)} "
+                   "errors; split " + ", ".join(f"{k} {v}" for k, v in summary["split"].items()))
+        typer.echo(f"this run: {summary['made']} made, {summary['existing']} already there")
+        typer.echo(f"files: {summary['workspace']}/datasets/{set_name}/{{split}}/{{hr,lr}}/")
+        task = "colorize" if PurePosixPath(recipe).stem == "colorize" else "restoration"
+        typer.echo(next_command(f"pixelmill train {task} --pairs {set_name} --name {set_name}-model "
+                                "--max-minutes 10", workspace))
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped degradation recipes and their steps."""
+    with user_errors():
+        from pixelmill.tasks.prep.recipes import list_recipes
+
+        for recipe in list_recipes():
+            typer.secho(f"{recipe.name}  (hash {recipe.recipe_hash}, LR as {recipe.lr_format})", bold=True)
+            typer.echo(f"  {recipe.description}")
+            for label, ops in (("target", recipe.target), ("steps", recipe.steps)):
+                for op in ops:
+                    typer.echo(f"  {label}: {json.dumps(op.model_dump(mode='json'))}")
+        typer.echo("\nYour own: a YAML file with the same fields, e.g. steps: [{op: blur, sigma: [0.5, 2]}, "
+                   "{op: jpeg, quality: [30, 70]}]")
+
+
+@catalog_app.command("show")
+def catalog_show(
+    table: Annotated[str, typer.Argument(help="table name")] = "images",
+    dataset: Annotated[str | None, typer.Option(help="only this data set (group)")] = None,
+    workspace: Workspace = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """A readable summary of a catalog table."""
+    with user_errors():
+        from pixelmill.flows import preflight
+        from pixelmill.tasks.core.catalog import Catalog
+        from pixelmill.tasks.core.reports import (
+            images_markdown,
+            images_summary,
+            markdown_table,
+            pairs_markdown,
+            pairs_summary,
+            round_values,
+        )
+        from pixelmill.tasks.core.settings import workspace_url
+
+        catalog = Catalog(workspace_url(workspace))
+        catalog.table_url(table)  # an unknown table says which ones exist
+        preflight.require_workspace(workspace)
+        if dataset is not None:
+            what = {"images": "data set", "pairs": "paired set"}.get(table, "model")
+            preflight.require_group(workspace, table, dataset, what, f"the {table} table has no rows yet")
+        data = catalog.read(table, dataset)
+        if data.num_rows == 0:
+            raise PixelmillError(f"table {table!r} is empty in {catalog.workspace}",
+                                 "run `pixelmill ingest SOURCE` first, or pass the right --workspace")
+        if table == "images":
+            summary = images_summary(data)
+            text = images_markdown(summary, f"{table} table")
+        elif table == "pairs":
+            summary = pairs_summary(data)
+            text = pairs_markdown(summary, f"{table} table")
+        elif table == "predictions":
+            from pixelmill.tasks.core.reports import predictions_markdown, predictions_summary
+
+            summary = predictions_summary(data)
+            text = predictions_markdown(summary, f"{table} table")
+        else:
+            summary = {"rows": data.num_rows, "head": data.slice(0, 20).to_pylist()}
+            cols = [c for c in data.column_names if c not in ("created_at", "uri", "metrics", "evaluation_id")]
+            text = f"## {table} table ({data.num_rows} rows)\n\n" + markdown_table(
+                cols, [[r[c] for c in cols] for r in map(round_values, data.slice(0, 20).to_pylist())])
+        typer.echo(json.dumps(summary, indent=1, default=str) if as_json else text)
+        typer.echo(f"\nParquet files: {catalog.table_url(table)}/*/*.parquet")

@@ -1,0 +1,207 @@
+"""Model commands: `train restoration|colorize|segmentation`, `evaluate`, `models list|promote|archs`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated
+
+import typer
+
+from pixelmill.flows.cli.common import (
+    Workspace,
+    app,
+    load_yaml_config,
+    models_app,
+    next_command,
+    start_prefect,
+    train_app,
+    user_errors,
+)
+from pixelmill.tasks.core.errors import ConfigError, PixelmillError
+
+Pairs = Annotated[str, typer.Option(help="paired set name (from `pixelmill crappify`)")]
+
+
+ModelName = Annotated[str, typer.Option(help="model name in the registry")]
+
+
+Arch = Annotated[str | None, typer.Option(help="unet-plain, unet-resnet18/34/50 (`pixelmill models archs`)")]
+
+
+Loss = Annotated[str | None, typer.Option(help="l1, charbonnier, feature, ssim or l1+ssim")]
+
+
+ConfigFile = Annotated[str | None, typer.Option(help="YAML file with TrainConfig fields; flags override it")]
+
+
+Steps = Annotated[int | None, typer.Option(help="optimizer steps")]
+
+
+MaxMinutes = Annotated[float | None, typer.Option(help="time budget; the schedule fits it")]
+
+
+Resume = Annotated[bool, typer.Option(help="continue from the model's last checkpoint")]
+
+
+GanFrom = Annotated[str | None, typer.Option(help="GAN fine-tuning: start from this model (NAME@ALIAS...)")]
+
+
+@train_app.command("restoration")
+def train_restoration(pairs: Pairs, name: ModelName, arch: Arch = None, loss: Loss = None, config: ConfigFile = None,
+                      steps: Steps = None, max_minutes: MaxMinutes = None, resume: Resume = False,
+                      gan_from: GanFrom = None, workspace: Workspace = None) -> None:
+    """Train a restoration U-Net (super-resolution, de-JPEG, de-watermark, denoise) on a paired set."""
+    run_training("restoration", pairs, name, config, {"arch": arch, "loss": loss, "steps": steps,
+                                                      "max_minutes": max_minutes}, gan_from, resume, workspace)
+
+
+@train_app.command("colorize")
+def train_colorize(pairs: Pairs, name: ModelName, arch: Arch = None, loss: Loss = None, config: ConfigFile = None,
+                   steps: Steps = None, max_minutes: MaxMinutes = None, resume: Resume = False,
+                   gan_from: GanFrom = None, workspace: Workspace = None) -> None:
+    """Train a colorization U-Net (grey input, colour target) on a paired set, e.g. one made with --recipe colorize."""
+    run_training("colorize", pairs, name, config, {"arch": arch, "loss": loss, "steps": steps,
+                                                   "max_minutes": max_minutes}, gan_from, resume, workspace)
+
+
+@train_app.command("segmentation")
+def train_segmentation(
+    dataset: Annotated[str, typer.Option(help="an ingested data set with masks (`pixelmill ingest ... --masks`)")],
+    name: ModelName,
+    classes: Annotated[str, typer.Option(help="class map: a preset (camvid, scenes) or a YAML file")] = "camvid",
+    arch: Arch = None, config: ConfigFile = None, steps: Steps = None, max_minutes: MaxMinutes = None,
+    resume: Resume = False, workspace: Workspace = None,
+) -> None:
+    """Train a U-Net for semantic segmentation (one class per pixel) on images and their masks."""
+    run_training("segmentation", dataset, name, config, {"arch": arch, "classes": classes, "steps": steps,
+                                                         "max_minutes": max_minutes}, None, resume, workspace)
+
+
+def run_training(task: str, source: str, name: str, config: str | None, flags: dict, gan_from: str | None,
+                 resume: bool, workspace: str | None) -> None:
+    """YAML config, then flags, then the subcommand's task; run the train flow and print its summary."""
+    with user_errors():
+        from pixelmill.flows import preflight
+        from pixelmill.tasks.core.names import check_name
+        from pixelmill.tasks.training.config import TrainConfig
+
+        fields = load_yaml_config(config) if config else {}
+        fields |= {k: v for k, v in flags.items() if v is not None} | {"task": task}
+        if gan_from:
+            fields["gan"] = (fields.get("gan") or {}) | {"init_from": gan_from}
+        train_config = TrainConfig(**fields)
+        check_name(name, "model name")
+        if task == "segmentation":
+            preflight.require_dataset(workspace, source)
+        else:
+            preflight.require_pairs(workspace, source)
+        if gan_from:
+            preflight.require_model(workspace, gan_from)
+        if resume:
+            preflight.require_checkpoint(workspace, name)
+        start_prefect()
+        from pixelmill.flows.train import train
+
+        summary = train(source, name, train_config, workspace=workspace, resume=resume)
+        scale = f", x{summary['scale']}" if summary.get("scale") else ""
+        typer.echo(f"trained {summary['model']}: {summary['steps']} steps in {summary['seconds']:.0f} s "
+                   f"({summary['images_per_s']:.1f} images/s){scale}")
+        shown = {k: v for k, v in summary["metrics"].items() if k.startswith("val_")}
+        if shown:
+            typer.echo("last validation: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+        typer.echo(f"weights: {summary['uri']}")
+        data = "--dataset" if task == "segmentation" else "--pairs"
+        typer.echo(next_command(f"pixelmill evaluate {summary['model']} {data} {source} --promote production",
+                                workspace))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a model folder URL")],
+    pairs: Annotated[str | None, typer.Option(help="restoration: the paired set to score on")] = None,
+    dataset: Annotated[str | None, typer.Option(help="segmentation: the data set (with masks) to score on")] = None,
+    split: Annotated[str, typer.Option(help="train, valid or test")] = "valid",
+    promote: Annotated[str | None, typer.Option(help="move this alias here if the model wins")] = None,
+    workspace: Workspace = None,
+) -> None:
+    """Score a model against its baseline: PSNR/SSIM (restoration) or mean IoU (segmentation).
+
+    Restoration is compared with bicubic (or the input), segmentation with always answering the majority class."""
+    with user_errors():
+        if (pairs is None) == (dataset is None):
+            raise ConfigError("give the data to score on: --pairs SET (restoration) or --dataset NAME (segmentation)",
+                              "`pixelmill catalog show pairs` and `pixelmill catalog show images` list them")
+        from pixelmill.flows import preflight
+
+        preflight.require_model(workspace, model)
+        preflight.require_split(split)
+        if pairs:
+            preflight.require_pairs(workspace, pairs)
+        else:
+            preflight.require_dataset(workspace, dataset)
+        start_prefect()
+        from pixelmill.flows.evaluate import evaluate as evaluate_flow
+
+        s = evaluate_flow(model, pairs or dataset, split=split, promote=promote, workspace=workspace)
+        typer.echo(f"{s['model']} on {s['source']}/{s['split']} ({s['images']} images)")
+        for label, m in (("model", s["model_scores"]), (f"baseline ({s['baseline']})", s["baseline_scores"])):
+            typer.echo(f"  {label:24s} " + "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "images"))
+        typer.echo(f"  gain over the baseline: {s['gain']:+.4g} ({s['score_key']})")
+        if promote:
+            typer.echo(s["promotion_reason"])
+        use = "segment" if dataset else "enhance"
+        ref = f"{s['model'].split(':')[0]}@{promote}" if s.get("promoted") else s["model"]
+        typer.echo(next_command(f"pixelmill {use} {ref} IMAGE OUT.png", workspace))
+
+
+@models_app.command("list")
+def models_list(workspace: Workspace = None) -> None:
+    """Every model version with its aliases and last validation."""
+    with user_errors():
+        from pixelmill.tasks.core import registry
+        from pixelmill.tasks.core.catalog import Catalog
+        from pixelmill.tasks.core.settings import workspace_url
+
+        ws = workspace_url(workspace)
+        rows = Catalog(ws).read("models").to_pylist()
+        if not rows:
+            raise PixelmillError(f"no models in {ws}", "train one with `pixelmill train restoration`")
+        for row in sorted(rows, key=lambda r: (r["name"], int(r["version"][1:]))):
+            tags = [a for a, v in registry.aliases(ws, row["name"]).items() if v == row["version"]]
+            metrics = json.loads(row["metrics"] or "{}")
+            psnr = f"val Y-PSNR {metrics['val_psnr_y']:.2f} dB" if "val_psnr_y" in metrics else ""
+            typer.echo(f"{row['name']}:{row['version']:5s} {row['arch']:14s} x{row['scale']} {row['steps']:>6} steps "
+                       f"on {row['pairs_set']}  {psnr}  {' '.join('@' + t for t in tags)}")
+
+
+@models_app.command("promote")
+def models_promote(
+    model: Annotated[str, typer.Argument(help="NAME:VERSION (or NAME, NAME@ALIAS)")],
+    alias: Annotated[str, typer.Argument(help="e.g. production")],
+    workspace: Workspace = None,
+) -> None:
+    """Point an alias at a model version (no checks: `evaluate --promote` is the checked way)."""
+    with user_errors():
+        from pixelmill.tasks.core import registry
+        from pixelmill.tasks.core.settings import workspace_url
+
+        ws = workspace_url(workspace)
+        mv = registry.resolve(ws, model)
+        previous = registry.aliases(ws, mv.name).get(alias)
+        registry.set_alias(ws, mv, alias)
+        typer.echo(f"{mv.name}@{alias} -> {mv.version}")
+        if os.environ.get("PREFECT_API_URL"):  # deployments on that server may re-apply the alias
+            from pixelmill.flows.events import PROMOTED, emit_promoted
+
+            if emit_promoted(mv, alias, ws, previous=previous):
+                typer.echo(f"sent {PROMOTED} to {os.environ['PREFECT_API_URL']}")
+
+
+@models_app.command("archs")
+def models_archs() -> None:
+    """The architectures the factory can build."""
+    from pixelmill.models.archs import ARCH_NAMES
+
+    typer.echo("\n".join(f"{name:15s} {about}" for name, about in ARCH_NAMES.items()))

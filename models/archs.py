@@ -1,0 +1,14 @@
+"""The names `build_model` accepts, with a line each: torch-free, so `pixelmill models archs` answers at once.
+
+models/factory.py maps each name to its class; tests/models/test_models.py checks the two agree.
+"""
+
+from __future__ import annotations
+
+ARCH_NAMES: dict[str, str] = {
+    "unet-resnet18": "U-Net, torchvision ResNet-18 encoder (ImageNet weights when in the torch cache)",
+    "unet-resnet34": "U-Net, torchvision ResNet-34 encoder (ImageNet weights when in the torch cache)",
+    "unet-resnet50": "U-Net, torchvision ResNet-50 encoder (ImageNet weights when in the torch cache)",
+    "unet-plain": "a small U-Net from scratch: trains on a CPU in minutes",
+    "critic": "spectral-norm conv critic for GAN fine-tuning",
+}
