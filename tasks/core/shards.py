@@ -18,6 +18,7 @@ from typing import TypeVar
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
+from pixelmill.tasks.core.faults import fault_point
 
 T = TypeVar("T")
 
@@ -45,6 +46,7 @@ def shard_id(*key: object) -> str:
 def commit_shard(catalog: Catalog, table: str, group: str, shard: str, rows: Iterable[dict]) -> ShardResult:
     """Write the shard's catalog part (atomically replacing an earlier attempt) and count its statuses."""
     rows = list(rows)
+    fault_point("shard.commit")  # the shard's outputs are written, its rows not yet recorded
     catalog.write_part(table, group, shard, rows)
     return ShardResult(shard, len(rows), dict(Counter(r["status"] for r in rows)))
 

@@ -30,6 +30,7 @@ from fsspec.archive import AbstractArchiveFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from pixelmill.tasks.core.errors import PixelmillError, StorageError
+from pixelmill.tasks.core.faults import fault_point
 from pixelmill.tasks.core.settings import storage_retry_seconds
 
 T = TypeVar("T")
@@ -355,8 +356,9 @@ def write_bytes(uri: str, data: bytes) -> None:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
             raise
-        return
-    retry(lambda: fs.pipe_file(path, data), what=uri)
+    else:
+        retry(lambda: fs.pipe_file(path, data), what=uri)
+    fault_point("storage.write")
 
 
 def _create(path: str):

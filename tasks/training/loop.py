@@ -24,6 +24,7 @@ import torch
 
 from pixelmill.models.device import pick_device
 from pixelmill.tasks.core.errors import ConfigError
+from pixelmill.tasks.core.faults import fault_point
 from pixelmill.tasks.training.config import TrainConfig
 from pixelmill.tasks.training.datasets import SampleStream
 
@@ -183,6 +184,7 @@ def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, re
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
             "objective_name": objective.name, "step": step, "elapsed": elapsed, "samples": samples,
             "fingerprint": cfg.fingerprint(), "torch_rng": torch.get_rng_state(), "amp": amp.state_dict()}))
+        fault_point("train.checkpoint")
 
     model.train()
     while step < cfg.steps and elapsed < budget:
