@@ -1,4 +1,5 @@
-# Two commands do all the set-up: `make demo` and `make test`. Both create .venv when it is missing.
+# Two commands do all the set-up: `make demo` and `make test` (`make test-fast` skips the slow tests).
+# Both create .venv when it is missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test ui bench bench-quality lint clean
+.PHONY: demo test test-fast ui bench bench-quality lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +18,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## run the pipeline end to end on built-in sample photographs
 	$(BIN)/pixelmill demo --dir ./pixelmill-demo
 
-test: $(STAMP)  ## the test suite (real Prefect server, real S3 server, real images)
-	$(BIN)/python -m pytest
+test: $(STAMP)  ## the test suite (real Prefect server, real S3 server, real images); the 25 slowest tests at the end
+	$(BIN)/python -m pytest --durations=25
+
+test-fast: $(STAMP)  ## the suite without the tests marked slow: under 3 minutes on 2 cores
+	$(BIN)/python -m pytest -m "not slow" --durations=10
 
 ui: $(STAMP)  ## serve the Prefect UI on the embedded server's database: http://127.0.0.1:4200
 	$(BIN)/prefect server start

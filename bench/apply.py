@@ -128,7 +128,7 @@ def register_model(workspace: str, base: int, depth: int) -> str:
     torch.manual_seed(0)
     model = build_model({"arch": "unet-plain", "scale": 2, "base": base, "depth": depth, "residual": True})
     config = {"task": "restoration", "scale": 2, "in_channels": 3, "input_range": [0, 1]}
-    return registry.save(workspace, "bench", model, config, {"pairs_set": "random-weights"}).ref
+    return registry.save(workspace, "bench", model, config, {"source": "pairs:random-weights"}).ref
 
 
 def pure_forward(model, photos: list[Path], device) -> float:
@@ -138,7 +138,7 @@ def pure_forward(model, photos: list[Path], device) -> float:
     from PIL import Image
 
     from pixelmill.models.device import to_tensor
-    from pixelmill.tasks.inference.apply import make_forward
+    from pixelmill.tasks.inference.runtime import make_forward
 
     forward = make_forward(model, device)
     tensors = [to_tensor(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0).to(device) for p in photos]
@@ -149,17 +149,20 @@ def pure_forward(model, photos: list[Path], device) -> float:
     return time.perf_counter() - started
 
 
-def bare_loop(model, config: dict, photos: list[Path], out: Path, device) -> float:
+def bare_loop(model, photos: list[Path], out: Path, device) -> float:
+    """The plainest loop: decode, the whole image through the model at once, encode (no tiles, no threads)."""
+    import numpy as np
+    import torch
     from PIL import Image
 
-    from pixelmill.tasks.inference.apply import encode
-    from pixelmill.tasks.inference.enhance import enhance_image
+    from pixelmill.models.device import to_tensor, to_uint8
+    from pixelmill.tasks.inference.outputs import encode
 
     started = time.perf_counter()
     for p in photos:
-        img = Image.open(p)
-        img.load()
-        result = enhance_image(model, config, img, device)
+        x = to_tensor(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0).to(device)
+        with torch.inference_mode():
+            result = Image.fromarray(to_uint8(model(x)[0]))
         target = out / p.name.replace(".jpg", ".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(encode(result, "png", 92))
@@ -204,15 +207,15 @@ def run(workdir: Path, args) -> dict:
     from PIL import Image
 
     from pixelmill.tasks.core import registry
-    from pixelmill.tasks.inference.apply import ApplyConfig, apply_local, load_model
+    from pixelmill.tasks.inference.apply import ApplyConfig, apply_local
+    from pixelmill.tasks.inference.runtime import load_model
 
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)
     photos = make_photos(workdir / "photos", args.n)
     workspace = str(workdir / "ws")
     ref = register_model(workspace, args.base, args.depth)
-    mv = registry.resolve(workspace, ref)
-    model, config, device = load_model(mv.uri, args.device)
+    model, device = load_model(registry.resolve(workspace, ref), args.device)
     megapixels = sum(w * h for w, h in (Image.open(p).size for p in photos)) / 1e6
     flows = {"flow_1", "flow_all"} & set(args.ways)
     if flows:
@@ -243,7 +246,7 @@ def run(workdir: Path, args) -> dict:
 
     source = str(workdir / "photos")
     measure("forward", lambda: pure_forward(model, photos[:FORWARD_SAMPLE], device), min(args.n, FORWARD_SAMPLE))
-    measure("bare", lambda: bare_loop(model, config, photos, workdir / "out-bare", device))
+    measure("bare", lambda: bare_loop(model, photos, workdir / "out-bare", device))
     measure("local_1", timed(lambda: apply_local(workspace, ref, source, str(workdir / "out-local"),
                                                  ApplyConfig(workers=1, **cfg))))
     measure("flow_1", timed(lambda: run_apply(ref, source, str(workdir / "out-flow-1"),

@@ -7,23 +7,20 @@
 
 from __future__ import annotations
 
-import time
-
 import pyarrow.dataset as ds
-from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect import flow
 from prefect.context import FlowRunContext
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pixelmill.flows.runners import api_for_workers, task_runner_for
+from pixelmill.flows.stages import Stage, StageRun, run_stage, with_runner
 from pixelmill.tasks import steps
-from pixelmill.tasks.core import storage
+from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.catalog import Catalog
-from pixelmill.tasks.core.reports import artifact_key, gallery_markdown, predictions_markdown, predictions_summary
+from pixelmill.tasks.core.reports import gallery_markdown
 from pixelmill.tasks.core.settings import workspace_url
-from pixelmill.tasks.inference.apply import ApplyConfig
+from pixelmill.tasks.core.tables import TABLES
+from pixelmill.tasks.inference.plan import ApplyConfig, ApplyPlan
 
 GALLERY_IMAGES = 4
 
@@ -33,48 +30,46 @@ def run_name() -> str:
     return "apply-" + str(flow_run.parameters["model"]).replace("/", "-")[-60:]
 
 
-@flow(name="apply", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def describe(plan: ApplyPlan) -> str:
+    return (f"{plan.model.ref} ({plan.task}): {plan.todo} inputs to process in {len(plan.shards)} shards, "
+            f"{plan.skipped} already done, {plan.limited} left by --limit, {plan.other_files} non-image files")
+
+
+def summarize(run: StageRun) -> tuple[dict, str]:
+    plan: ApplyPlan = run.plan
+    mine = Catalog(run.workspace).read("predictions", run.group, filter=ds.field("run_id") == run.run_id)
+    summary = TABLES["predictions"].summary(mine)
+    ok = summary["status"].get("ok", 0)
+    summary |= {"model": plan.model.ref, "task": plan.task, "input": run.params["source"], "output": plan.output,
+                "workspace": run.workspace, "processed": ok, "failed": summary["status"].get("error", 0),
+                "skipped": plan.skipped, "limited": plan.limited, "other_files": plan.other_files,
+                "seconds": round(run.seconds, 2), "images_per_s": round(ok / run.seconds, 3) if run.seconds else 0.0,
+                "run_id": run.run_id}
+    return summary, summary_markdown(summary, mine.to_pylist())
+
+
+APPLY = Stage(
+    name="apply", table="predictions", plan=steps.plan_apply, run_shard=steps.apply_shard,
+    group=lambda plan: plan.model.name, shards=lambda plan: plan.shards, items=lambda shard: len(shard.items),
+    describe=describe, summary=summarize,
+    outputs=lambda workspace, plan: [plan.output],
+    progress_in_items=True,
+)
+
+
+# The stage bounds the shards in flight itself (config.workers: threads sharing one loaded model, one shard each),
+# so a deployment's run needs no runner settings.
+@flow(name="apply", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner())
 def apply(model: str, input: str, output: str, workspace: str | None = None,
           config: ApplyConfig | None = None) -> dict:
     """Run a registered model over every new input; outputs mirror the inputs' names under `output`."""
-    logger = get_run_logger()
-    started = time.perf_counter()
     config = (config or ApplyConfig()).check()
     workspace = workspace_url(workspace)
-    run_id = str(FlowRunContext.get().flow_run.id)
-
-    plan = steps.plan_apply(workspace, model, input, output, config)
-    steps.watch_run("apply", plan.model.name, workspace, plan.output)  # a run killed with -9: marked by the next
-    logger.info("%s (%s): %d inputs to process in %d shards, %d already done, %d left by --limit, "
-                "%d non-image files", plan.model.ref, plan.task, plan.todo, len(plan.shards), plan.skipped,
-                plan.limited, plan.other_files)
-
-    progress = create_progress_artifact(0.0, key=artifact_key("apply-progress", plan.model.name),
-                                        description=f"apply {plan.model.ref}: images done")
-    futures = steps.apply_shard.map(plan.shards, workspace=unmapped(workspace), cfg=unmapped(config),
-                                    run_id=unmapped(run_id))
-    done = 0
-    for future in as_completed(futures):
-        done += future.result().items
-        update_progress_artifact(progress, 100.0 * done / max(1, plan.todo))
-    if not plan.shards:
-        update_progress_artifact(progress, 100.0)
-
-    removed = steps.compact_catalog(workspace, "predictions", plan.model.name)
-    if removed:
-        logger.info("%s: removed %d duplicate prediction rows left by overlapping runs", plan.model.name, removed)
-    seconds = time.perf_counter() - started
-    mine = Catalog(workspace).read("predictions", plan.model.name, filter=ds.field("run_id") == run_id)
-    summary = predictions_summary(mine)
-    ok = summary["status"].get("ok", 0)
-    summary |= {"model": plan.model.ref, "task": plan.task, "input": input, "output": plan.output,
-                "workspace": workspace, "processed": ok, "failed": summary["status"].get("error", 0),
-                "skipped": plan.skipped, "limited": plan.limited, "other_files": plan.other_files,
-                "seconds": round(seconds, 2), "images_per_s": round(ok / seconds, 3) if seconds else 0.0,
-                "run_id": run_id}
-    create_markdown_artifact(summary_markdown(summary, mine.to_pylist()), key=artifact_key("apply", plan.model.name),
-                             description=f"apply {plan.model.ref} to {input}")
-    return summary
+    card = registry.resolve(workspace, model)  # once per run: the plan and its shards carry the card
+    run_id = str(FlowRunContext.get().flow_run.id)  # on every row of the run: its summary reads only its own
+    return run_stage(APPLY, workspace, config.workers,
+                     plan=dict(workspace=workspace, card=card, source=input, output=output, cfg=config),
+                     shard=dict(cfg=config, run_id=run_id))
 
 
 def summary_markdown(summary: dict, rows: list[dict]) -> str:
@@ -86,17 +81,14 @@ def summary_markdown(summary: dict, rows: list[dict]) -> str:
     shown = [r for r in rows if r["status"] == "ok"][:GALLERY_IMAGES]
     gallery = gallery_markdown(["before", "after"], [[storage.read_bytes(r["input_uri"]),
                                                       storage.read_bytes(r["output_uri"])] for r in shown])
-    body = predictions_markdown(summary, "this run") if rows else "Nothing new to process."
+    body = TABLES["predictions"].markdown(summary, "this run") if rows else "Nothing new to process."
     return f"{head}\n\n**before / after**\n\n{gallery}\n\n{body}" if shown else f"{head}\n\n{body}"
 
 
 def run_apply(model: str, input: str, output: str, config: ApplyConfig, workspace: str | None = None,
               dask: str | None = None) -> dict:
-    """Run the flow on the chosen task runner (a runner is fixed per flow call, so it is chosen here)."""
-    # threads share one loaded model, so each worker thread is one shard at once
-    runner = task_runner_for(dask, config.workers, workspace_url(workspace), config.workers)
-    with api_for_workers(dask):
-        return apply.with_options(task_runner=runner)(model, input, output, workspace, config)
+    """Run the flow on the task runner for --workers and --dask (a runner is fixed per flow call)."""
+    return with_runner(apply, APPLY, config.workers, dask, workspace)(model, input, output, workspace, config)
 
 
 if __name__ == "__main__":

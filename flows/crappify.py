@@ -7,29 +7,23 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import PurePosixPath
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.context import FlowRunContext
+from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pixelmill.flows.console import report_progress
-from pixelmill.flows.runners import api_for_workers, in_window, task_runner_for
+from pixelmill.flows.stages import Stage, StageRun, run_stage, with_runner
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
-from pixelmill.tasks.core.reports import artifact_key, pair_gallery, pairs_markdown, pairs_summary
+from pixelmill.tasks.core.layout import Layout
+from pixelmill.tasks.core.reports import pair_gallery
 from pixelmill.tasks.core.settings import workspace_url
-from pixelmill.tasks.prep.crappify import CrappifyConfig, start_pool
+from pixelmill.tasks.core.tables import TABLES
+from pixelmill.tasks.prep.crappify import CrappifyConfig, CrappifyPlan, start_pool
 
 GALLERY_PAIRS = 4
-
-
-def shards_in_flight(workers: int) -> int:
-    return 2 * workers
 
 
 def run_name() -> str:
@@ -40,59 +34,50 @@ def run_name() -> str:
     return f"crappify-{params['dataset']}-{PurePosixPath(recipe).stem}"
 
 
-# The flow bounds the shards in flight itself (`in_window`), so a deployment's run needs no runner settings.
+def describe(plan: CrappifyPlan) -> str:
+    return (f"{plan.set_name}: recipe {plan.recipe.name} ({plan.recipe.recipe_hash}), "
+            f"{sum(len(s.jobs) for s in plan.shards)} pairs to make in {len(plan.shards)} shards, "
+            f"{plan.existing} already made")
+
+
+def summarize(run: StageRun) -> tuple[dict, str]:
+    pairs = TABLES["pairs"]
+    plan: CrappifyPlan = run.plan
+    table = Catalog(run.workspace).read("pairs", run.group)
+    made = sum(len(s.jobs) for s in plan.shards)
+    summary = pairs.summary(table) | {"set_name": run.group, "recipe_hash": plan.recipe.recipe_hash,
+                                      "made": made, "existing": plan.existing, "workspace": run.workspace}
+    ok = [r for r in table.to_pylist() if r["status"] == "ok"][:GALLERY_PAIRS]
+    gallery = pair_gallery([(storage.read_bytes(r["lr_uri"]), storage.read_bytes(r["hr_uri"])) for r in ok])
+    markdown = (pairs.markdown(summary, f"crappify {run.group}")
+                + f"\n\n{made} made now, {plan.existing} already there.\n\n**before / after**\n\n{gallery}")
+    return summary, markdown
+
+
+CRAPPIFY = Stage(
+    name="crappify", table="pairs", plan=steps.plan_crappify, run_shard=steps.crappify_shard,
+    group=lambda plan: plan.set_name, shards=lambda plan: plan.shards, items=lambda shard: len(shard.jobs),
+    describe=describe, summary=summarize,
+    outputs=lambda workspace, plan: [Layout.of(workspace).paired_set(plan.set_name)],
+    pool=start_pool,
+    shards_per_worker=2,  # one running, one queued for when it ends
+)
+
+
+# The stage bounds the shards in flight itself, so a deployment's run needs no runner settings.
 @flow(name="crappify", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner())
 def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str | None = None) -> dict:
     """Make (HR target, LR input) pairs with a named degradation recipe; reruns only make missing pairs."""
-    logger = get_run_logger()
     config = config or CrappifyConfig()
     workspace = workspace_url(workspace)
-    # On threads, each shard runs whole in a child of one local process pool of `workers`, started now so that
-    # its start overlaps the planning; on Dask, the workers are the processes.
-    on_threads = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
-    processes = config.workers if on_threads else 0
-    if processes and not workspace.startswith("memory://"):
-        start_pool(processes)
-
-    plan = steps.plan_crappify(workspace, dataset, config)
-    steps.watch_run("crappify", plan.set_name, workspace)  # before any work: a run killed with -9 is marked by the next
-    todo = sum(len(s.jobs) for s in plan.shards)
-    logger.info("%s: recipe %s (%s), %d pairs to make in %d shards, %d already made", plan.set_name,
-                plan.recipe.name, plan.recipe.recipe_hash, todo, len(plan.shards), plan.existing)
-
-    progress = create_progress_artifact(0.0, key=artifact_key("crappify-progress", plan.set_name),
-                                        description=f"crappify {plan.set_name}: shards done")
-    # Two shards per worker in flight: one running, one queued for when it ends.
-    submit = functools.partial(steps.crappify_shard.submit, workspace=workspace, cfg=config, processes=processes)
-    for done, future in enumerate(in_window(submit, plan.shards, shards_in_flight(config.workers)), start=1):
-        future.result()
-        update_progress_artifact(progress, 100.0 * done / len(plan.shards))
-        report_progress(f"crappify {plan.set_name}: shards", done, len(plan.shards))
-    if not plan.shards:
-        update_progress_artifact(progress, 100.0)
-
-    removed = steps.compact_catalog(workspace, "pairs", plan.set_name)  # also repairs older runs' duplicates
-    if removed:
-        logger.info("%s: removed %d duplicate pair rows left by overlapping or earlier runs", plan.set_name, removed)
-    table = Catalog(workspace).read("pairs", plan.set_name)
-    summary = pairs_summary(table) | {"set_name": plan.set_name, "recipe_hash": plan.recipe.recipe_hash,
-                                      "made": todo, "existing": plan.existing, "workspace": workspace}
-    ok = [r for r in table.to_pylist() if r["status"] == "ok"][:GALLERY_PAIRS]
-    gallery = pair_gallery([(storage.read_bytes(r["lr_uri"]), storage.read_bytes(r["hr_uri"])) for r in ok])
-    create_markdown_artifact(
-        pairs_markdown(summary, f"crappify {plan.set_name}")
-        + f"\n\n{todo} made now, {plan.existing} already there.\n\n**before / after**\n\n{gallery}",
-        key=artifact_key("crappify", plan.set_name),
-        description=f"paired set {plan.set_name} ({plan.recipe.name})")
-    return summary
+    return run_stage(CRAPPIFY, workspace, config.workers, plan=dict(workspace=workspace, dataset=dataset, cfg=config),
+                     shard=dict(cfg=config))
 
 
 def run_crappify(dataset: str, config: CrappifyConfig, workspace: str | None = None,
                  dask: str | None = None) -> dict:
     """Run the flow on the chosen task runner (a runner is fixed per flow call, so it is chosen here)."""
-    runner = task_runner_for(dask, config.workers, workspace_url(workspace), shards_in_flight(config.workers))
-    with api_for_workers(dask):
-        return crappify.with_options(task_runner=runner)(dataset, config, workspace)
+    return with_runner(crappify, CRAPPIFY, config.workers, dask, workspace)(dataset, config, workspace)
 
 
 if __name__ == "__main__":

@@ -112,10 +112,10 @@ def demo_segmentation(directory: str, workspace: str, minutes: float, steps: int
 
 
 def print_report(report: dict) -> None:
-    from pixelmill.tasks.core.reports import images_markdown, pairs_markdown
+    from pixelmill.tasks.core.tables import TABLES
 
-    print(images_markdown(report["summary"], "demo: images catalog"))
-    print("\n" + pairs_markdown(report["pairs"], f"demo: paired set {report['pairs']['set_name']}"))
+    print(TABLES["images"].markdown(report["summary"], "demo: images catalog"))
+    print("\n" + TABLES["pairs"].markdown(report["pairs"], f"demo: paired set {report['pairs']['set_name']}"))
     print(f"\nbucket (sample photographs): {report['bucket']}")
     print(f"workspace: {report['workspace']}")
     print(f"images catalog (Parquet): {report['workspace']}/catalog/images/samples/")
@@ -165,7 +165,7 @@ def next_steps(report: dict) -> list[str]:
     """Commands that work as printed after the demo: the first points the CLI at the demo's workspace."""
     lines = [f"export PIXELMILL_WORKSPACE={report['workspace']}",
              "pixelmill catalog show images --dataset samples",
-             f"pixelmill catalog show pairs --dataset {report['pairs']['set_name']}"]
+             f"pixelmill catalog show pairs --pairs {report['pairs']['set_name']}"]
     if report["trained"]:
         lines += ["pixelmill models list", "pixelmill enhance demo-sr-x2@production IMAGE OUT.png"]
     if report.get("segmentation"):

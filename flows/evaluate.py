@@ -26,34 +26,34 @@ def evaluate(model: str, source: str, split: str = "valid", promote: str | None 
     `source`: the paired set (restoration) or data set with masks (segmentation) to score on."""
     logger = get_run_logger()
     layout = Layout.of(workspace)
-    mv = registry.resolve(layout.root, model)  # an unknown reference fails here, before any work
-    result = steps.evaluate_model(layout.root, mv.ref, source, split, gallery=GALLERY_IMAGES)
+    card = registry.resolve(layout.root, model)  # an unknown reference fails here, before any work
+    result = steps.evaluate_model(layout.root, card.ref, source, split, gallery=GALLERY_IMAGES)
     key = result["score_key"]
     model_mean, base_mean = result["means"]["model"], result["means"]["baseline"]
-    summary = {"model": mv.ref, "source": source, "split": split, "images": result["images"],
+    summary = {"model": card.ref, "source": source, "split": split, "images": result["images"],
                "skipped": result["skipped"], "baseline": result["baseline"], "score_key": key,
                "model_scores": model_mean, "baseline_scores": base_mean,
                "gain": model_mean[key] - base_mean[key], "promoted": None}
     if key == "psnr_y":
         summary["gain_psnr_y"] = summary["gain"]
     if promote:
-        current = registry.aliases(layout.root, mv.name).get(promote)
+        current = registry.aliases(layout.root, card.name).get(promote)
         current_mean = None
-        if current and current != mv.version:  # re-scored on the same data in this run, never a stale number
-            current_mean = steps.evaluate_model(layout.root, f"{mv.name}:{current}", source, split)["means"]["model"]
-        promoted, reason = registry.decide_promotion(mv.ref, f"{mv.name}@{promote}", key, model_mean, base_mean,
+        if current and current != card.version:  # re-scored on the same data in this run, never a stale number
+            current_mean = steps.evaluate_model(layout.root, f"{card.name}:{current}", source, split)["means"]["model"]
+        promoted, reason = registry.decide_promotion(card.ref, f"{card.name}@{promote}", key, model_mean, base_mean,
                                             current_mean, current)
         if promoted:
-            registry.set_alias(layout.root, mv, promote)
-            emit_promoted(mv, promote, layout.root, previous=current)
+            registry.set_alias(layout.root, card, promote)
+            emit_promoted(card, promote, layout.root, previous=current)
         summary |= {"promoted": promoted, "promotion_reason": reason}
         logger.info("promotion to %s: %s", promote, reason)
 
     metrics = [k for k in model_mean if k != "images"]
-    report = [f"## evaluate {mv.ref} on `{source}` ({split}, {result['images']} images, "
+    report = [f"## evaluate {card.ref} on `{source}` ({split}, {result['images']} images, "
               f"{result['skipped']} error rows skipped)",
               markdown_table(["method", *metrics], [[name, *(f"{m[k]:.4g}" for k in metrics)] for name, m in
-                                                    ((f"model {mv.ref}", model_mean),
+                                                    ((f"model {card.ref}", model_mean),
                                                      (f"baseline ({result['baseline']})", base_mean))]),
               f"gain over the baseline: {summary['gain']:+.4g} ({key})"]
     if promote:
@@ -61,7 +61,7 @@ def evaluate(model: str, source: str, split: str = "valid", promote: str | None 
     if result["report"]:
         report.append(result["report"])
     report.append(evaluation_gallery(result))
-    create_markdown_artifact("\n\n".join(report), key=artifact_key("evaluate", mv.name),
-                             description=f"{mv.ref} on {source}/{split}")
+    create_markdown_artifact("\n\n".join(report), key=artifact_key("evaluate", card.name),
+                             description=f"{card.ref} on {source}/{split}")
     return summary
 

@@ -8,20 +8,20 @@
 from __future__ import annotations
 
 from pixelmill.tasks.core import storage
-from pixelmill.tasks.core.registry import ModelVersion
+from pixelmill.tasks.core.cards import ModelCard
 
 PROMOTED = "pixelmill.model.promoted"
 DRAIN_SECONDS = 10.0
 
 
-def promoted_resource(mv: ModelVersion, alias: str, workspace: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"pixelmill.model.{mv.name}", "prefect.resource.name": mv.name,
-            "pixelmill.model": mv.name, "pixelmill.version": mv.version, "pixelmill.alias": alias,
+def promoted_resource(card: ModelCard, alias: str, workspace: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"pixelmill.model.{card.name}", "prefect.resource.name": card.name,
+            "pixelmill.model": card.name, "pixelmill.version": card.version, "pixelmill.alias": alias,
             "pixelmill.workspace": workspace}
 
 
-def emit_promoted(mv: ModelVersion, alias: str, workspace: str, previous: str | None = None):
-    """Tell the Prefect server that `alias` of `mv.name` now serves `mv.version`; returns the event, or None
+def emit_promoted(card: ModelCard, alias: str, workspace: str, previous: str | None = None):
+    """Tell the Prefect server that `alias` of `card.name` now serves `card.version`; returns the event, or None
     when no server can hear it (a command without PREFECT_API_URL: an embedded server would start for ~10 s
     only to drop the event with the process)."""
     from prefect.context import FlowRunContext
@@ -32,11 +32,11 @@ def emit_promoted(mv: ModelVersion, alias: str, workspace: str, previous: str | 
     in_flow = FlowRunContext.get() is not None
     if not in_flow and not PREFECT_API_URL.value():
         return None
-    related = [{"prefect.resource.id": f"pixelmill.model-version.{mv.ref}", "prefect.resource.role": "model-version",
-                "pixelmill.uri": mv.uri}]
-    resource = promoted_resource(mv, alias, storage.normalize_url(workspace))
+    related = [{"prefect.resource.id": f"pixelmill.model-version.{card.ref}", "prefect.resource.role": "model-version",
+                "pixelmill.uri": card.uri}]
+    resource = promoted_resource(card, alias, storage.normalize_url(workspace))
     event = emit_event(PROMOTED, resource=resource, related=related,
-                       payload={"version": mv.version, "previous": previous, "uri": mv.uri})
+                       payload={"version": card.version, "previous": previous, "uri": card.uri})
     if not in_flow:  # events go out from a background thread; a command exits right after this
         EventsWorker.drain_all(timeout=DRAIN_SECONDS)
     return event

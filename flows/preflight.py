@@ -11,6 +11,7 @@ from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import ConfigError, PixelmillError
 from pixelmill.tasks.core.settings import workspace_url
+from pixelmill.tasks.core.tables import DATA_TABLES, TABLES, DataRef, parse_data_ref
 
 WORKSPACE_HINT = ("pass --workspace or set PIXELMILL_WORKSPACE (after `make demo`: "
                   "export PIXELMILL_WORKSPACE=./pixelmill-demo/workspace)")
@@ -40,16 +41,29 @@ def require_group(workspace: str | None, table: str, name: str, what: str, make:
                       f"{what}s there: {', '.join(groups)}" if groups else f"there are none yet: {make}")
 
 
+def require_table_group(workspace: str | None, table: str, name: str) -> None:
+    """`name` is a group of `table`, in the words the table's declaration uses (tasks/core/tables.py)."""
+    decl = TABLES[table]
+    require_group(workspace, table, name, decl.group, decl.make)
+
+
 def require_dataset(workspace: str | None, name: str) -> None:
-    require_group(workspace, "images", name, "data set", "run `pixelmill ingest SOURCE --dataset NAME` first")
+    require_table_group(workspace, "images", name)
 
 
 def require_pairs(workspace: str | None, name: str) -> None:
-    require_group(workspace, "pairs", name, "paired set", "run `pixelmill crappify --dataset NAME` first")
+    require_table_group(workspace, "pairs", name)
+
+
+def require_data(workspace: str | None, text: str, allowed: tuple[str, ...] = DATA_TABLES) -> DataRef:
+    """A typed data reference (`images:NAME`, `pairs:NAME`) of a kind in `allowed`, naming a group that exists."""
+    ref = parse_data_ref(text, allowed)
+    require_table_group(workspace, ref.table, ref.name)
+    return ref
 
 
 def require_model(workspace: str | None, ref: str):
-    """The registry's answer for `ref` (it lists the models, versions and aliases there when it is wrong)."""
+    """The model card `ref` names (the registry lists the models, versions and aliases there when it is wrong)."""
     from pixelmill.tasks.core import registry
 
     return registry.resolve(workspace_root(workspace), ref)
@@ -80,8 +94,8 @@ def parse_split_fractions(text: str) -> tuple[float, float, float]:
     except ValueError:
         fractions = ()
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ConfigError(f"--split {text}: give three fractions train,valid,test, each >= 0, that sum to 1",
-                          "e.g. --split 0.8,0.1,0.1 (or 0.8,0.2,0 for no test split)")
+        raise ConfigError(f"--split-fractions {text}: give three fractions train,valid,test, each >= 0, that sum "
+                          "to 1", "e.g. --split-fractions 0.8,0.1,0.1 (or 0.8,0.2,0 for no test split)")
     return fractions
 
 

@@ -1,6 +1,7 @@
 """Where a bulk flow's shard tasks run: threads in this process, a Dask LocalCluster, or a Dask scheduler.
 
-crappify and apply choose here; a runner is fixed per flow call, so the `run_*` helpers pass it in.
+flows/stages.py `with_runner` chooses here for any bulk stage; a runner is fixed per flow call, so it is bound
+before the call.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Caching is off: idempotence comes from the catalog (a rerun of a shard rewrites the same part), and
 Prefect's result cache would only add input hashing to every call. Tasks take and return references
-(workspace URL, set and model names, small configs and summaries), never images, tensors or models.
+(workspace URL, set and model names, model cards, small configs and summaries), never images, tensors or
+models.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
 from pixelmill.tasks.core import runs, storage
+from pixelmill.tasks.core.cards import ModelCard
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.core.reports import artifact_key
 from pixelmill.tasks.core.shards import ShardResult
-from pixelmill.tasks.inference import apply as apply_core
+from pixelmill.tasks.inference import plan as apply_plan
 from pixelmill.tasks.prep import crappify, ingest
 from pixelmill.tasks.training.config import TrainConfig
 
@@ -49,8 +51,8 @@ def watch_run(stage: str, group: str, workspace: str, *outputs: str) -> runs.Hea
 
     Called first thing in a flow (tasks/core/runs.py says how runs are judged). This run's lease is written
     before the others are read, so of two runs starting together at least one sees the other. When no other
-    run is alive, the temporary files that dead writers left where the stage writes (in the workspace, and in
-    `outputs` outside it) are removed.
+    run is alive, the temporary files that dead writers left in `outputs` (the folders the stage declares:
+    its table's group, its output folders) are removed.
     """
     logger = get_run_logger()
     flow_run = FlowRunContext.get().flow_run
@@ -74,7 +76,7 @@ def watch_run(stage: str, group: str, workspace: str, *outputs: str) -> runs.Hea
         logger.info("%s %s: %d other run(s) alive: %s", stage, group, len(alive),
                     ", ".join(f"{lease.flow_run_id} (pid {lease.pid} on {lease.host})" for lease in alive))
     else:
-        removed = runs.remove_temp_files([*runs.output_folders(workspace, stage, group), *outputs])
+        removed = runs.remove_temp_files(dict.fromkeys(outputs))
         if removed:
             logger.info("%s %s: removed %d temporary files left by killed writers", stage, group, removed)
     return heartbeat
@@ -113,18 +115,19 @@ def crappify_shard(shard: crappify.CrappifyShard, workspace: str, cfg: crappify.
 
 
 @task(name="plan_apply", cache_policy=NO_CACHE)
-def plan_apply(workspace: str, model: str, source: str, output: str,
-               cfg: apply_core.ApplyConfig) -> apply_core.ApplyPlan:
-    """Resolve the model, list the inputs and keep those this model version has not done for this output."""
-    mv, model_task = apply_core.resolve_model(workspace, model)
-    return apply_core.plan_apply(Catalog(workspace), mv, model_task, source, output, cfg)
+def plan_apply(workspace: str, card: ModelCard, source: str, output: str,
+               cfg: apply_plan.ApplyConfig) -> apply_plan.ApplyPlan:
+    """List the inputs and keep those this model version has not done for this output."""
+    return apply_plan.plan_apply(Catalog(workspace), card, source, output, cfg)
 
 
 @task(name="apply_shard", task_run_name="apply-{shard.model.name}-{shard.shard_id}", **SHARD_RETRIES)
-def apply_shard(shard: apply_core.ApplyShard, workspace: str, cfg: apply_core.ApplyConfig,
+def apply_shard(shard: apply_plan.ApplyShard, workspace: str, cfg: apply_plan.ApplyConfig,
                 run_id: str = "") -> ShardResult:
     """Run the model over a shard's inputs, write the outputs, then the shard's catalog part."""
-    return apply_core.apply_shard(shard, workspace, cfg, run_id)
+    from pixelmill.tasks.inference.pipeline import apply_shard  # torch: only where a shard runs
+
+    return apply_shard(shard, workspace, cfg, run_id)
 
 
 @task(name="compact_catalog", task_run_name="compact-{table}-{group}", **SHARD_RETRIES)

@@ -1,4 +1,5 @@
-"""Shared fixtures: one Prefect test server for the session, a real S3 server (SeaweedFS), sample images."""
+"""Shared fixtures: one Prefect test server for the session's in-process flows, one real Prefect server for its
+subprocesses, a real S3 server (SeaweedFS), sample images."""
 
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One real `prefect server start` on a free port (a private PREFECT_HOME) for every test that runs `pixelmill`
+    in a subprocess: `prefect_api.env()` points a child at it, so that no command starts Prefect's embedded server
+    (10-15 s each on 2 cores). Tests that look at the server filter by their own ids: others share it."""
+    from tests.faults.driver import PrefectServer
+
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-api"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -66,3 +66,34 @@ def crappify_local(workspace: str, dataset: str = "d", **cfg) -> list[dict]:
     for shard in plan.shards:
         crappify_shard(shard, workspace, config)
     return Catalog(workspace).read("pairs", plan.set_name).to_pylist()
+
+
+# Known harmless stderr lines of a `pixelmill` subprocess: a check that demands an empty stderr fails on a new
+# dependency's deprecation warning; one that accepts anything misses a banner or a traceback. Each pattern names
+# one line that is not ours and says nothing about the run; everything else is unexpected.
+HARMLESS_STDERR = (
+    # torch on a CPU without NNPACK support (some cloud VMs), printed once at the first convolution
+    r"\[W\d{4} [\d:.]+ \d+ \S*NNPACK\.cpp:\d+\] Could not initialize NNPACK! Reason: Unsupported hardware\.",
+    # a dependency's (not pixelmill's) deprecation notice; Python prints its source line under it, indented
+    r"\S*/site-packages/\S+\.py:\d+: (DeprecationWarning|PendingDeprecationWarning|FutureWarning): .*",
+)
+
+
+def unexpected_stderr(text: str, allow: tuple[str, ...] = HARMLESS_STDERR) -> list[str]:
+    """The lines of `text` that no pattern of `allow` matches whole (a warning's indented source line goes with
+    it); an empty list when stderr said nothing unexpected."""
+    import re
+
+    patterns = [re.compile(p) for p in allow]
+    unexpected, skip_source = [], False
+    for line in text.splitlines():
+        if skip_source and line.startswith("  "):
+            skip_source = False
+            continue
+        skip_source = False
+        if any(p.fullmatch(line) for p in patterns):
+            skip_source = "Warning: " in line
+            continue
+        if line.strip():
+            unexpected.append(line)
+    return unexpected

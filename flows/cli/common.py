@@ -33,6 +33,16 @@ app.add_typer(models_app, name="models")
 _debug = {"on": False, "verbose": False}
 
 
+# One meaning across ingest, crappify and apply: shards in flight at once, each on one worker.
+WORKERS_HELP = ("shards in flight at once, each on one worker: a thread, a process of this machine's pool, or a Dask "
+                "worker")
+Workers = Annotated[int, typer.Option(help=WORKERS_HELP)]
+
+
+Dask = Annotated[str | None, typer.Option(help="run the shards on Dask: 'local' for a LocalCluster of --workers "
+                                                "processes, or a scheduler address")]
+
+
 Workspace = Annotated[str | None, typer.Option(envvar="PIXELMILL_WORKSPACE", show_default="./pixelmill-workspace",
                                                 help="workspace URL: catalog, models, data sets")]
 
@@ -57,6 +67,11 @@ def user_errors():
         if exc.hint:
             typer.echo(f"hint: {one_line(exc.hint)}", err=True)
         raise typer.Exit(1) from None
+
+
+def note(text: str) -> None:
+    """One line on stderr about a spelling that still works but has a new name."""
+    typer.echo(f"note: {text}", err=True)
 
 
 def one_line(text: str) -> str:

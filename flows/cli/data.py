@@ -9,7 +9,19 @@ from typing import Annotated
 
 import typer
 
-from pixelmill.flows.cli.common import Workspace, _debug, app, catalog_app, next_command, start_prefect, user_errors
+from pixelmill.flows.cli.common import (
+    WORKERS_HELP,
+    Dask,
+    Workers,
+    Workspace,
+    _debug,
+    app,
+    catalog_app,
+    next_command,
+    note,
+    start_prefect,
+    user_errors,
+)
 from pixelmill.tasks.core.errors import PixelmillError
 
 
@@ -20,8 +32,12 @@ def ingest(
     masks: Annotated[str | None, typer.Option(help="mask folder URL with the same file names, or a name "
                                                    "pattern like '{stem}_P.png'")] = None,
     workspace: Workspace = None,
-    shard_size: Annotated[int, typer.Option(help="files per task")] = 100,
-    split: Annotated[str, typer.Option(help="train,valid,test fractions")] = "0.8,0.1,0.1",
+    shard_size: Annotated[int, typer.Option(help="files per task (shard)")] = 100,
+    split_fractions: Annotated[str, typer.Option(help="the train,valid,test fractions each image's split is drawn "
+                                                      "with (from its content: the same on every rerun)")]
+    = "0.8,0.1,0.1",
+    split: Annotated[str | None, typer.Option(hidden=True, help="the old name of --split-fractions")] = None,
+    workers: Workers = 4,
     force: Annotated[bool, typer.Option(help="re-read unchanged files too")] = False,
 ) -> None:
     """Catalog the images under SOURCE into the `images` table (bad files become error rows)."""
@@ -30,19 +46,22 @@ def ingest(
         from pixelmill.tasks.core.names import check_name
         from pixelmill.tasks.prep.ingest import IngestConfig, dataset_name_for
 
-        cfg = IngestConfig(masks=masks, shard_size=shard_size, split_fractions=preflight.parse_split_fractions(split),
-                           force=force)
+        if split is not None:  # elsewhere --split names one split (train, valid, test), so ingest's was renamed
+            note("--split is now --split-fractions for ingest (--split names one split in other commands)")
+            split_fractions = split
+        cfg = IngestConfig(masks=masks, shard_size=shard_size, workers=workers, force=force,
+                           split_fractions=preflight.parse_split_fractions(split_fractions))
         check_name(dataset or dataset_name_for(source), "dataset name")
         preflight.require_source(source)
         start_prefect()
         from pixelmill.flows.console import progress_bar
         from pixelmill.flows.ingest import ingest as ingest_flow
-        from pixelmill.tasks.core.reports import images_markdown
+        from pixelmill.tasks.core.tables import TABLES
 
         with progress_bar():
             summary = ingest_flow(source, dataset=dataset, workspace=workspace, config=cfg)
         if _debug["verbose"]:
-            typer.echo(images_markdown(summary, f"ingest {summary['dataset']}") + "\n")
+            typer.echo(TABLES["images"].markdown(summary, f"ingest {summary['dataset']}") + "\n")
         name, status = summary["dataset"], summary["status"]
         typer.echo(f"{name}: {summary['files']} files in the catalog, {status.get('ok', 0)} ok, "
                    f"{status.get('error', 0)} errors, {summary['duplicates']} duplicates; split "
@@ -60,12 +79,10 @@ def crappify(
     split: Annotated[str, typer.Option(help="train, valid, test or all")] = "all",
     name: Annotated[str | None, typer.Option(help="paired set name (default: DATASET-RECIPE)")] = None,
     seed: Annotated[int, typer.Option(help="global seed")] = 0,
-    workers: Annotated[int | None, typer.Option(help="processes making pairs (default: this machine's cores; "
-                                                     "with --dask, the LocalCluster's workers)")] = None,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP + " (default: this machine's cores)")] = None,
     shard_size: Annotated[int | None, typer.Option(help="images per task (default: about 4 tasks per worker, "
                                                         "16 to 1024 images each)")] = None,
-    dask: Annotated[str | None, typer.Option(help="'local' for a Dask LocalCluster, or a scheduler address")]
-    = None,
+    dask: Dask = None,
     workspace: Workspace = None,
 ) -> None:
     """Make a paired training set (HR target, degraded LR input) from a data set's ok images."""
@@ -80,12 +97,12 @@ def crappify(
         start_prefect()
         from pixelmill.flows.console import progress_bar
         from pixelmill.flows.crappify import run_crappify
-        from pixelmill.tasks.core.reports import pairs_markdown
+        from pixelmill.tasks.core.tables import TABLES
 
         with progress_bar():
             summary = run_crappify(dataset, cfg, workspace=workspace, dask=dask)
         if _debug["verbose"]:
-            typer.echo(pairs_markdown(summary, f"crappify {summary['set_name']}") + "\n")
+            typer.echo(TABLES["pairs"].markdown(summary, f"crappify {summary['set_name']}") + "\n")
         set_name, status = summary["set_name"], summary["status"]
         typer.echo(f"{set_name}: {summary['pairs']} pairs, {status.get('ok', 0)} ok, {status.get('error', 0)} "
                    "errors; split " + ", ".join(f"{k} {v}" for k, v in summary["split"].items()))
@@ -114,50 +131,51 @@ def recipes() -> None:
 
 @catalog_app.command("show")
 def catalog_show(
-    table: Annotated[str, typer.Argument(help="table name")] = "images",
-    dataset: Annotated[str | None, typer.Option(help="only this data set (group)")] = None,
+    table: Annotated[str, typer.Argument(help="images, pairs, models, evaluations or predictions")] = "images",
+    dataset: Annotated[str | None, typer.Option(help="images: only this data set")] = None,
+    pairs: Annotated[str | None, typer.Option(help="pairs: only this paired set")] = None,
+    model: Annotated[str | None, typer.Option(help="models, evaluations, predictions: only this model")] = None,
     workspace: Workspace = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
-    """A readable summary of a catalog table."""
+    """A readable summary of a catalog table (what it shows is declared in tasks/core/tables.py)."""
     with user_errors():
         from pixelmill.flows import preflight
         from pixelmill.tasks.core.catalog import Catalog
-        from pixelmill.tasks.core.reports import (
-            images_markdown,
-            images_summary,
-            markdown_table,
-            pairs_markdown,
-            pairs_summary,
-            round_values,
-        )
         from pixelmill.tasks.core.settings import workspace_url
+        from pixelmill.tasks.core.tables import table as table_of
 
+        decl = table_of(table)  # an unknown table says which ones exist
         catalog = Catalog(workspace_url(workspace))
-        catalog.table_url(table)  # an unknown table says which ones exist
         preflight.require_workspace(workspace)
-        if dataset is not None:
-            what = {"images": "data set", "pairs": "paired set"}.get(table, "model")
-            preflight.require_group(workspace, table, dataset, what, f"the {table} table has no rows yet")
-        data = catalog.read(table, dataset)
+        group = pick_group(decl, {"--dataset": dataset, "--pairs": pairs, "--model": model})
+        if group is not None:
+            preflight.require_table_group(workspace, table, group)
+        data = catalog.read(table, group)
         if data.num_rows == 0:
             raise PixelmillError(f"table {table!r} is empty in {catalog.workspace}",
-                                 "run `pixelmill ingest SOURCE` first, or pass the right --workspace")
-        if table == "images":
-            summary = images_summary(data)
-            text = images_markdown(summary, f"{table} table")
-        elif table == "pairs":
-            summary = pairs_summary(data)
-            text = pairs_markdown(summary, f"{table} table")
-        elif table == "predictions":
-            from pixelmill.tasks.core.reports import predictions_markdown, predictions_summary
-
-            summary = predictions_summary(data)
-            text = predictions_markdown(summary, f"{table} table")
-        else:
-            summary = {"rows": data.num_rows, "head": data.slice(0, 20).to_pylist()}
-            cols = [c for c in data.column_names if c not in ("created_at", "uri", "metrics", "evaluation_id")]
-            text = f"## {table} table ({data.num_rows} rows)\n\n" + markdown_table(
-                cols, [[r[c] for c in cols] for r in map(round_values, data.slice(0, 20).to_pylist())])
+                                 f"{decl.make}, or pass the right --workspace")
+        summary = decl.summary(data)
+        text = decl.markdown(summary, f"{table} table" + (f": {decl.group} {group}" if group else ""))
         typer.echo(json.dumps(summary, indent=1, default=str) if as_json else text)
         typer.echo(f"\nParquet files: {catalog.table_url(table)}/*/*.parquet")
+
+
+def pick_group(decl, given: dict[str, str | None]) -> str | None:
+    """The group named by the table's own option; `--dataset` for another table is the old spelling."""
+    from pixelmill.tasks.core.errors import ConfigError
+
+    named = {option: value for option, value in given.items() if value is not None}
+    if not named:
+        return None
+    if len(named) > 1:
+        raise ConfigError(f"give one of {', '.join(named)}", f"the {decl.name} table's groups are picked with "
+                                                            f"{decl.option}")
+    (option, group), = named.items()
+    if option == decl.option:
+        return group
+    if option == "--dataset":  # before typed names, --dataset picked the group of any table
+        note(f"--dataset for the {decl.name} table is now {decl.option}")
+        return group
+    raise ConfigError(f"{option} does not apply to the {decl.name} table",
+                      f"pick a {decl.group} with {decl.option} (`pixelmill catalog show {decl.name}` lists them)")

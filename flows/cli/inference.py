@@ -7,8 +7,50 @@ from typing import Annotated
 
 import typer
 
-from pixelmill.flows.cli.common import Workspace, app, start_prefect, user_errors
+from pixelmill.flows.cli.common import WORKERS_HELP, Dask, Workspace, app, start_prefect, user_errors
 from pixelmill.tasks.core.errors import ConfigError, PixelmillError
+
+TileOption = Annotated[int | None, typer.Option(
+    help="tile side in pixels; larger images go in overlapping tiles (default: 512 on a GPU, sized to the "
+         "model's width on a CPU)")]
+OverlapOption = Annotated[int, typer.Option(help="pixels neighbouring tiles share (blended)")]
+MaxMemoryOption = Annotated[str | None, typer.Option(help="memory budget, e.g. 2GiB or 1500MB (default: half "
+                                                          "the machine)")]
+
+
+def one_file(workspace: str | None, model: str, input_image: str, output: str, command: str, **fields) -> None:
+    """`command`'s model over one file, through apply's pipeline (same tiles, alpha and memory bound): the
+    input and the reference are checked first, since loading the model (and torch) takes seconds."""
+    from pixelmill.flows import preflight
+    from pixelmill.tasks.core import storage
+    from pixelmill.tasks.core.images import ImageError
+    from pixelmill.tasks.core.model_tasks import model_task
+    from pixelmill.tasks.inference.plan import ApplyConfig, parse_bytes
+
+    if fields.get("max_memory"):
+        fields["max_memory"] = parse_bytes(fields["max_memory"])
+    cfg = ApplyConfig(**{k: v for k, v in fields.items() if v is not None}).check()
+    data = storage.read_bytes(input_image)
+    card = preflight.require_model(workspace, model)
+    runs_it = model_task(card.task).command
+    if runs_it != command:
+        raise PixelmillError(f"{card.ref} is a {card.task} model: `pixelmill {command}` does not run it",
+                             f"run `pixelmill {runs_it} {model} IN OUT`")
+    from pixelmill.tasks.inference.pipeline import predict_file  # torch: once the arguments are known good
+
+    try:
+        prepared, out, encoded = predict_file(card, data, cfg)
+    except ImageError as exc:
+        raise PixelmillError(f"{input_image}: {exc}", "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF") from None
+    for note in encoded.notes:
+        typer.echo(f"warning: {note}", err=True)
+    height, width = prepared.pixels.shape[:2]
+    stem = output.rsplit(".", 1)[0]
+    for kind, (suffix, content) in encoded.files.items():
+        path = output if kind == "output" else stem + suffix
+        storage.write_bytes(path, content)
+        typer.echo(f"{card.ref}: {width}x{height} -> {out.shape[1]}x{out.shape[0]} written to {path}"
+                   if kind == "output" else f"{kind} written to {path}")
 
 
 @app.command()
@@ -17,32 +59,18 @@ def enhance(
     input_image: Annotated[str, typer.Argument(help="image URL or path")],
     output_image: Annotated[str, typer.Argument(help="where to write the result (.png, .jpg, .webp)")],
     workspace: Workspace = None,
+    tile: TileOption = None,
+    overlap: OverlapOption = 32,
+    max_memory: MaxMemoryOption = None,
+    quality: Annotated[int, typer.Option(help="JPEG/WebP quality")] = 92,
 ) -> None:
-    """Run a model on one image."""
+    """Run a model on one image (apply's tiles and alpha handling: the same pixels as `apply`)."""
     with user_errors():
-        from pixelmill.flows import preflight
-        from pixelmill.tasks.core import registry, storage
-        from pixelmill.tasks.core.images import ImageError, normalize_mode, open_image, output_format
+        from pixelmill.tasks.core.images import output_format
 
-        fmt = output_format(output_image)
-        # the input and the reference first: loading the model (and torch) takes seconds
-        try:
-            original, _ = open_image(storage.read_bytes(input_image))
-            img = normalize_mode(original)
-        except (ImageError, ValueError, OSError) as exc:  # normalize_mode: an odd mode PIL cannot convert
-            raise PixelmillError(f"{input_image}: {exc}", "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF") from None
-        mv = preflight.require_model(workspace, model)
-        from pixelmill.models.device import pick_device
-        from pixelmill.tasks.inference.enhance import alpha_of, encode_like, enhance_image, with_alpha
-
-        net, config, _ = registry.load(mv)
-        if config.get("task") == "segmentation":
-            raise PixelmillError(f"{mv.ref} is a segmentation model", f"run `pixelmill segment {model} IN OUT`")
-        out, note = with_alpha(enhance_image(net, config, img, pick_device()), alpha_of(original), fmt)
-        if note:
-            typer.echo(f"warning: {note}", err=True)
-        storage.write_bytes(output_image, encode_like(out, output_image))
-        typer.echo(f"{mv.ref}: {img.width}x{img.height} -> {out.width}x{out.height} written to {output_image}")
+        fmt = output_format(output_image).lower()  # an unknown extension: refused before anything is read
+        one_file(workspace, model, input_image, output_image, "enhance", format=fmt, quality=quality, tile=tile,
+                 overlap=overlap, max_memory=max_memory)
 
 
 @app.command()
@@ -53,41 +81,23 @@ def segment(
     overlay: Annotated[bool, typer.Option(help="also write the classes' colours blended on the image, as "
                                                "OUT.overlay.png")] = False,
     workspace: Workspace = None,
+    tile: TileOption = None,
+    overlap: OverlapOption = 32,
+    max_memory: MaxMemoryOption = None,
 ) -> None:
     """Run a segmentation model on one image: a PNG of class indices (palette-coloured by the class map)."""
     with user_errors():
         if not output_mask.lower().endswith(".png"):
             raise ConfigError(f"{output_mask}: a mask is written as PNG (lossless class indices)", "name it *.png")
-        from pixelmill.tasks.core import registry, storage
-        from pixelmill.tasks.core.images import ImageError, decode_image
-        from pixelmill.tasks.core.settings import workspace_url
-
-        try:
-            img = decode_image(storage.read_bytes(input_image))
-        except ImageError as exc:
-            raise PixelmillError(f"{input_image}: {exc}", "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF") from None
-        mv = registry.resolve(workspace_url(workspace), model)
-        from pixelmill.models.device import pick_device
-        from pixelmill.tasks.inference.segment import mask_png, overlay_png, segment_image
-
-        net, config, _ = registry.load(mv)
-        if config.get("task") != "segmentation":
-            raise PixelmillError(f"{mv.ref} is a {config.get('task')} model, not a segmentation model",
-                                 f"run `pixelmill enhance {model} IN OUT`")
-        indices, classes = segment_image(net, config, img, pick_device())
-        storage.write_bytes(output_mask, mask_png(indices, classes))
-        typer.echo(f"{mv.ref}: {img.width}x{img.height} -> class mask written to {output_mask}")
-        if overlay:
-            path = output_mask[: -len(".png")] + ".overlay.png"
-            storage.write_bytes(path, overlay_png(img, indices, classes))
-            typer.echo(f"overlay written to {path}")
+        one_file(workspace, model, input_image, output_mask, "segment", overlay=overlay, tile=tile, overlap=overlap,
+                 max_memory=max_memory)
 
 
 @app.command()
 def apply(
     model: Annotated[str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a model folder URL")],
     input: Annotated[str, typer.Option("--input", help="folder, s3://bucket/prefix, a .zip/.tar archive, or "
-                                                       "dataset:NAME (its ok images)")],
+                                                       "images:NAME (a data set's ok images)")],
     output: Annotated[str, typer.Option("--output", help="folder or s3://bucket/prefix; outputs mirror the "
                                                          "inputs' names")],
     workspace: Workspace = None,
@@ -100,9 +110,8 @@ def apply(
     overlap: Annotated[int, typer.Option(help="pixels neighbouring tiles share (blended)")] = 32,
     format: Annotated[str, typer.Option("--format", help="restoration outputs: png, jpeg or webp")] = "png",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality")] = 92,
-    workers: Annotated[int, typer.Option(help="shards at once (threads sharing the model, or Dask workers)")] = 1,
-    dask: Annotated[str | None, typer.Option(help="'local' for a Dask LocalCluster, or a scheduler address")]
-    = None,
+    workers: Annotated[int, typer.Option(help=WORKERS_HELP + " (threads share one loaded model)")] = 1,
+    dask: Dask = None,
     force: Annotated[bool, typer.Option(help="reprocess inputs this model version already did")] = False,
     limit: Annotated[int | None, typer.Option(help="process at most N inputs this run")] = None,
     overlay: Annotated[bool, typer.Option(help="segmentation: also write the classes blended on the image")]
@@ -114,7 +123,8 @@ def apply(
     """Run a model over every new image under --input; results and a `predictions` table row for each."""
     with user_errors():
         from pixelmill.flows import preflight
-        from pixelmill.tasks.inference.apply import ApplyConfig, parse_bytes
+        from pixelmill.tasks.core.tables import is_data_ref
+        from pixelmill.tasks.inference.plan import ApplyConfig, parse_bytes
 
         fields = dict(batch_size=batch_size, tile=tile, overlap=overlap, format=format, quality=quality,
                       workers=workers, force=force, limit=limit, overlay=overlay, shard_size=shard_size)
@@ -122,8 +132,8 @@ def apply(
             fields["max_memory"] = parse_bytes(max_memory)
         apply_config = ApplyConfig(**fields).check()
         preflight.require_model(workspace, model)
-        if input.startswith("dataset:"):
-            preflight.require_dataset(workspace, input.removeprefix("dataset:"))
+        if is_data_ref(input):  # images:NAME (dataset:NAME, its old spelling, too)
+            preflight.require_data(workspace, input, ("images",))
         else:
             preflight.require_source(input)
         start_prefect()
@@ -135,4 +145,4 @@ def apply(
         for e in s["errors"][:10]:
             typer.echo(f"  error {e['input_uri']}: {e['error']}")
         typer.echo(f"outputs: {s['output']}")
-        typer.echo(f"rows: `pixelmill catalog show predictions --dataset {s['model'].split(':')[0]}`")
+        typer.echo(f"rows: `pixelmill catalog show predictions --model {s['model'].split(':')[0]}`")

@@ -20,6 +20,7 @@ from pixelmill.flows.cli.common import (
     user_errors,
 )
 from pixelmill.tasks.core.errors import ConfigError, PixelmillError
+from pixelmill.tasks.core.model_tasks import model_task
 
 Pairs = Annotated[str, typer.Option(help="paired set name (from `pixelmill crappify`)")]
 
@@ -93,10 +94,8 @@ def run_training(task: str, source: str, name: str, config: str | None, flags: d
             fields["gan"] = (fields.get("gan") or {}) | {"init_from": gan_from}
         train_config = TrainConfig(**fields)
         check_name(name, "model name")
-        if task == "segmentation":
-            preflight.require_dataset(workspace, source)
-        else:
-            preflight.require_pairs(workspace, source)
+        require = {"images": preflight.require_dataset, "pairs": preflight.require_pairs}
+        require[model_task(task).data](workspace, source)
         if gan_from:
             preflight.require_model(workspace, gan_from)
         if resume:
@@ -112,16 +111,19 @@ def run_training(task: str, source: str, name: str, config: str | None, flags: d
         if shown:
             typer.echo("last validation: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
         typer.echo(f"weights: {summary['uri']}")
-        data = "--dataset" if task == "segmentation" else "--pairs"
-        typer.echo(next_command(f"pixelmill evaluate {summary['model']} {data} {source} --promote production",
+        data = f"{model_task(task).data}:{source}"
+        typer.echo(next_command(f"pixelmill evaluate {summary['model']} --data {data} --promote production",
                                 workspace))
 
 
 @app.command()
 def evaluate(
     model: Annotated[str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a model folder URL")],
-    pairs: Annotated[str | None, typer.Option(help="restoration: the paired set to score on")] = None,
-    dataset: Annotated[str | None, typer.Option(help="segmentation: the data set (with masks) to score on")] = None,
+    data: Annotated[str | None, typer.Option(help="what to score on: pairs:NAME (a paired set: restoration, "
+                                                  "colorize) or images:NAME (a data set with masks: segmentation)")]
+    = None,
+    pairs: Annotated[str | None, typer.Option(help="the same as --data pairs:NAME")] = None,
+    dataset: Annotated[str | None, typer.Option(help="the same as --data images:NAME")] = None,
     split: Annotated[str, typer.Option(help="train, valid or test")] = "valid",
     promote: Annotated[str | None, typer.Option(help="move this alias here if the model wins")] = None,
     workspace: Workspace = None,
@@ -130,29 +132,33 @@ def evaluate(
 
     Restoration is compared with bicubic (or the input), segmentation with always answering the majority class."""
     with user_errors():
-        if (pairs is None) == (dataset is None):
-            raise ConfigError("give the data to score on: --pairs SET (restoration) or --dataset NAME (segmentation)",
+        given = [ref for ref in (data, pairs and f"pairs:{pairs}", dataset and f"images:{dataset}") if ref]
+        if len(given) != 1:
+            raise ConfigError("give the data to score on once: --data pairs:NAME (restoration, colorize) or "
+                              "--data images:NAME (segmentation)",
                               "`pixelmill catalog show pairs` and `pixelmill catalog show images` list them")
         from pixelmill.flows import preflight
+        from pixelmill.tasks.core.tables import parse_data_ref
 
-        preflight.require_model(workspace, model)
+        card = preflight.require_model(workspace, model)
         preflight.require_split(split)
-        if pairs:
-            preflight.require_pairs(workspace, pairs)
-        else:
-            preflight.require_dataset(workspace, dataset)
+        source, wants = parse_data_ref(given[0]), model_task(card.task).data
+        if source.table != wants:  # before looking the name up: the kind is wrong whatever the name
+            raise ConfigError(f"{model} is a {card.task} model: it scores on {wants}:NAME, not {source}",
+                              f"`pixelmill catalog show {wants}` lists them")
+        preflight.require_data(workspace, str(source))
         start_prefect()
         from pixelmill.flows.evaluate import evaluate as evaluate_flow
 
-        s = evaluate_flow(model, pairs or dataset, split=split, promote=promote, workspace=workspace)
+        s = evaluate_flow(model, source.name, split=split, promote=promote, workspace=workspace)
         typer.echo(f"{s['model']} on {s['source']}/{s['split']} ({s['images']} images)")
         for label, m in (("model", s["model_scores"]), (f"baseline ({s['baseline']})", s["baseline_scores"])):
             typer.echo(f"  {label:24s} " + "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "images"))
         typer.echo(f"  gain over the baseline: {s['gain']:+.4g} ({s['score_key']})")
         if promote:
             typer.echo(s["promotion_reason"])
-        use = "segment" if dataset else "enhance"
-        ref = f"{s['model'].split(':')[0]}@{promote}" if s.get("promoted") else s["model"]
+        use = model_task(card.task).command
+        ref = f"{card.name}@{promote}" if s.get("promoted") else s["model"]
         typer.echo(next_command(f"pixelmill {use} {ref} IMAGE OUT.png", workspace))
 
 
@@ -173,7 +179,7 @@ def models_list(workspace: Workspace = None) -> None:
             metrics = json.loads(row["metrics"] or "{}")
             psnr = f"val Y-PSNR {metrics['val_psnr_y']:.2f} dB" if "val_psnr_y" in metrics else ""
             typer.echo(f"{row['name']}:{row['version']:5s} {row['arch']:14s} x{row['scale']} {row['steps']:>6} steps "
-                       f"on {row['pairs_set']}  {psnr}  {' '.join('@' + t for t in tags)}")
+                       f"on {row['source']}  {psnr}  {' '.join('@' + t for t in tags)}")
 
 
 @models_app.command("promote")
@@ -188,14 +194,14 @@ def models_promote(
         from pixelmill.tasks.core.settings import workspace_url
 
         ws = workspace_url(workspace)
-        mv = registry.resolve(ws, model)
-        previous = registry.aliases(ws, mv.name).get(alias)
-        registry.set_alias(ws, mv, alias)
-        typer.echo(f"{mv.name}@{alias} -> {mv.version}")
+        card = registry.resolve(ws, model)
+        previous = registry.aliases(ws, card.name).get(alias)
+        registry.set_alias(ws, card, alias)
+        typer.echo(f"{card.name}@{alias} -> {card.version}")
         if os.environ.get("PREFECT_API_URL"):  # deployments on that server may re-apply the alias
             from pixelmill.flows.events import PROMOTED, emit_promoted
 
-            if emit_promoted(mv, alias, ws, previous=previous):
+            if emit_promoted(card, alias, ws, previous=previous):
                 typer.echo(f"sent {PROMOTED} to {os.environ['PREFECT_API_URL']}")
 
 

@@ -1,8 +1,9 @@
 """The model registry on any storage: `{workspace}/models/{name}/{version}/` plus the `models` table.
 
 A version folder holds `weights.safetensors` (no pickle), `config.json` (architecture and its arguments,
-task, scale, input range) and `metadata.json` (what it was trained on, steps, metrics, code version, time),
-written in that order: a folder without metadata.json is an unfinished save and is ignored.
+task, scale, input range) and `metadata.json` (what it was trained on, steps, metrics, the weights' sha256,
+code version, time), written in that order: a folder without metadata.json is an unfinished save and is
+ignored. `resolve` reads both into a `ModelCard` (tasks/core/cards.py); `load_weights` takes a card.
 
 References: `name` (latest version), `name:v3`, `name@production` (an alias, set by promotion), or the
 URL of a version folder.
@@ -10,15 +11,16 @@ URL of a version folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.cards import ModelCard
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.core.layout import Layout
@@ -26,17 +28,6 @@ from pixelmill.tasks.core.names import check_name
 
 _VERSION = re.compile(r"^v(\d+)$")
 _REF = re.compile(r"^([^:@/]+)(?:@([^:@]+)|:([^:@]+))?$")
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    name: str
-    version: str
-    uri: str
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
 
 
 def code_version() -> str:
@@ -78,14 +69,14 @@ def aliases(workspace: str, name: str) -> dict[str, str]:
     return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else {}
 
 
-def resolve(workspace: str, ref: str) -> ModelVersion:
-    """A reference to a concrete version; unknown names, versions and aliases say what exists."""
+def resolve(workspace: str, ref: str) -> ModelCard:
+    """The card of the version a reference names; unknown names, versions and aliases say what exists."""
     if "://" in ref or ref.startswith(("/", ".")):
         uri = storage.normalize_url(ref)
         if not storage.exists(storage.join(uri, "config.json")):
             raise PixelmillError(f"no model at {ref}", "a model folder holds weights.safetensors and config.json")
         parent, version = uri.rsplit("/", 1)
-        return ModelVersion(parent.rsplit("/", 1)[-1], version, uri)
+        return read_card(uri, parent.rsplit("/", 1)[-1], version)  # metadata.json's name and version win
     match = _REF.match(ref)
     if not match:
         raise PixelmillError(f"cannot read model reference {ref!r}", "use NAME, NAME:VERSION, NAME@ALIAS or a URL")
@@ -105,57 +96,69 @@ def resolve(workspace: str, ref: str) -> ModelVersion:
     version = version or have[-1]
     if version not in have:
         raise PixelmillError(f"model {name!r} has no version {version!r}", f"versions: {', '.join(have)}")
-    return ModelVersion(name, version, Layout.of(workspace).model_version(name, version))
+    return read_card(Layout.of(workspace).model_version(name, version), name, version)
 
 
-def read_json(mv: ModelVersion, file: str) -> dict:
-    return json.loads(storage.read_bytes(storage.join(mv.uri, file)))
+def read_json(card: ModelCard, file: str) -> dict:
+    return json.loads(storage.read_bytes(storage.join(card.uri, file)))
 
 
-def load(mv: ModelVersion):
-    """(model in eval mode, config, metadata); a corrupt or mismatched checkpoint is a clear error."""
+def read_card(uri: str, name: str, version: str) -> ModelCard:
+    config = json.loads(storage.read_bytes(storage.join(uri, "config.json")))
+    meta_uri = storage.join(uri, "metadata.json")
+    metadata = json.loads(storage.read_bytes(meta_uri)) if storage.exists(meta_uri) else {}
+    return ModelCard.from_files(uri, config, metadata, name, version)
+
+
+def load_weights(card: ModelCard):
+    """The model in eval mode on the CPU; damaged weights, weights that do not match the card's digest or its
+    architecture are a clear error."""
     from pixelmill.models.checkpoint import load_model_from_bytes  # torch: only where weights are read
 
-    config = read_json(mv, "config.json")
+    hint = ("the files are damaged or from an incompatible version: retrain or pick another version "
+            "(`pixelmill models list`)")
+    data = storage.read_bytes(storage.join(card.uri, "weights.safetensors"))
+    if card.weights_sha256 and hashlib.sha256(data).hexdigest() != card.weights_sha256:
+        raise PixelmillError(f"model {card.ref} at {card.uri} cannot be loaded: its weights do not match the "
+                             f"sha256 in metadata.json", hint)
     try:
-        model = load_model_from_bytes(storage.read_bytes(storage.join(mv.uri, "weights.safetensors")), config["model"])
+        return load_model_from_bytes(data, card.factory_config()).eval()
     except Exception as exc:  # safetensors, torch and the factory each raise their own types for bad files
-        raise PixelmillError(f"model {mv.ref} at {mv.uri} cannot be loaded: {exc}",
-                             "the files are damaged or from an incompatible version: retrain or pick another "
-                             "version (`pixelmill models list`)") from None
-    meta = read_json(mv, "metadata.json") if storage.exists(storage.join(mv.uri, "metadata.json")) else {}
-    return model.eval(), config, meta
+        raise PixelmillError(f"model {card.ref} at {card.uri} cannot be loaded: {exc}", hint) from None
 
 
-def save(workspace: str, name: str, model, config: dict, metadata: dict) -> ModelVersion:
-    """Write a new version (weights, config, then metadata) and its row in the `models` table."""
+def save(workspace: str, name: str, model, config: dict, metadata: dict) -> ModelCard:
+    """Write a new version (weights, config, then metadata) and its row in the `models` table.
+
+    config: the objective's `registry_config()` (task, scale, channels, class map...); metadata: what it was
+    trained on, steps, metrics, and anything else worth keeping in metadata.json. Both go through the card, so
+    what is written is what `resolve` reads back."""
     from pixelmill.models.checkpoint import save_model_bytes
 
     check_name(name, "model name")
     have = versions(workspace, name)
     version = f"v{int(have[-1][1:]) + 1 if have else 1}"
-    mv = ModelVersion(name, version, Layout.of(workspace).model_version(name, version))
+    uri = Layout.of(workspace).model_version(name, version)
     weights, model_config = save_model_bytes(model)
-    config = {**config, "model": model_config}
-    metadata = {**metadata, "name": name, "version": version, "code_version": code_version(),
-                "created_at": datetime.now(UTC).isoformat()}
-    storage.write_bytes(storage.join(mv.uri, "weights.safetensors"), weights)
-    storage.write_bytes(storage.join(mv.uri, "config.json"), json.dumps(config, indent=1).encode())
-    storage.write_bytes(storage.join(mv.uri, "metadata.json"), json.dumps(metadata, indent=1).encode())
+    now = datetime.now(UTC)
+    card = ModelCard.from_files(uri, {**config, "model": model_config}, {
+        **metadata, "name": name, "version": version, "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "code_version": code_version(), "created_at": now.isoformat()})
+    storage.write_bytes(storage.join(uri, "weights.safetensors"), weights)
+    storage.write_bytes(storage.join(uri, "config.json"), json.dumps(card.config_json(), indent=1).encode())
+    storage.write_bytes(storage.join(uri, "metadata.json"),
+                        json.dumps(metadata | card.metadata_json(), indent=1).encode())
     Catalog(workspace).write_part("models", name, version, [{
-        "name": name, "version": version, "uri": mv.uri, "arch": model_config["arch"],
-        "task": config.get("task"), "scale": config.get("scale"),
-        "pairs_set": metadata.get("pairs_set") or metadata.get("dataset"),
-        "recipe_hash": metadata.get("recipe_hash"), "steps": metadata.get("steps"),
-        "metrics": json.dumps(metadata.get("metrics", {})), "code_version": metadata["code_version"],
-        "created_at": datetime.now(UTC)}])
-    return mv
+        "name": name, "version": version, "uri": uri, "arch": card.arch, "task": card.task, "scale": card.scale,
+        "source": card.source, "recipe_hash": card.recipe_hash, "steps": card.steps,
+        "metrics": json.dumps(card.metrics), "code_version": card.code_version, "created_at": now}])
+    return card
 
 
-def set_alias(workspace: str, mv: ModelVersion, alias: str) -> None:
+def set_alias(workspace: str, card: ModelCard, alias: str) -> None:
     check_name(alias, "alias")
-    table = aliases(workspace, mv.name) | {alias: mv.version}
-    storage.write_bytes(Layout.of(workspace).aliases(mv.name), json.dumps(table).encode())
+    table = aliases(workspace, card.name) | {alias: card.version}
+    storage.write_bytes(Layout.of(workspace).aliases(card.name), json.dumps(table).encode())
 
 
 def decide_promotion(ref: str, alias_ref: str, key: str, model: dict, baseline: dict, current: dict | None,

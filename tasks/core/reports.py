@@ -90,6 +90,18 @@ def pairs_markdown(summary: dict, title: str) -> str:
     return "\n\n".join(parts)
 
 
+def head_summary(table: pa.Table, columns: tuple[str, ...], rows: int = 20) -> dict:
+    """A table with no summary of its own: its row count and first rows (`columns` are the ones shown)."""
+    return {"rows": table.num_rows, "columns": [c for c in columns if c in table.column_names],
+            "head": table.slice(0, rows).to_pylist()}
+
+
+def head_markdown(summary: dict, title: str) -> str:
+    cols = summary["columns"]
+    return f"## {title} ({summary['rows']} rows)\n\n" + markdown_table(
+        cols, [[r[c] for c in cols] for r in map(round_values, summary["head"])])
+
+
 def thumbnail_data_uri(data: bytes, height: int = 96) -> str:
     """A small JPEG as a data: URI, so a gallery lives inside one artifact (keep them few and small)."""
     with Image.open(io.BytesIO(data)) as im:

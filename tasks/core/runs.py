@@ -132,17 +132,6 @@ def lease_uri(workspace: str, stage: str, group: str, flow_run_id: str) -> str:
     return storage.join(Layout.of(workspace).runs(stage, checked_group(stage, group)), f"{flow_run_id}.json")
 
 
-def output_folders(workspace: str, stage: str, group: str) -> list[str]:
-    """Where a stage's runs for `group` write in the workspace: where killed writers leave temporary files."""
-    layout = Layout.of(workspace)
-    group = checked_group(stage, group)
-    table = {"ingest": "images", "crappify": "pairs", "apply": "predictions"}.get(stage)
-    folders = [storage.join(layout.table(table), group)] if table else []
-    if stage == "crappify":
-        folders.append(layout.paired_set(group))
-    return folders
-
-
 def write_lease(workspace: str, lease: Lease) -> None:
     storage.write_bytes(lease_uri(workspace, lease.stage, lease.group, lease.flow_run_id), lease.to_json())
 

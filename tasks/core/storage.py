@@ -358,7 +358,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             raise
     else:
         retry(lambda: fs.pipe_file(path, data), what=uri)
-    fault_point("storage.write")
+    fault_point("storage.write", uri)
 
 
 def _create(path: str):

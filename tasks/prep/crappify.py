@@ -55,8 +55,8 @@ class CrappifyConfig(BaseModel):
     shard_size: int | None = Field(None, ge=1, le=10_000,
                                    description="images per task (default: auto_shard_size)")
     workers: int = Field(default_factory=lambda: usable_cores(), ge=1, le=512,
-                         description="processes making pairs: a local pool (default: this machine's cores), "
-                                     "or Dask workers")
+                         description="shards in flight at once, each on one worker: a process of this machine's "
+                                     "pool (default: its cores), or a Dask worker")
     threads: int = Field(1, ge=1, le=64, description="threads inside a process making pairs (more overlap the "
                                                      "reads and writes of slow storage with the image work)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)

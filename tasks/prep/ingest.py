@@ -37,6 +37,8 @@ class IngestConfig(BaseModel):
     split_fractions: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train, valid, test")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     extensions: tuple[str, ...] = tuple(sorted(IMAGE_EXTENSIONS))
+    # Each shard already runs io_threads threads: 4 shards at once keep a large plan from starting thousands.
+    workers: int = Field(4, ge=1, le=512, description="shards in flight at once, each on one thread")
     io_threads: int = Field(8, ge=1, le=128, description="threads reading and decoding inside a shard")
     force: bool = Field(False, description="re-read files even when their size and version are unchanged")
 
@@ -72,6 +74,7 @@ class IngestPlan:
     unchanged: int = 0
     other_files: int = 0  # files whose extension is not an image's: counted, not cataloged
     mask_files: int = 0
+    dataset: str = ""  # the group the shards write
 
 
 def dataset_name_for(source_url: str) -> str:
@@ -118,7 +121,7 @@ def plan_ingest(dataset: str, files: Iterable[FileInfo], existing: dict[str, tup
     the config, so a rerun of the same shard rewrites the same catalog part.
     """
     check_name(dataset, "dataset name")
-    plan = IngestPlan(shards=[])
+    plan = IngestPlan(shards=[], dataset=dataset)
     masks_root = storage.normalize_url(cfg.masks) if cfg.masks and not is_pattern(cfg.masks) else None
     mask_name = mask_regex(cfg.masks) if is_pattern(cfg.masks) else None
     todo: list[FileInfo] = []
@@ -132,7 +135,7 @@ def plan_ingest(dataset: str, files: Iterable[FileInfo], existing: dict[str, tup
             plan.unchanged += 1
         else:
             todo.append(info)
-    settings = cfg.model_dump_json(exclude={"shard_size", "io_threads", "force"})
+    settings = cfg.model_dump_json(exclude={"shard_size", "workers", "io_threads", "force"})
     for chunk in chunks(todo, cfg.shard_size):
         plan.shards.append(Shard(dataset, shard_id(dataset, settings, [(f.uri, f.size, f.version) for f in chunk]),
                                  chunk))

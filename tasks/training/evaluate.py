@@ -67,8 +67,8 @@ def evaluate_pairs(model: torch.nn.Module, records: list[PairRecord], scale: int
         pred, base = model(x)[0], residual_base(x, scale, 3)[0]  # the baseline: a plain (bicubic) resize
         target = to_uint8(y[0])
         m, b = to_uint8(pred), to_uint8(base)
-        rows.append({"pair_id": rec.pair_id, "method": "model"} | scores(m, target, scale))
-        rows.append({"pair_id": rec.pair_id, "method": "baseline"} | scores(b, target, scale))
+        rows.append({"item_id": rec.pair_id, "method": "model"} | scores(m, target, scale))
+        rows.append({"item_id": rec.pair_id, "method": "baseline"} | scores(b, target, scale))
         if i < keep_images:
             crops, caps = gallery_crops(to_uint8(x[0]), b, m, target)
             gallery.append(crops)

@@ -61,13 +61,13 @@ class GanObjective:
     # what the GAN stage changes
     def build_model(self) -> torch.nn.Module:
         """The pretrained generator, by reference; it must be the architecture this stage trains."""
-        mv = registry.resolve(self.workspace, self.gan.init_from)
-        generator, saved, _ = registry.load(mv)
-        differs = {k: (saved["model"].get(k), v) for k, v in self.model_config().items() if saved["model"].get(k) != v}
+        card = registry.resolve(self.workspace, self.gan.init_from)
+        saved = card.factory_config()
+        differs = {k: (saved.get(k), v) for k, v in self.model_config().items() if saved.get(k) != v}
         if differs:
-            raise PixelmillError(f"{mv.ref} does not match the GAN stage's model: {differs} (saved, asked)",
+            raise PixelmillError(f"{card.ref} does not match the GAN stage's model: {differs} (saved, asked)",
                                  "give the GAN stage the pretrained model's --arch and arch_kwargs")
-        return generator.train()
+        return registry.load_weights(card).train()
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         self.inner.setup(model, device)

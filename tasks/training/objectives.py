@@ -13,7 +13,9 @@ and resume; an objective owns everything about *what* is learned:
     evaluate_split(...)                per-image rows, means, gallery of a registered model on a split
     score_key, baseline                which metric decides promotion; what the model is compared with
 
-A new model task is one class here (or its own module) registered in OBJECTIVES, plus a CLI subcommand.
+A new model task is one class here (or its own module), a predictor (tasks/inference/predictors.py), the
+fields its model card needs, and one line in tasks/core/model_tasks.py, which OBJECTIVES is built from; plus a
+CLI subcommand to train it.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import torch
 from pixelmill.models.factory import build_model
 from pixelmill.models.losses import FeatureWeightsMissing, build_loss
 from pixelmill.models.unet import residual_base
+from pixelmill.tasks.core.cards import ModelCard
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import ConfigError, PixelmillError
+from pixelmill.tasks.core.model_tasks import MODEL_TASKS, import_path
 from pixelmill.tasks.training.config import TrainConfig
 from pixelmill.tasks.training.datasets import PairDataset, PairRecord, infer_scale, load_pairs
 from pixelmill.tasks.training.evaluate import Evaluation, evaluate_pairs, mean_scores
 from pixelmill.tasks.training.metrics import PSNR_CAP, Mean, MetricSet, psnr_torch
-from pixelmill.tasks.training.segmentation import SegmentationObjective
 
 MIN_TRAIN_PAIRS = 2
 
@@ -132,17 +135,17 @@ class RestorationObjective:
 
     # evaluation of a registered model
     @classmethod
-    def evaluate_split(cls, model, config: dict, workspace: str, source: str, split: str, device: torch.device,
+    def evaluate_split(cls, model, card: ModelCard, workspace: str, source: str, split: str, device: torch.device,
                        keep_images: int = 0, limit: int | None = None) -> Evaluation:
         records, skipped = load_pairs(Catalog(workspace), source, split)
         records = records[:limit] if limit else records
         if not records:
             raise PixelmillError(f"no ok pairs in set {source!r}, split {split!r}", "check --pairs and --split")
         scale = infer_scale(records)
-        if scale != config["scale"]:
-            raise PixelmillError(f"the model is a x{config['scale']} model but {source!r} holds x{scale} pairs",
+        if scale != card.scale:
+            raise PixelmillError(f"the model is a x{card.scale} model but {source!r} holds x{scale} pairs",
                                  "evaluate it on a paired set made with a matching recipe")
-        rows, gallery, captions = evaluate_pairs(model, records, scale, config.get("in_channels", 3), device,
+        rows, gallery, captions = evaluate_pairs(model, records, scale, card.in_channels, device,
                                                  keep_images)
         means = {m: mean_scores(rows, m) for m in ("model", "baseline")}
         return Evaluation(rows, means, len(records), skipped, "bicubic" if scale > 1 else "input", gallery,
@@ -154,10 +157,13 @@ class ColorizeObjective(RestorationObjective):
 
     name = "colorize"
     in_channels = 1
+    # The baseline (the grey input) already carries the target's luma, so Y-PSNR (~60 dB) can never be beaten:
+    # colour is what a colorizer adds, and RGB PSNR measures it.
+    score_key = "psnr_rgb"
 
 
-OBJECTIVES: dict[str, type] = {"restoration": RestorationObjective, "colorize": ColorizeObjective,
-                               "segmentation": SegmentationObjective}
+# by tasks/core/model_tasks.py's table, which also names each task's predictor
+OBJECTIVES: dict[str, type] = {name: import_path(task.objective) for name, task in MODEL_TASKS.items()}
 
 
 def objective_class(task: str) -> type:

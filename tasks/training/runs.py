@@ -17,6 +17,7 @@ from pixelmill.models.device import pick_device
 from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.layout import Layout
+from pixelmill.tasks.core.model_tasks import source_ref
 from pixelmill.tasks.training.config import TrainConfig
 from pixelmill.tasks.training.loop import TrainHooks, load_state, train_model
 from pixelmill.tasks.training.objectives import build_objective, objective_class
@@ -35,12 +36,12 @@ def train_and_register(workspace: str, source: str, name: str, cfg: TrainConfig,
     cache_dir = None if layout.is_local else os.path.join(tempfile.gettempdir(), "pixelmill-cache", source)
     result = train_model(objective, cfg, hooks, resume=state, cache_dir=cache_dir)
     last = result.history[-1] if result.history else {}
-    metadata = objective.registry_metadata() | {"steps": result.step, "seconds": round(result.seconds, 1),
-                                                "metrics": last}
-    mv = registry.save(workspace, name, result.model,
-                       config=objective.registry_config() | {"train_config": cfg.model_dump(mode="json")},
-                       metadata=metadata)
-    return {"model": mv.ref, "uri": mv.uri, "steps": result.step, "seconds": result.seconds,
+    metadata = {"source": source_ref(cfg.task, source)} | objective.registry_metadata() | {
+        "steps": result.step, "seconds": round(result.seconds, 1), "metrics": last}
+    card = registry.save(workspace, name, result.model,
+                         config=objective.registry_config() | {"train_config": cfg.model_dump(mode="json")},
+                         metadata=metadata)
+    return {"model": card.ref, "uri": card.uri, "steps": result.step, "seconds": result.seconds,
             "images_per_s": result.images_per_s, **objective.registry_config(), "baseline": objective.baseline,
             "metrics": last, "history": result.history}
 
@@ -55,17 +56,17 @@ def evaluate_registered(workspace: str, ref: str, source: str, split: str = "val
     gallery images to the workspace's reports folder. Returns means, counts and the gallery's URIs."""
     from pixelmill.tasks.core.reports import png_bytes
 
-    mv = registry.resolve(workspace, ref)
-    model, config, _ = registry.load(mv)
-    objective = objective_class(config["task"])
-    ev = objective.evaluate_split(model, config, workspace, source, split, pick_device(), gallery, limit)
-    eid = evaluation_id(mv.ref, source, split)
+    card = registry.resolve(workspace, ref)
+    objective = objective_class(card.task)
+    ev = objective.evaluate_split(registry.load_weights(card), card, workspace, source, split, pick_device(),
+                                  gallery, limit)
+    eid = evaluation_id(card.ref, source, split)
     if record:
-        common = {"evaluation_id": eid, "model": mv.ref, "pairs_set": source, "split": split,
+        common = {"evaluation_id": eid, "model": card.ref, "source": source_ref(card.task, source), "split": split,
                   "created_at": datetime.now(UTC)}
         rows = [common | {"scope": "image", "images": 1} | r for r in ev.rows]
         rows += [common | m | {"method": method, "scope": "mean"} for method, m in ev.means.items()]
-        Catalog(workspace).write_part("evaluations", mv.name, eid, rows)
+        Catalog(workspace).write_part("evaluations", card.name, eid, rows)
     report = Layout.of(workspace).report("evaluate", eid)
     uris = []
     for i, images in enumerate(ev.gallery):
@@ -73,7 +74,7 @@ def evaluate_registered(workspace: str, ref: str, source: str, split: str = "val
                      for label in objective.gallery_labels])
         for uri, image in zip(uris[-1], images, strict=True):
             storage.write_bytes(uri, png_bytes(image))
-    return {"model": mv.ref, "task": config["task"], "evaluation_id": eid, "images": ev.images,
+    return {"model": card.ref, "task": card.task, "evaluation_id": eid, "images": ev.images,
             "skipped": ev.skipped, "means": ev.means, "score_key": objective.score_key, "baseline": ev.baseline,
             "gallery_labels": list(objective.gallery_labels), "gallery": uris,
             "gallery_captions": [list(c) for c in ev.gallery_captions], "report": ev.report}

@@ -15,6 +15,7 @@ import torch
 from pixelmill.models.device import to_uint8
 from pixelmill.models.factory import build_model
 from pixelmill.models.losses import SegmentationLoss
+from pixelmill.tasks.core.cards import ModelCard
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.classes import ClassMap, load_class_map, overlay
 from pixelmill.tasks.core.errors import ConfigError, PixelmillError
@@ -128,16 +129,16 @@ class SegmentationObjective:
     # evaluation of a registered model
     @classmethod
     @torch.inference_mode()
-    def evaluate_split(cls, model, config: dict, workspace: str, source: str, split: str, device: torch.device,
+    def evaluate_split(cls, model, card: ModelCard, workspace: str, source: str, split: str, device: torch.device,
                        keep_images: int = 0, limit: int | None = None) -> Evaluation:
-        classes = ClassMap(**config["classes"])
+        classes = card.classes
         records, skipped = load_segmentation_records(Catalog(workspace), source, split)
         records = records[:limit] if limit else records
         if not records:
             raise PixelmillError(f"no ok images with masks in data set {source!r}, split {split!r}",
                                  "check --dataset and --split (`pixelmill catalog show images`)")
         data = SegmentationDataset(records, classes, crop=None, train=False)
-        k, ignore, majority = len(classes.names), classes.ignore_index, config["majority_class"]
+        k, ignore, majority = len(classes.names), classes.ignore_index, card.majority_class or 0
         totals = {"model": ConfusionMatrix(k, ignore), "baseline": ConfusionMatrix(k, ignore)}
         rows, gallery = [], []
         model = model.to(device).eval()
@@ -148,14 +149,14 @@ class SegmentationObjective:
                 one = ConfusionMatrix(k, ignore)
                 one.update(p, y)
                 totals[method].merge(one)
-                rows.append({"pair_id": rec.uri, "method": method} | scalar_scores(one.compute()))
+                rows.append({"item_id": rec.uri, "method": method} | scalar_scores(one.compute()))
             if i < keep_images:
                 image = to_uint8(x)
                 gallery.append((image, overlay(image, y.numpy(), classes), overlay(image, pred.numpy(), classes)))
         means = {m: scalar_scores(cm.compute()) | {"images": len(records)} for m, cm in totals.items()}
         for method, cm in totals.items():
             per_class = cm.compute()
-            rows += [{"pair_id": None, "method": method, "scope": "class", "class_name": name,
+            rows += [{"item_id": None, "method": method, "scope": "class", "class_name": name,
                       "iou": per_class["iou_per_class"][c], "accuracy": per_class["acc_per_class"][c]}
                      for c, name in enumerate(classes.names) if c != ignore]
         return Evaluation(rows, means, len(records), skipped, cls.baseline, gallery,

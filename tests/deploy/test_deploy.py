@@ -384,10 +384,11 @@ def promoted_event(name: str, version: str, alias: str, workspace: str):
     from prefect.server.events.schemas.events import ReceivedEvent
 
     from pixelmill.flows.events import PROMOTED, promoted_resource
-    from pixelmill.tasks.core.registry import ModelVersion
+    from pixelmill.tasks.core.cards import ModelCard
 
-    mv = ModelVersion(name, version, f"{workspace}/models/{name}/{version}")
-    return ReceivedEvent(event=PROMOTED, resource=promoted_resource(mv, alias, workspace),
+    card = ModelCard(name=name, version=version, uri=f"{workspace}/models/{name}/{version}", task="restoration",
+                     arch="unet-plain")
+    return ReceivedEvent(event=PROMOTED, resource=promoted_resource(card, alias, workspace),
                          occurred="2024-06-01T00:00:00Z", id=uuid4())
 
 

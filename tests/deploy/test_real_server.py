@@ -74,11 +74,10 @@ def predictions(workspace: str, run_id) -> list[dict]:
 
 
 @pytest.fixture
-def server(tmp_path):
-    server = PrefectServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+def server(prefect_api) -> PrefectServer:
+    """The session's real Prefect server (tests/conftest.py): this test looks only at its own deployment, runs and
+    events (those naming its workspace)."""
+    return prefect_api
 
 
 def test_served_apply_runs_over_s3_and_promotion_re_applies(server, s3_bucket, tmp_path):
@@ -97,7 +96,7 @@ def test_served_apply_runs_over_s3_and_promotion_re_applies(server, s3_bucket, t
         serve = subprocess.Popen([sys.executable, "-c", SERVE, json.dumps(spec)], env=env, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        asyncio.run(check_runs(server, env, spec, workspace, s3_bucket, tmp_path, fs))
+        asyncio.run(check_runs(server, serve, env, spec, workspace, s3_bucket, tmp_path, fs))
     except BaseException:
         print((tmp_path / "serve.log").read_text(errors="replace")[-6000:])
         raise
@@ -105,16 +104,18 @@ def test_served_apply_runs_over_s3_and_promotion_re_applies(server, s3_bucket, t
         kill_group(serve, timeout=30)
 
 
-async def check_runs(server, env, spec, workspace, bucket, tmp_path, fs):
+async def check_runs(server, serve, env, spec, workspace, bucket, tmp_path, fs):
     import httpx
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
+    from prefect.exceptions import ObjectNotFound
 
     async with PrefectClient(api=server.url) as client:
         async def deployment():
+            assert serve.poll() is None, f"`serve` exited with {serve.returncode} before registering the deployment"
             try:
                 return await client.read_deployment_by_name(f"apply/{DEPLOYMENT}")
-            except Exception:  # not registered yet: `serve` is still importing torch
+            except ObjectNotFound:  # not registered yet: `serve` is still importing torch (any other error fails)
                 return None
 
         dep = await wait_for("the served deployment", deployment, timeout=180)
@@ -146,8 +147,9 @@ async def check_runs(server, env, spec, workspace, bucket, tmp_path, fs):
 
         async def event():
             response = await asyncio.to_thread(httpx.post, f"{server.url}/events/filter", timeout=10, json={
-                "filter": {"event": {"name": ["pixelmill.model.promoted"]}}, "limit": 10})
-            return response.json()["events"]
+                "filter": {"event": {"name": ["pixelmill.model.promoted"]}}, "limit": 50})
+            response.raise_for_status()
+            return [e for e in response.json()["events"] if e["resource"].get("pixelmill.workspace") == workspace]
 
         (received,) = await wait_for("the promotion event on the server", event, timeout=60)
         assert received["resource"].items() >= {"prefect.resource.id": "pixelmill.model.sr", "pixelmill.version": "v2",

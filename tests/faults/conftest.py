@@ -1,5 +1,5 @@
-"""Fixtures of the fault suite: one Prefect server and one generated photo folder for the whole package, and the
-uninterrupted runs every faulty run is compared with."""
+"""Fixtures of the fault suite: the session's Prefect server, one generated photo folder for the whole package, and
+the uninterrupted runs every faulty run is compared with."""
 
 from __future__ import annotations
 
@@ -24,11 +24,9 @@ class Photos:
 
 
 @pytest.fixture(scope="package")
-def prefect(tmp_path_factory):
-    server = PrefectServer(tmp_path_factory.mktemp("prefect-home"))
-    server.start()
-    yield server
-    server.stop()
+def prefect(prefect_api) -> PrefectServer:
+    """The session's Prefect server (tests/conftest.py), shared with the other subprocess tests."""
+    return prefect_api
 
 
 @pytest.fixture(scope="package")

@@ -1,5 +1,6 @@
-"""The fault suite's driver: the real `pixelmill` CLI in its own process group, killed with SIGKILL on cue, and
-audits that count what a run left on storage (rows, duplicates, missing rows, orphan and temporary files)."""
+"""The fault suite's driver: the real `pixelmill` CLI in its own process group, armed to SIGKILL itself at a
+deterministic fault point (tasks/core/faults.py: PIXELMILL_FAULT=point:N), and audits that count what a run left
+on storage (rows, duplicates, missing rows, orphan and temporary files)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pixelmill.tasks.core import runs
-from pixelmill.tasks.core.catalog import KEYS, Catalog
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.tables import TABLES
 
 PIXELMILL = str(Path(sys.executable).parent / "pixelmill")
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -73,7 +74,7 @@ class PrefectServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            kill_group(self.proc, signal.SIGTERM, timeout=15)
+            kill_group(self.proc, signal.SIGTERM, timeout=5)  # then SIGKILL: a test server keeps nothing
             self.proc = None
             self.log.close()
 
@@ -119,19 +120,22 @@ class Cli:
             self._out.close()
         return code, self.log.read_text(errors="replace")
 
-    def kill_when(self, ready: Callable[[], bool], timeout: float = 300, poll: float = 0.05) -> bool:
-        """SIGKILL the whole group as soon as `ready()`; False when the command ended first."""
-        deadline = time.time() + timeout
-        while self.proc.poll() is None:
-            if ready():
-                kill_group(self.proc)
-                self._out.close()
-                return True
-            if time.time() > deadline:
-                raise AssertionError(f"`pixelmill {' '.join(self.args)}` never reached its kill point")
-            time.sleep(poll)
-        self.wait()
-        return False
+
+def fault_env(env: dict[str, str], fault: str, where: str = "", group: bool = False, hold: str = "") -> dict[str, str]:
+    """`env` armed with a fault point (tasks/core/faults.py): PIXELMILL_FAULT=point:N and its options."""
+    return env | {"PIXELMILL_FAULT": fault} | ({"PIXELMILL_FAULT_WHERE": where} if where else {}) \
+        | ({"PIXELMILL_FAULT_GROUP": "1"} if group else {}) | ({"PIXELMILL_FAULT_HOLD": hold} if hold else {})
+
+
+def run_to_fault(args: list[str], env: dict[str, str], log: Path, fault: str, where: str = "", group: bool = False,
+                 timeout: float = 300) -> int:
+    """Run the command armed to SIGKILL itself (with `group`: its whole process group) at the fault point; it must
+    die there, not end. Returns the killed command's pid (the one its lease names)."""
+    cli = Cli(args, fault_env(env, fault, where, group), log)
+    code, out = cli.wait(timeout)
+    assert code == -signal.SIGKILL, f"`pixelmill {' '.join(args)}` with {fault} {where} ended with {code} " \
+                                    f"instead of dying at its fault point:\n{out[-3000:]}"
+    return cli.proc.pid
 
 
 def run_cli(args: list[str], env: dict[str, str], log: Path, timeout: float = 300) -> tuple[int, str]:
@@ -169,7 +173,7 @@ def raw_rows(ws: str | Path, table: str, group: str) -> list[dict]:
 
 
 def duplicates(rows: list[dict], table: str) -> int:
-    key_cols = KEYS[table][0]
+    key_cols = TABLES[table].key
     keys = Counter(tuple(r[c] for c in key_cols) for r in rows)
     return sum(n - 1 for n in keys.values())
 
@@ -192,6 +196,25 @@ def tree(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha(p) for p in files_under(folder)}
 
 
+def snapshot(folder: Path) -> dict[Path, tuple[int, int]]:
+    """Each file's (inode, mtime): storage.write_bytes replaces a file by renaming a new one over it."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files_under(folder)}
+
+
+def written_since(folder: Path, before: dict[Path, tuple[int, int]]) -> set[Path]:
+    """Files under `folder` written (new or replaced) since the snapshot `before`."""
+    return {p for p, ident in snapshot(folder).items() if before.get(p) != ident}
+
+
+def part_names(ws: str | Path, table: str, group: str) -> set[str]:
+    return {p.name for p in (local(ws) / "catalog" / table / group).glob("part-*.parquet")}
+
+
+def named_by_rows(ws: str | Path, table: str, group: str, columns: tuple[str, ...]) -> set[Path]:
+    """The files that the group's committed rows (every part on storage) name in `columns`."""
+    return {local(r[c]) for r in raw_rows(ws, table, group) for c in columns if r.get(c)}
+
+
 IMAGE_FIELDS = ("dataset", "uri", "sha256", "bytes", "width", "height", "format", "mode", "status", "error",
                 "split", "mask_uri", "duplicate_of", "source_version")
 PAIR_FIELDS = ("pair_id", "set_name", "dataset", "image_uri", "image_sha256", "split", "recipe", "recipe_hash",
@@ -202,7 +225,7 @@ PAIR_FIELDS = ("pair_id", "set_name", "dataset", "image_uri", "image_sha256", "s
 def rows_by_key(ws: str | Path, table: str, group: str, fields: tuple[str, ...]) -> dict[tuple, dict]:
     """Catalog.read's rows (one per key), minus the timestamps, with workspace URLs made relative."""
     root = Catalog(str(ws)).workspace
-    key_cols = KEYS[table][0]
+    key_cols = TABLES[table].key
     return {tuple(r[c] for c in key_cols): {f: (r[f].replace(root, "WS") if isinstance(r[f], str) else r[f])
                                             for f in fields}
             for r in Catalog(str(ws)).read(table, group).to_pylist()}

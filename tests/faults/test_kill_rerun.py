@@ -1,25 +1,25 @@
-"""kill -9 of the whole `pixelmill` process group at three random points of a run, then a rerun: storage ends up
-as an uninterrupted run leaves it (0 duplicates, 0 missing rows, 0 orphan or temporary files, the same bytes), and
-every killed run, left `Running` by its death, is marked `Crashed` by the run after it."""
+"""kill -9 of a run at three deterministic fault points (tasks/core/faults.py), then a rerun: storage ends up as an
+uninterrupted run leaves it (0 duplicates, 0 missing rows, 0 orphan or temporary files, the same bytes), and every
+killed run, left `Running` by its death, is marked `Crashed` by the run after it.
+
+Each kill is armed, not timed: `PIXELMILL_FAULT=shard.commit:2` dies as the run's 2nd shard is about to be recorded,
+`storage.write:5` (counting only the files under one folder) right after the 5th output landed. So each test asserts
+the state that its point promises at the kill (how many outputs this run wrote, which of them no committed row names
+yet) before it checks the rerun, and a loaded machine cannot make a kill land elsewhere or miss."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import random
 import shutil
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.faults.conftest import crappify_args, ingest_args
+from tests.faults.conftest import CRAPPIFY_SHARD, crappify_args, ingest_args
 from tests.faults.driver import (
     IMAGE_FIELDS,
     PAIR_FIELDS,
     PREDICTION_FIELDS,
-    Cli,
     audit_images,
     audit_pairs,
     audit_predictions,
@@ -27,56 +27,37 @@ from tests.faults.driver import (
     flow_run_of,
     leases,
     local,
+    named_by_rows,
+    part_names,
     record,
     rows_by_key,
     run_cli,
+    run_to_fault,
+    snapshot,
     tree,
+    written_since,
 )
 from tests.helpers import noise_png
 
-pytestmark = pytest.mark.slow  # measured on 2 busy cores: ingest 12-20 s, crappify 30-35 s, apply 90-120 s
-# Kill points are fractions of the run's rows committed: seeded, so a failure can be replayed
-# (PIXELMILL_FAULT_SEED=... pytest tests/faults).
-SEED = int(os.environ.get("PIXELMILL_FAULT_SEED", "20250607"))
-
-
-def kill_points(stage: str) -> list[float]:
-    """Three fractions of the rows, in order; the last leaves a few waves of shards for the last kill to hit."""
-    rng = random.Random(f"{SEED}-{stage}")
-    return sorted(rng.uniform(0.05, 0.6) for _ in range(3))
+pytestmark = pytest.mark.slow  # measured on 2 shared cores: ingest 8-12 s, crappify 19-29 s, apply 41-99 s
 
 
 def flow_run_state(prefect, run_id: str) -> dict:
     return httpx.get(f"{prefect.url}/flow_runs/{run_id}", timeout=10).json()["state"]
 
 
-def kill_once(prefect, args: list[str], ws: Path, stage: str, group: str, total: int, table: str, mid_shard,
-              point: float, log: Path) -> str:
-    """Start the command and kill its group once it holds its lease (so it is past start-up and planning),
-    `point` of `total` rows are committed and `mid_shard(done, before, started)` holds: `before` is what earlier
-    runs committed, `started` the wall time this run began. Returns the killed flow run's id."""
-    started = time.time()
-    cli = Cli(args, prefect.env(), log)
-    before = committed_rows(ws, table, group)
-    seen: dict[str, str] = {}
-
-    def ready() -> bool:
-        run_id = seen.get("run") or flow_run_of(ws, stage, group, cli.proc.pid)  # its lease: it is Running
-        if run_id:
-            seen["run"] = run_id
-        done = committed_rows(ws, table, group)
-        return bool(run_id) and done >= point * total and mid_shard(done, before, started)
-
-    assert cli.kill_when(ready), f"{stage} ended before kill point {point:.2f}: {log.read_text()[-2000:]}"
-    state = flow_run_state(prefect, seen["run"])
+def killed_run(prefect, ws: Path, stage: str, group: str, pid: int) -> str:
+    """The flow run id of the killed command, from the lease it left; its state is still Running."""
+    run_id = next((lease.flow_run_id for lease in leases(ws, stage, group) if lease.pid == pid), None)
+    assert run_id and run_id == flow_run_of(ws, stage, group, pid), f"the killed {stage} run left no lease"
+    state = flow_run_state(prefect, run_id)
     assert state["type"] == "RUNNING", state  # what a kill -9 leaves behind until someone says otherwise
-    return seen["run"]
+    return run_id
 
 
-def kill_three_times(prefect, args: list[str], ws: Path, stage: str, group: str, total: int, table: str,
-                     mid_shard, logs: Path) -> list[str]:
-    return [kill_once(prefect, args, ws, stage, group, total, table, mid_shard, point,
-                      logs / f"{stage}-killed-{i}.log") for i, point in enumerate(kill_points(stage))]
+def only_under(fault: str, folder: Path) -> str:
+    """storage.write counts only the outputs under `folder` (not catalog parts, not leases)."""
+    return f"{folder}/" if fault.startswith("storage.write") else ""
 
 
 def assert_marked_crashed(prefect, killed: list[str], stage: str, group: str) -> None:
@@ -90,9 +71,17 @@ def assert_marked_crashed(prefect, killed: list[str], stage: str, group: str) ->
 def test_ingest_killed_three_times_then_rerun_is_the_uninterrupted_run(prefect, photos, baseline, tmp_path):
     ws = tmp_path / "ws"
     args = ingest_args(photos, ws)
-    # Shards run four at a time: when one has just committed, the others are half done.
-    killed = kill_three_times(prefect, args, ws, "ingest", "d", photos.image_files, "images",
-                              mid_shard=lambda done, before, started: done > before, logs=tmp_path)
+    killed = []
+    # 246 files in shards of 16 (several in flight on threads): the 2nd commit, the 4th, then the very first.
+    for i, nth in enumerate((2, 4, 1)):
+        before = part_names(ws, "images", "d")
+        pid = run_to_fault(args, prefect.env(), tmp_path / f"killed-{i}.log", f"shard.commit:{nth}")
+        killed.append(killed_run(prefect, ws, "ingest", "d", pid))
+        # Dead as its Nth shard was about to be recorded: at most the N-1 before it are (those still being written
+        # by another thread may not be), and the Nth's rows are not.
+        new = part_names(ws, "images", "d") - before
+        assert len(new) <= nth - 1, (nth, new)
+    assert committed_rows(ws, "images", "d") < photos.image_files  # the rerun has work left
 
     code, out = run_cli(args, prefect.env(), tmp_path / "rerun.log")
     assert code == 0, out[-3000:]
@@ -108,15 +97,35 @@ def test_ingest_killed_three_times_then_rerun_is_the_uninterrupted_run(prefect, 
            duplicates_found=0, missing=0, orphans=0)
 
 
+PAIR_FILES = ("hr_uri", "lr_uri", "mask_uri")
+
+
 def test_crappify_killed_three_times_then_rerun_makes_the_same_bytes(prefect, photos, baseline, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(baseline / "catalog" / "images", ws / "catalog" / "images")  # the same ingested data set
     args = crappify_args(ws)
-    hr_files = lambda: sum(1 for _ in (ws / "datasets" / "d-lesson7").glob("*/hr/*.png"))  # noqa: E731
-    # Mid-shard: pairs on disk that no committed row names yet (each kill waits for one).
-    killed = kill_three_times(prefect, args, ws, "crappify", "d-lesson7", photos.pairs, "pairs",
-                              mid_shard=lambda done, before, started: done > before and hr_files() > done,
-                              logs=tmp_path)
+    set_dir = local(ws) / "datasets" / "d-lesson7"
+    shard_files = 2 * int(CRAPPIFY_SHARD)  # an HR and an LR file per pair
+    # Pairs are made in the children of a process pool, each counting its own hits: "the 5th file" is the first
+    # child's to write its 5th. The child kills its whole process group (the command, the forkserver, the other
+    # children), as a lost machine would; alone it would only break the pool.
+    kills = [("storage.write:5", 0), ("shard.commit:2", shard_files), ("storage.write:30", 30 - shard_files)]
+    killed = []
+    for i, (fault, unrecorded) in enumerate(kills):
+        before, parts = snapshot(set_dir), part_names(ws, "pairs", "d-lesson7")
+        pid = run_to_fault(args, prefect.env(), tmp_path / f"killed-{i}.log", fault, where=only_under(fault, set_dir),
+                           group=True)
+        killed.append(killed_run(prefect, ws, "crappify", "d-lesson7", pid))
+        written = written_since(set_dir, before)
+        new_parts = part_names(ws, "pairs", "d-lesson7") - parts
+        orphans = written - named_by_rows(ws, "pairs", "d-lesson7", PAIR_FILES)
+        if fault == "storage.write:5":  # inside every child's first shard: nothing recorded yet
+            assert len(written) >= 5 and new_parts == set() and orphans == written, (len(written), new_parts)
+        elif fault.startswith("shard.commit"):  # one child's 2nd shard written whole, its first one recorded
+            assert len(written) >= 2 * shard_files and len(new_parts) >= 1 and len(orphans) >= unrecorded
+        else:  # the 6th file of one child's 2nd shard: its first one recorded
+            assert len(written) >= 30 and len(new_parts) >= 1 and len(orphans) >= unrecorded
+    assert committed_rows(ws, "pairs", "d-lesson7") < photos.pairs
 
     code, out = run_cli(args, prefect.env(), tmp_path / "rerun.log")
     assert code == 0, out[-3000:]
@@ -127,7 +136,7 @@ def test_crappify_killed_three_times_then_rerun_makes_the_same_bytes(prefect, ph
     assert rows == photos.pairs
     assert rows_by_key(ws, "pairs", "d-lesson7", PAIR_FIELDS) == \
         rows_by_key(baseline, "pairs", "d-lesson7", PAIR_FIELDS)
-    files = tree(local(ws) / "datasets" / "d-lesson7")
+    files = tree(set_dir)
     assert len(files) == 2 * photos.pairs
     assert files == tree(local(baseline) / "datasets" / "d-lesson7")  # names and bytes
     assert_marked_crashed(prefect, killed, "crappify", "d-lesson7")
@@ -137,34 +146,24 @@ def test_crappify_killed_three_times_then_rerun_makes_the_same_bytes(prefect, ph
 
 
 APPLY_INPUTS = 24
+APPLY_SHARD = 8
+APPLY_WRITERS = 2  # writer threads of a CPU shard (tasks/inference io_threads_for): one more output may land
 
 
 @pytest.fixture
 def apply_input(photos, tmp_path) -> Path:
-    """Twenty-four images of 2-4 tiles and a broken file (an error row). Large enough that a shard's outputs
-    land over a few hundred ms: on 64 px images a whole shard took ~40 ms and the kill could miss it."""
+    """Twenty-four images of 1-4 tiles and a broken file (an error row, in the last shard)."""
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(APPLY_INPUTS):
-        (folder / f"noise{i:02d}.png").write_bytes(noise_png(280 + 9 * i, 200 + 5 * i, seed=2000 + i))
+        (folder / f"noise{i:02d}.png").write_bytes(noise_png(60 + 3 * i, 40 + 2 * i, seed=2000 + i))
     shutil.copy(photos.folder / "truncated.jpg", folder / "truncated.jpg")
     return folder
 
 
-def fresh_files(folder: Path, since: float) -> int:
-    """Files under `folder` written at or after `since` (one may be replaced while we look)."""
-    count = 0
-    for path in folder.rglob("*") if folder.exists() else ():
-        with contextlib.suppress(FileNotFoundError):
-            count += path.is_file() and path.stat().st_mtime >= since
-    return count
-
-
 def apply_args(ws: Path, folder: Path, out: Path) -> list[str]:
-    # One image per forward in shards of 8: a shard's outputs land one by one over most of its time, so a poll
-    # finds one mid-shard; with whole-shard batches they land within ms of the commit and a kill can miss them.
-    return ["apply", "tiny", "--input", str(folder), "--output", str(out), "--workspace", str(ws), "--tile", "256",
-            "--shard-size", "8", "--batch-size", "1"]
+    return ["apply", "tiny", "--input", str(folder), "--output", str(out), "--workspace", str(ws), "--tile", "64",
+            "--shard-size", str(APPLY_SHARD), "--workers", "1"]
 
 
 def test_apply_killed_three_times_then_rerun_writes_the_same_outputs(prefect, apply_input, tmp_path):
@@ -177,11 +176,26 @@ def test_apply_killed_three_times_then_rerun_writes_the_same_outputs(prefect, ap
     assert code == 0, text[-3000:]
 
     args, total = apply_args(ws, apply_input, out), APPLY_INPUTS + 1
-    # Mid-shard: outputs this run wrote that no row it committed names yet (by mtime: outputs an earlier killed
-    # run left are not this run's progress).
-    killed = kill_three_times(prefect, args, ws, "apply", "tiny", total, "predictions",
-                              mid_shard=lambda done, before, started: fresh_files(out, started) > done - before,
-                              logs=tmp_path)
+    # One shard at a time (--workers 1). Kill 1: the 3rd output of the first shard; kill 2: as the 2nd shard is
+    # about to be recorded (the first recorded, the second's 8 outputs on storage); kill 3: the 5th output of the
+    # first shard of what is left.
+    kills = ["storage.write:3", "shard.commit:2", "storage.write:5"]
+    killed = []
+    for i, fault in enumerate(kills):
+        before, parts = snapshot(out), part_names(ws, "predictions", "tiny")
+        pid = run_to_fault(args, prefect.env(), tmp_path / f"killed-{i}.log", fault, where=only_under(fault, out))
+        killed.append(killed_run(prefect, ws, "apply", "tiny", pid))
+        written = written_since(out, before)
+        new_parts = part_names(ws, "predictions", "tiny") - parts
+        orphans = written - named_by_rows(ws, "predictions", "tiny", ("output_uri", "overlay_uri"))
+        if fault.startswith("storage.write"):
+            nth = int(fault.rsplit(":", 1)[1])
+            assert nth <= len(written) <= nth + APPLY_WRITERS - 1 and new_parts == set() and orphans == written, \
+                (fault, len(written), new_parts)
+        else:
+            assert len(written) == 2 * APPLY_SHARD and len(new_parts) == 1 and len(orphans) == APPLY_SHARD, \
+                (len(written), new_parts, len(orphans))
+    assert committed_rows(ws, "predictions", "tiny") == APPLY_SHARD  # the rerun has most of the work left
 
     code, text = run_cli(args, prefect.env(), tmp_path / "rerun.log")
     assert code == 0, text[-3000:]

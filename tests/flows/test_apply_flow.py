@@ -60,6 +60,7 @@ def test_flow_summary_artifacts_and_rerun(tmp_path):
     assert Catalog(ws).read("predictions", "sr").num_rows == 7
 
 
+@pytest.mark.slow  # measured 28 s on 2 shared, loaded cores
 def test_dask_local_cluster_gives_the_same_catalog_as_threads(tmp_path):
     ws = str(tmp_path / "ws")
     ref = register_tiny(ws, name="sr")

@@ -14,7 +14,7 @@ import pytest
 
 from pixelmill.tasks.core.catalog import Catalog
 from tests.flows.test_cli_imports import prefect_env
-from tests.helpers import make_image
+from tests.helpers import make_image, unexpected_stderr
 
 PIXELMILL = str(Path(sys.executable).parent / "pixelmill")
 
@@ -44,7 +44,8 @@ def run_cli(args: list[str], cwd: Path) -> tuple[int, list[str], list[str], floa
     env = prefect_env(cwd / "prefect") | {"PIXELMILL_LOCAL_PREFECT_URL": "http://127.0.0.1:9/api"}
     start = time.perf_counter()
     proc = subprocess.run([PIXELMILL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    return proc.returncode, proc.stdout.splitlines(), proc.stderr.splitlines(), time.perf_counter() - start
+    # stderr minus known harmless lines (tests/helpers.py HARMLESS_STDERR): exactly `error:` and `hint:` remain
+    return proc.returncode, proc.stdout.splitlines(), unexpected_stderr(proc.stderr), time.perf_counter() - start
 
 
 CASES = [
@@ -58,9 +59,9 @@ CASES = [
      "hint: `pixelmill recipes` lists the shipped recipes"),
     (["ingest", "./no/such/dir"], "error: file://{cwd}/no/such/dir does not exist",
      "hint: check the path or bucket name (and AWS_ENDPOINT_URL for S3)"),
-    (["ingest", "..", "--split", "0.8,0.2"],
-     "error: --split 0.8,0.2: give three fractions train,valid,test, each >= 0, that sum to 1",
-     "hint: e.g. --split 0.8,0.1,0.1 (or 0.8,0.2,0 for no test split)"),
+    (["ingest", "..", "--split-fractions", "0.8,0.2"],
+     "error: --split-fractions 0.8,0.2: give three fractions train,valid,test, each >= 0, that sum to 1",
+     "hint: e.g. --split-fractions 0.8,0.1,0.1 (or 0.8,0.2,0 for no test split)"),
     (["train", "restoration", "--pairs", "nosuch-pairs", "--name", "m"],
      "error: unknown paired set 'nosuch-pairs' in {ws}", "hint: paired sets there: samples-lesson7"),
     (["train", "segmentation", "--dataset", "nosuch", "--name", "m"], "error: unknown data set 'nosuch' in {ws}",
@@ -87,6 +88,28 @@ CASES = [
      "hint: data sets there: samples"),
     (["catalog", "show", "images", "--dataset", "sampels"], "error: unknown data set 'sampels' in {ws}",
      "hint: data sets there: samples"),
+    (["catalog", "show", "pairs", "--pairs", "samples-lesson8"], "error: unknown paired set 'samples-lesson8' in {ws}",
+     "hint: paired sets there: samples-lesson7"),
+    (["catalog", "show", "pairs", "--model", "sr2"], "error: --model does not apply to the pairs table",
+     "hint: pick a paired set with --pairs (`pixelmill catalog show pairs` lists them)"),
+    # typed data references: images:NAME or pairs:NAME, and only the kind a command takes
+    (["apply", "sr2", "--input", "images:sampels", "--output", "out"], "error: unknown data set 'sampels' in {ws}",
+     "hint: data sets there: samples"),
+    (["apply", "sr2", "--input", "pairs:samples-lesson7", "--output", "out"],
+     "error: 'pairs:samples-lesson7' is a paired set; this takes images:NAME",
+     "hint: images:NAME is a data set (`pixelmill catalog show images`)"),
+    (["evaluate", "sr2", "--data", "samples-lesson7"],
+     "error: 'samples-lesson7' is not a typed data reference; give images:NAME or pairs:NAME",
+     "hint: images:NAME is a data set (`pixelmill catalog show images`); pairs:NAME is a paired set "
+     "(`pixelmill catalog show pairs`)"),
+    (["evaluate", "sr2", "--data", "pairs:samples-lesson8"], "error: unknown paired set 'samples-lesson8' in {ws}",
+     "hint: paired sets there: samples-lesson7"),
+    (["evaluate", "sr2", "--data", "images:samples"],
+     "error: sr2 is a restoration model: it scores on pairs:NAME, not images:samples",
+     "hint: `pixelmill catalog show pairs` lists them"),
+    (["evaluate", "sr2", "--data", "pairs:samples-lesson7", "--pairs", "samples-lesson7"],
+     "error: give the data to score on once: --data pairs:NAME (restoration, colorize) or --data images:NAME "
+     "(segmentation)", "hint: `pixelmill catalog show pairs` and `pixelmill catalog show images` list them"),
 ]
 
 
@@ -133,3 +156,26 @@ def test_catalog_show_rounds_to_four_significant_digits(tmp_path):
     result = CliRunner().invoke(app, ["catalog", "show", "evaluations", "--workspace", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "| 29.12 | 4.884e-08 |" in result.output
+
+
+def test_catalog_show_picks_a_group_by_its_own_option(tmp_path):
+    """--model for the models' tables (--dataset, the old spelling, still works with one note)."""
+    from typer.testing import CliRunner
+
+    from pixelmill.flows.cli import app
+
+    catalog = Catalog(str(tmp_path))
+    for model in ("sr", "seg"):
+        catalog.write_part("predictions", model, "p", [{"model": model, "model_version": "v1", "input_uri": "a.png",
+                                                        "output_root": "file:///out", "status": "ok", "seconds": 0.5,
+                                                        "created_at": datetime.now(UTC)}])
+    runner = CliRunner()
+    new = runner.invoke(app, ["catalog", "show", "predictions", "--model", "sr", "--workspace", str(tmp_path)])
+    assert new.exit_code == 0, new.output
+    assert "## predictions table: model sr" in new.output and "| sr:v1 | 1 |" in new.output
+    assert "seg:v1" not in new.output and "note:" not in new.output
+    old = runner.invoke(app, ["catalog", "show", "predictions", "--dataset", "sr", "--workspace", str(tmp_path)])
+    assert old.exit_code == 0, old.output
+    assert [line for line in old.output.splitlines() if line.startswith("note:")] == [
+        "note: --dataset for the predictions table is now --model"]
+    assert old.output.replace(old.output.splitlines()[0] + "\n", "", 1) == new.output

@@ -40,15 +40,16 @@ def prefect_env(home: Path) -> dict[str, str]:
                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
-@pytest.mark.slow  # starts Prefect's embedded server in the subprocess: 30-40 s
-def test_help_ingest_and_crappify_never_import_torch(tmp_path):
+@pytest.mark.slow  # two flows in a subprocess on the session's Prefect server: 7 s (30-40 s when embedded)
+def test_help_ingest_and_crappify_never_import_torch(tmp_path, prefect_api):
     folder = tmp_path / "photos"
     folder.mkdir()
     for seed in range(4):
         make_image(w=120 + 8 * seed, h=96, seed=seed).save(folder / f"img{seed}.png")
     workspace = tmp_path / "ws"
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(folder), str(workspace)], cwd=tmp_path,
-                          env=prefect_env(tmp_path / "prefect"), capture_output=True, text=True, timeout=300)
+                          env=prefect_env(tmp_path / "prefect") | {"PREFECT_API_URL": prefect_api.url},
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [line for line in proc.stdout.splitlines() if line.startswith("ran ")] == [
         "ran --help without torch", "ran ingest without torch", "ran crappify without torch"]

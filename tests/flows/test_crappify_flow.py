@@ -45,6 +45,7 @@ def test_memory_storage_and_rerun(memory_url):
     assert (again["made"], again["existing"], again["pairs"]) == (0, 6, 6)
 
 
+@pytest.mark.slow  # measured 12 s on 2 shared, loaded cores
 def test_dask_local_cluster_gives_the_same_pairs_as_threads(tmp_path):
     fill(str(tmp_path / "src"))
     ws = str(tmp_path / "ws")

@@ -20,7 +20,7 @@ import pytest
 
 from pixelmill.flows.runners import api_for_workers
 from tests.flows.test_cli_imports import prefect_env
-from tests.helpers import ingest_local, make_image
+from tests.helpers import ingest_local, make_image, unexpected_stderr
 
 BIN = Path(sys.executable).parent
 
@@ -78,9 +78,28 @@ def test_shard_runs_reach_the_flows_server(cluster, tmp_path):
                           env=env, capture_output=True, text=True, timeout=400)
     print(f"crappify on a remote Dask cluster: {time.perf_counter() - start:.1f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stderr == "", proc.stderr  # reachable: no warning
+    assert unexpected_stderr(proc.stderr) == [], proc.stderr  # reachable: no warning
     shards = [n for n in task_run_names(flow_home / "prefect.db") if n.startswith("crappify-d-lesson7-")]
     assert len(shards) == 1, task_run_names(flow_home / "prefect.db")
+
+    # The negative half must be able to fail: the worker did run the shard, the database checked below is the one
+    # a temporary server of the worker would write, and the module such a server runs from was never imported.
+    def worker_facts() -> dict:
+        import sys
+
+        from prefect.settings import get_current_settings
+
+        return {"ran_shard": "pixelmill.tasks.prep.crappify" in sys.modules,
+                "database": get_current_settings().server.database.connection_url.get_secret_value(),
+                "temporary_server": "prefect.server.api.server" in sys.modules}
+
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        (facts,) = client.run(worker_facts).values()
+    assert facts["ran_shard"], facts
+    assert facts["database"].endswith(f"{worker_home}/prefect.db"), facts
+    assert facts["temporary_server"] is False, facts
     assert not [n for n in task_run_names(worker_home / "prefect.db") if n.startswith("crappify-")]
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pixelmill.flows.demo import next_steps
 from pixelmill.models.factory import build_model
 from pixelmill.tasks.core import registry
@@ -16,6 +18,7 @@ from tests.flows.test_cli_imports import prefect_env
 from tests.helpers import crappify_local, ingest_local, make_image
 
 
+@pytest.mark.slow  # measured 10 s on 2 shared, loaded cores
 def test_the_printed_next_steps_run_as_printed(tmp_path):
     photos, ws = tmp_path / "bucket", tmp_path / "demo" / "workspace"
     photos.mkdir()

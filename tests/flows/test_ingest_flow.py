@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pixelmill.flows.cli import app
-from pixelmill.flows.demo import check_catalog, demo
+from pixelmill.flows.demo import check_catalog
 from pixelmill.flows.ingest import ingest
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
@@ -112,18 +112,7 @@ def test_summary_is_published_as_a_markdown_artifact(sample_folder, tmp_path):
     assert "broken/truncated.jpg" in artifact.data and "| ok | 15 |" in artifact.data
 
 
-@pytest.mark.timeout(1200)  # the whole pipeline in-process: 2-3 minutes alone, far more on a loaded machine
-def test_demo_checks_itself(tmp_path):
-    report = demo(str(tmp_path / "demo"), train_minutes=0.05, segment_minutes=10, segment_steps=80)
-    assert report["mismatches"] == []
-    assert report["summary"]["status"] == {"error": 4, "ok": 15}
-    assert report["pairs"]["status"] == {"ok": 15}
-    assert report["trained"]["model"] == "demo-sr-x2:v1" and report["trained"]["steps"] > 0
-    assert report["evaluation"]["images"] >= 1
-    assert report["evaluation"]["promoted"] == (report["evaluation"]["gain_psnr_y"] > 0)
-    assert report["applied"]["processed"] == 15 and report["applied"]["failed"] == 4  # the broken files
-    seg = report["segmentation"]["evaluation"]
-    assert seg["model_scores"]["miou"] > seg["baseline_scores"]["miou"] and seg["promoted"] is True
+# The demo's whole pipeline runs once in the suite: tests/flows/test_demo.py (its `demo_run` fixture).
 
 
 runner = CliRunner()
@@ -132,19 +121,32 @@ runner = CliRunner()
 def test_cli_ingest_and_catalog_show(sample_folder, tmp_path):
     root, _ = sample_folder
     ws = str(tmp_path / "ws")
-    result = runner.invoke(app, ["ingest", str(root), "--dataset", "cli", "--workspace", ws])
+    result = runner.invoke(app, ["ingest", str(root), "--dataset", "cli", "--workspace", ws, "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "cli: 19 files in the catalog, 15 ok, 4 errors" in result.output
     assert "this run: 19 new or changed" in result.output
     assert "next: pixelmill crappify --dataset cli --recipe lesson7 --workspace " + ws in result.output
     shown = runner.invoke(app, ["catalog", "show", "images", "--workspace", ws])
     assert shown.exit_code == 0 and "| cli | 19 |" in shown.output and "empty: the file has zero bytes" in shown.output
+    one = runner.invoke(app, ["catalog", "show", "images", "--dataset", "cli", "--workspace", ws])
+    assert one.exit_code == 0 and "## images table: data set cli" in one.output
+
+    # the old spelling of --split-fractions still works, with one note; the fractions are the same as before
+    again = runner.invoke(app, ["ingest", str(root), "--dataset", "old", "--workspace", ws, "--split", "0.8,0.1,0.1"])
+    assert again.exit_code == 0, again.output
+    assert [line for line in again.output.splitlines() if line.startswith("note:")] == [
+        "note: --split is now --split-fractions for ingest (--split names one split in other commands)"]
+    def splits(dataset: str) -> dict:
+        return {r["uri"]: r["split"] for r in Catalog(ws).read("images", dataset).to_pylist()}
+
+    assert splits("old") == splits("cli")
 
 
 @pytest.mark.parametrize("args,message", [
     (["ingest", "/no/such/folder", "--workspace", "/tmp/pm-ws"], "error: file:///no/such/folder does not exist"),
-    (["ingest", ".", "--split", "0.5,0.5,0.5"], "error: --split 0.5,0.5,0.5: give three fractions train,valid,test"),
-    (["ingest", ".", "--split", "half"], "error: --split half: give three fractions train,valid,test"),
+    (["ingest", ".", "--split-fractions", "0.5,0.5,0.5"],
+     "error: --split-fractions 0.5,0.5,0.5: give three fractions train,valid,test"),
+    (["ingest", ".", "--split-fractions", "half"], "error: --split-fractions half: give three fractions train,valid,test"),
     (["ingest", ".", "--dataset", "../x"], "error: invalid dataset name '../x'"),
     (["catalog", "show", "nope", "--workspace", "/tmp/pm-ws"], "error: unknown table 'nope'"),
 ])

@@ -34,6 +34,7 @@ def scenes(tmp_path_factory, prefect_server):
     return ws, files
 
 
+@pytest.mark.slow  # measured 100 s on 2 shared, loaded cores
 def test_train_beats_majority_class_evaluate_promote_segment(scenes, tmp_path):
     ws, files = scenes
     trained = train("scenes", "seg", TrainConfig(**SMALL, steps=120, val_every=60), workspace=ws)
@@ -49,6 +50,8 @@ def test_train_beats_majority_class_evaluate_promote_segment(scenes, tmp_path):
     per_image = [r for r in rows if r["scope"] == "image" and r["method"] == "model"]
     per_class = [r for r in rows if r["scope"] == "class" and r["method"] == "model"]
     assert len(per_image) == result["images"] and all(0 <= r["miou"] <= 1 for r in per_image)
+    assert {r["source"] for r in rows} == {"images:scenes"}  # what it was scored on, typed
+    assert all(r["item_id"].endswith(".png") for r in per_image)  # segmentation scores images: their URIs
     assert {r["class_name"] for r in per_class} == set(SCENES.names) - {SCENES.names[SCENES.ignore_index]}
 
     out = str(tmp_path / "mask.png")
@@ -65,6 +68,7 @@ def test_train_beats_majority_class_evaluate_promote_segment(scenes, tmp_path):
     assert cli.exit_code == 0 and "miou" in cli.output and "majority class" in cli.output, cli.output
 
 
+@pytest.mark.slow  # measured 10 s on 2 shared, loaded cores
 def test_cli_train_segmentation_and_clear_errors(scenes):
     ws, _ = scenes
     result = runner.invoke(app, ["train", "segmentation", "--dataset", "scenes", "--classes", "scenes", "--name",
@@ -74,7 +78,8 @@ def test_cli_train_segmentation_and_clear_errors(scenes):
     for args, message in [
         (["train", "segmentation", "--dataset", "nope", "--name", "x"], "unknown data set 'nope'"),
         (["train", "segmentation", "--dataset", "scenes", "--classes", "nosuch", "--name", "x"], "nosuch"),
-        (["evaluate", "seg-cli"], "--pairs SET (restoration) or --dataset NAME"),
+        (["evaluate", "seg-cli"], "--data pairs:NAME (restoration, colorize) or --data images:NAME"),
+        (["evaluate", "seg-cli", "--data", "pairs:scenes"], "seg-cli is a segmentation model: it scores on images:NAME"),
         (["segment", "seg-cli", "in.png", "out.jpg"], "a mask is written as PNG"),
     ]:
         result = runner.invoke(app, [*args, "--workspace", ws])

@@ -214,4 +214,15 @@ def test_segmentation_loss_weight_moves_with_the_module_and_is_not_saved():
     loss = SegmentationLoss(weight=[1.0, 2.0], ignore_index=255)
     assert loss.weight.dtype == torch.float32
     assert loss.state_dict() == {}
-    assert loss.to(torch.float64).weight is not None
+    # a buffer, so `.to` converts it (a plain attribute would stay float32 on the old device) and keeps its values
+    moved = loss.to(torch.float64)
+    assert moved.weight.dtype == torch.float64 and moved.weight.tolist() == [1.0, 2.0]
+    assert "weight" in dict(moved.named_buffers())
+    # and the moved weight is the one the loss uses: class 1 pixels count twice
+    logits, target = torch.randn(1, 2, 3, 4, generator=torch.Generator().manual_seed(0)), torch.tensor(
+        [[[0, 1, 1, 0], [1, 1, 0, 255], [0, 0, 1, 1]]])
+    assert moved(logits.double(), target).item() == pytest.approx(F.cross_entropy(
+        logits.double(), target, weight=torch.tensor([1.0, 2.0], dtype=torch.float64), ignore_index=255).item(),
+        rel=1e-6)
+    assert moved(logits.double(), target).item() != pytest.approx(F.cross_entropy(
+        logits.double(), target, ignore_index=255).item(), rel=1e-6)

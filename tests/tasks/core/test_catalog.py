@@ -136,3 +136,57 @@ def test_reads_and_compactions_survive_a_part_removed_by_another_runs_compaction
     assert cat.compact("pairs", "s") == 0  # what was left to do, the other run did
     monkeypatch.undo()
     assert len(cat.part_uris("pairs", "s")) == 2
+
+
+def write_legacy_part(workspace: str, table: str, group: str, part: str, rows: list[dict]) -> None:
+    """A part as versions before the renames wrote it: evaluations with `pairs_set` and `pair_id`."""
+    import io
+
+    import pyarrow as pa
+
+    from pixelmill.tasks.core.tables import TABLES
+
+    renamed = {new: old for old, new in TABLES[table].legacy.items()}
+    old_schema = pa.schema([pa.field(renamed.get(f.name, f.name), f.type) for f in TABLES[table].schema])
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), buf)
+    storage.write_bytes(storage.join(Catalog(workspace).table_url(table), group, f"part-{part}.parquet"),
+                        buf.getvalue())
+
+
+def eval_row(item: str | None, minute: int, new_names: bool, source: str = "photos-sr-x2") -> dict:
+    names = ("source", "item_id") if new_names else ("pairs_set", "pair_id")
+    return {"evaluation_id": "e1", "model": "sr:v1", names[0]: source, "split": "valid", "method": "model",
+            "scope": "image", names[1]: item, "psnr_y": float(minute),
+            "created_at": datetime(2026, 1, 1, 0, minute, tzinfo=UTC)}
+
+
+def test_parts_with_the_old_column_names_read_by_the_new_ones(tmp_path):
+    """Catalogs written before `pairs_set` became `source` and `pair_id` became `item_id` still read and dedup.
+
+    Old values keep their bare names (no `pairs:` prefix is guessed): readers take a bare source as written."""
+    import pyarrow.dataset as ds
+
+    cat = Catalog(str(tmp_path))
+    write_legacy_part(str(tmp_path), "evaluations", "sr", "old", [eval_row("p1", 1, False), eval_row("p2", 1, False)])
+    write_legacy_part(str(tmp_path), "models", "sr", "v1", [{"name": "sr", "version": "v1", "pairs_set": "photos"}])
+    cat.write_part("evaluations", "sr", "new", [eval_row("p1", 5, True, "pairs:photos-sr-x2")])
+
+    table = cat.read("evaluations", "sr")
+    assert "pairs_set" not in table.column_names and "pair_id" not in table.column_names
+    rows = {r["item_id"]: (r["source"], r["psnr_y"]) for r in table.to_pylist()}
+    assert rows == {"p1": ("pairs:photos-sr-x2", 5.0), "p2": ("photos-sr-x2", 1.0)}  # p1: the newer part wins
+    assert cat.read("models")["source"].to_pylist() == ["photos"]
+    # columns and filters name the new columns, whatever the parts hold
+    picked = cat.read("evaluations", "sr", columns=["source"], filter=ds.field("item_id") == "p2")
+    assert picked.to_pylist() == [{"source": "photos-sr-x2"}]
+    assert sorted(cat.read("evaluations", columns=["source"])["source"].to_pylist()) == [
+        "pairs:photos-sr-x2", "photos-sr-x2"]
+
+    # a compaction removes the beaten old row and writes what it rewrites in today's columns
+    assert cat.compact("evaluations", "sr") == 1
+    on_disk = {uri.rsplit("/", 1)[1]: part for uri, part in cat.read_parts("evaluations", "sr")}
+    assert on_disk["part-old.parquet"]["item_id"].to_pylist() == ["p2"]
+    assert pq.read_schema(os.path.join(tmp_path, "catalog", "evaluations", "sr", "part-old.parquet")).names == \
+        cat.read("evaluations").column_names
+    assert cat.read("evaluations", "sr").num_rows == 2

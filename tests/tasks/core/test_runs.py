@@ -73,7 +73,7 @@ def test_groups_are_checked_like_the_stages_own_names(tmp_path):
     with pytest.raises(ConfigError, match="invalid dataset name '../x'"):
         runs.lease_uri(str(tmp_path), "ingest", "../x", "abc")
     with pytest.raises(ConfigError, match="invalid paired set name"):
-        runs.output_folders(str(tmp_path), "crappify", "a/b")
+        runs.lease_uri(str(tmp_path), "crappify", "a/b", "abc")
 
 
 def test_remove_temp_files_takes_only_old_temporary_files(tmp_path, memory_url):
@@ -87,14 +87,6 @@ def test_remove_temp_files_takes_only_old_temporary_files(tmp_path, memory_url):
         os.utime(path, (time.time() - 60, time.time() - 60))
     assert runs.remove_temp_files([str(tmp_path / "datasets"), memory_url, str(tmp_path / "missing")]) == 2
     assert [p.exists() for p in old + kept] == [False, False, True, True]
-
-
-def test_output_folders_are_what_each_stage_writes(tmp_path):
-    ws = f"file://{tmp_path}"
-    assert runs.output_folders(str(tmp_path), "ingest", "d") == [f"{ws}/catalog/images/d"]
-    assert runs.output_folders(str(tmp_path), "crappify", "d-x") == [f"{ws}/catalog/pairs/d-x", f"{ws}/datasets/d-x"]
-    assert runs.output_folders(str(tmp_path), "apply", "sr2") == [f"{ws}/catalog/predictions/sr2"]
-    assert runs.output_folders(str(tmp_path), "train", "sr2") == []
 
 
 def test_heartbeat_rewrites_the_lease_and_removes_it_when_the_run_ends(tmp_path):

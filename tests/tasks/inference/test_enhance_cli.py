@@ -14,7 +14,7 @@ from pixelmill.flows.cli import app
 from pixelmill.models.factory import build_model
 from pixelmill.tasks.core import registry
 from pixelmill.tasks.core.images import output_format
-from pixelmill.tasks.inference.enhance import alpha_of, encode_like, with_alpha
+from pixelmill.tasks.inference.outputs import alpha_of, encode, with_alpha
 
 runner = CliRunner()
 
@@ -74,4 +74,4 @@ def test_formats_by_extension():
             output_format(bad)
     rgb = Image.new("RGB", (4, 4), (10, 20, 30))
     assert alpha_of(rgb) is None and with_alpha(rgb, None, "PNG") == (rgb, "")
-    assert Image.open(io.BytesIO(encode_like(rgb, "x.webp"))).format == "WEBP"
+    assert Image.open(io.BytesIO(encode(rgb, "webp", 92))).format == "WEBP"

@@ -89,9 +89,20 @@ def test_a_set_cannot_mix_recipes(photos):
         plan_crappify(Catalog(photos), "d", CrappifyConfig(recipe="denoise", name="mixed"))
 
 
-def test_split_filter_and_empty_dataset(photos):
-    train = crappify_local(photos, recipe="colorize", split="train", name="train-only")
-    assert {r["split"] for r in train} <= {"train"}
+def test_split_filter_and_empty_dataset(photos, tmp_path):
+    # images in every split, so that the filter has some to keep and some to drop (the fixture's are all train)
+    src, ws = tmp_path / "split-src", str(tmp_path / "split-ws")
+    for i in range(12):
+        storage.write_bytes(str(src / f"s{i:02d}.png"), noise_png(48 + 4 * i, 40, 100 + i))
+    ingest_local(str(src), ws, split_fractions=(0.5, 0.25, 0.25))
+    images = Catalog(ws).read("images", "d").to_pylist()
+    by_split = {split: {r["uri"] for r in images if r["split"] == split and r["status"] == "ok"}
+                for split in ("train", "valid", "test")}
+    assert by_split["train"] and by_split["valid"] and by_split["test"], by_split
+    for split in ("train", "valid"):
+        pairs = crappify_local(ws, recipe="colorize", split=split, name=f"{split}-only")
+        assert {r["image_uri"] for r in pairs} == by_split[split]  # all of its split, nothing of the others
+        assert {(r["split"], r["status"]) for r in pairs} == {(split, "ok")}
     with pytest.raises(ConfigError, match="no ok images in data set 'nope'"):
         plan_crappify(Catalog(photos), "nope", CrappifyConfig())
 

@@ -91,7 +91,11 @@ def test_residual_training_starts_at_the_baseline_and_keeps_up(ws):
     result = train(ws, TrainConfig(**TINY, steps=40, val_every=20))
     first, last = result.history[0], result.history[-1]
     assert first["val_psnr_y"] > first["val_psnr_y_baseline"] - 3  # near bicubic from the start
-    assert last["val_loss"] <= first["val_loss"] * 1.05
+    # then it learns: the validation loss falls and the PSNR rises to at least bicubic's (measured at 40 steps:
+    # loss -1.4 %, PSNR +0.05 dB to 0.04 dB over bicubic; seeded, one thread), where a 5 % allowance let a net that
+    # got worse pass
+    assert last["val_loss"] < first["val_loss"], (first, last)
+    assert last["val_psnr_y"] > first["val_psnr_y"] and last["val_psnr_y"] >= last["val_psnr_y_baseline"], last
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -165,7 +169,7 @@ def gan_config(ref, threshold: float = 0.65, **kw):
 
 
 def test_gan_stage_trains_generator_and_critic_from_a_registered_generator(ws, pretrained):
-    start, _, _ = registry.load(registry.resolve(ws, pretrained))
+    start = registry.load_weights(registry.resolve(ws, pretrained))
     cfg = gan_config(pretrained, threshold=10.0, steps=6, val_every=3)
     objective = build_objective(cfg, ws, SET)
     result = train_model(objective, cfg)

@@ -1,0 +1,198 @@
+"""Apply's plan: which inputs a model version still owes an output, cut into shards.
+
+    plan_apply(...)  streams the listing (or the images table's ok rows), skips inputs this model version
+                     already did for this output (same bytes and version, or same sha256), cuts shards
+
+A shard's id hashes the model version, the output, the settings that change pixels and its inputs: a rerun
+after a crash (kill -9 included) redoes the unrecorded shards, rewriting the same files atomically, and
+replaces the same catalog parts. The plan and its shards carry the model's card (small, no torch): a worker
+loads the weights by card.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow.dataset as ds
+from pydantic import BaseModel, ConfigDict, Field
+
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.cards import ModelCard
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.errors import ConfigError
+from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from pixelmill.tasks.core.names import storable
+from pixelmill.tasks.core.shards import chunks, shard_id
+from pixelmill.tasks.core.storage import FileInfo
+from pixelmill.tasks.core.tables import is_data_ref, parse_data_ref
+
+WRITE_FAILED = "write_failed"
+
+
+def default_max_memory() -> int:
+    """Half the machine's memory: room for the OS, the Prefect worker and another job."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "k": 2**10, "m": 2**20, "g": 2**30}
+
+
+def parse_bytes(text: str) -> int:
+    """'2GiB', '1500MB', '3g' or a plain number of bytes."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ConfigError(f"cannot read {text!r} as a memory size", "e.g. 2GiB, 1500MB or 3g")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+class ApplyConfig(BaseModel):
+    """How to apply a model in bulk. Every field has a default that runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tile: int | None = Field(None, ge=32, le=8192, description="tile side in input pixels; larger images go in "
+                             "tiles (default: 512 on a GPU; on a CPU sized to the model, for the cache)")
+    overlap: int = Field(32, ge=0, le=1024, description="pixels neighbouring tiles share, blended (feathered)")
+    batch_size: int | None = Field(None, ge=1, le=1024, description="tiles per forward (default: what fits "
+                                   "max_memory on a GPU; on a CPU only small tiles, up to 64k pixels, share one)")
+    format: Literal["png", "jpeg", "webp"] = "png"
+    quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality")
+    overlay: bool = Field(False, description="segmentation: also write the classes blended on the image")
+    force: bool = Field(False, description="reprocess inputs this model version already did")
+    limit: int | None = Field(None, ge=1, description="process at most this many inputs (after skipping)")
+    shard_size: int = Field(64, ge=1, le=100_000, description="images per task")
+    workers: int = Field(1, ge=1, le=512, description="shards at once (threads sharing one model, or Dask workers)")
+    io_threads: int | None = Field(None, ge=1, le=64, description="reader and writer threads inside a shard, "
+                                   "each (default: 2 on a CPU; on a GPU the cores per worker, up to 8)")
+    threads: int | None = Field(None, ge=1, le=512, description="torch intra-op threads (default: cores / workers)")
+    max_memory: int = Field(default_factory=default_max_memory, ge=256 * 2**20,
+                            description="bytes a worker process may use: sizes batches and queues")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda:N")
+
+    def check(self) -> ApplyConfig:
+        if self.tile is not None and self.overlap >= self.tile:
+            raise ConfigError(f"overlap {self.overlap} must be smaller than tile {self.tile}",
+                              "e.g. --tile 512 --overlap 32")
+        return self
+
+
+@dataclass(frozen=True)
+class ApplyItem:
+    uri: str
+    rel: str  # the name relative to the input root: what the output mirrors
+    size: int
+    version: str
+    sha256: str | None = None  # known when the input is a data set of the images table
+
+
+@dataclass(frozen=True)
+class ApplyShard:
+    model: ModelCard
+    output: str
+    shard_id: str
+    items: tuple[ApplyItem, ...]
+
+
+@dataclass
+class ApplyPlan:
+    model: ModelCard
+    output: str
+    shards: list[ApplyShard]
+    skipped: int = 0  # already done by this model version for this output
+    other_files: int = 0  # not an image's extension
+    limited: int = 0  # left for a later run by --limit
+
+    @property
+    def task(self) -> str:
+        return self.model.task
+
+    @property
+    def todo(self) -> int:
+        return sum(len(s.items) for s in self.shards)
+
+
+def _uri_path(uri: str) -> str:
+    """The path part of a URI (an archive member's name for chains)."""
+    head = uri.split("::")[0]
+    return head.split("://", 1)[1] if "://" in head else head
+
+
+def dataset_items(catalog: Catalog, dataset: str) -> list[ApplyItem]:
+    """A data set's ok images, named relative to the folder all of them share."""
+    t = catalog.read("images", dataset, columns=["uri", "sha256", "bytes", "source_version"],
+                     filter=ds.field("status") == "ok")
+    if t.num_rows == 0:
+        raise ConfigError(f"data set {dataset!r} has no ok images in {catalog.workspace}",
+                          "run `pixelmill ingest SOURCE --dataset NAME` first, or check the name and --workspace")
+    uris = t["uri"].to_pylist()
+    paths = [_uri_path(u) for u in uris]
+    root = posixpath.commonpath([posixpath.dirname(p) or "/" for p in paths]) if len(paths) > 1 \
+        else posixpath.dirname(paths[0])
+    cut = len(root.rstrip("/")) + 1 if root not in ("", "/") else (1 if paths[0].startswith("/") else 0)
+    return sorted((ApplyItem(u, p[cut:], b or 0, v or "", s) for u, p, s, b, v in
+                   zip(uris, paths, t["sha256"].to_pylist(), t["bytes"].to_pylist(),
+                       t["source_version"].to_pylist(), strict=True)), key=lambda i: i.uri)
+
+
+def input_items(source: str, catalog: Catalog) -> Iterator[ApplyItem]:
+    """Every file of a folder, bucket or archive (streamed), or a data set's ok images (`images:NAME`; the old
+    spelling `dataset:NAME` too)."""
+    if is_data_ref(source):
+        yield from dataset_items(catalog, parse_data_ref(source, ("images",)).name)
+        return
+    info: FileInfo
+    for info in storage.iter_files(source):
+        yield ApplyItem(info.uri, info.rel, info.size, info.version)
+
+
+def done_inputs(catalog: Catalog, card: ModelCard, output: str) -> dict[str, tuple]:
+    """input_uri -> (bytes, version, sha256, error) of what this model version already wrote to `output`."""
+    filt = (ds.field("model_version") == card.version) & (ds.field("output_root") == output)
+    t = catalog.read("predictions", card.name, filter=filt,
+                     columns=["input_uri", "input_bytes", "input_version", "input_sha256", "error"])
+    cols = [t[c].to_pylist() for c in ("input_uri", "input_bytes", "input_version", "input_sha256", "error")]
+    return {u: rest for u, *rest in zip(*cols, strict=True)}
+
+
+def is_done(item: ApplyItem, done: tuple | None) -> bool:
+    """Done: a row for the same content, ok or a bad input's error (which rereading cannot fix)."""
+    if done is None:
+        return False
+    size, version, sha, error = done
+    if (error or "").startswith(WRITE_FAILED):  # the store's problem: worth another try
+        return False
+    return (item.sha256 is not None and item.sha256 == sha) or (size, version) == (item.size, item.version)
+
+
+def plan_apply(catalog: Catalog, card: ModelCard, source: str, output: str, cfg: ApplyConfig) -> ApplyPlan:
+    """Stream the inputs, keep what this model version has not done for this output, cut shards."""
+    output = storage.normalize_url(output, archives=False)
+    if storage.archive_protocol(output) or "::" in output:
+        raise ConfigError(f"cannot write outputs into an archive: {output}", "give a folder or bucket prefix")
+    done = {} if cfg.force else done_inputs(catalog, card, output)
+    plan = ApplyPlan(card, output, shards=[])
+    settings = cfg.model_dump_json(include={"tile", "overlap", "format", "quality", "overlay", "max_pixels"})
+    todo: list[ApplyItem] = []
+    for item in input_items(source, catalog):
+        if posixpath.splitext(item.rel)[1].lower() not in IMAGE_EXTENSIONS:
+            plan.other_files += 1
+        elif is_done(item, done.get(storable(item.uri))):
+            plan.skipped += 1
+        elif cfg.limit is not None and len(todo) >= cfg.limit:
+            plan.limited += 1
+        else:
+            todo.append(item)
+    for chunk in chunks(todo, cfg.shard_size):
+        key = [(i.uri, i.size, i.version, i.sha256) for i in chunk]
+        plan.shards.append(ApplyShard(card, output, shard_id(card.uri, output, settings, key), chunk))
+    return plan
