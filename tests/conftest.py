@@ -54,7 +54,7 @@ def s3_server(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        server.stop()
+        server.stop(kill=True)  # its data is thrown away: SIGTERM waits 10 s for a graceful stop here
 
 
 @pytest.fixture

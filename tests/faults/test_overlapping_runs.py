@@ -16,6 +16,7 @@ from tests.faults.driver import (
     Cli,
     audit_pairs,
     duplicates,
+    fault_env,
     flow_run_of,
     local,
     raw_rows,
@@ -31,18 +32,26 @@ pytestmark = pytest.mark.slow  # 15-30 s on 2 busy cores (with the package's ser
 def test_split_all_and_split_train_at_once(prefect, photos, baseline, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(baseline / "catalog" / "images", ws / "catalog" / "images")
-    both = [Cli(crappify_args(ws, "--split", split), prefect.env(), tmp_path / f"{split}.log")
-            for split in ("all", "train")]
-    run_ids, deadline = {}, time.time() + 120
-    while len(run_ids) < 2 and time.time() < deadline and any(c.proc.poll() is None for c in both):
-        for cli in both:
-            run_ids[cli.proc.pid] = run_ids.get(cli.proc.pid) or flow_run_of(ws, "crappify", "d-lesson7", cli.proc.pid)
-        run_ids = {pid: run for pid, run in run_ids.items() if run}
-        time.sleep(0.05)
+    # Every pool child of both runs holds at its first shard commit (PIXELMILL_FAULT_HOLD) until the gate opens:
+    # neither run can finish before the other has started, however the machine schedules them.
+    gate = tmp_path / "gate"
+    env = fault_env(prefect.env(), "shard.commit:1", hold=str(gate))
+    both = [Cli(crappify_args(ws, "--split", split), env, tmp_path / f"{split}.log") for split in ("all", "train")]
+    run_ids, deadline = {}, time.monotonic() + 240
+    try:
+        while len(run_ids) < 2:  # both hold their lease: both are under way at once
+            for cli in both:
+                assert cli.proc.poll() is None, cli.log.read_text(errors="replace")[-3000:]
+                run_ids[cli.proc.pid] = run_ids.get(cli.proc.pid) or flow_run_of(ws, "crappify", "d-lesson7",
+                                                                                 cli.proc.pid)
+            run_ids = {pid: run for pid, run in run_ids.items() if run}
+            assert time.monotonic() < deadline, "the two runs never held their leases at once"
+            time.sleep(0.1)
+    finally:
+        gate.touch()
     results = [cli.wait() for cli in both]
     for code, out in results:
         assert code == 0, out[-3000:]
-    assert len(run_ids) == 2, "both runs must have been under way at once"
     for run_id in run_ids.values():  # each saw the other's lease and left it alone
         assert httpx.get(f"{prefect.url}/flow_runs/{run_id}", timeout=10).json()["state"]["type"] == "COMPLETED"
     assert any("1 other run(s) alive" in out for _, out in results)

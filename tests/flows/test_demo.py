@@ -75,7 +75,7 @@ def demo_run(prefect_api, tmp_path_factory) -> tuple[subprocess.CompletedProcess
     return proc, root / "demo"
 
 
-@pytest.mark.slow  # the whole pipeline in a subprocess: 97 s on 2 shared cores (once for the module: demo_run)
+@pytest.mark.slow  # the whole pipeline in a subprocess: 66-97 s on 2 shared cores (once per module: demo_run)
 @pytest.mark.timeout(1200)
 def test_pixelmill_demo_command_passes_its_check(demo_run):
     proc, _ = demo_run

@@ -150,6 +150,19 @@ def test_tasks_exchange_references_not_tensors(workspace):
     assert all(size < 20_000 for _, size, _ in seen), seen
 
 
+@pytest.fixture
+def tiny(workspace) -> str:
+    """The model `tiny` (v1) that test_train_evaluate_promote_enhance trains; registered untrained here when that
+    slow test did not run (`make test-fast`), so that no test depends on another test having run."""
+    if not registry.versions(workspace, "tiny"):
+        from pixelmill.models.factory import build_model
+
+        net = build_model({"arch": "unet-plain", "scale": 2, "base": 8, "depth": 2, "residual": True})
+        registry.save(workspace, "tiny", net, config={"task": "restoration", "scale": 2, "in_channels": 3},
+                      metadata={"source": "tex-sr-x2"})
+    return "tiny"
+
+
 @pytest.mark.parametrize("args,message", [
     (["evaluate", "nope", "--pairs", "tex-sr-x2"], "error: unknown model 'nope'"),
     (["evaluate", "tiny@staging", "--pairs", "tex-sr-x2"], "has no alias 'staging'"),
@@ -158,7 +171,7 @@ def test_tasks_exchange_references_not_tensors(workspace):
     (["train", "restoration", "--pairs", "tex-sr-x2", "--name", "never-trained", "--resume"],
      "no checkpoint to resume"),
 ])
-def test_clear_errors(workspace, args, message):
+def test_clear_errors(workspace, tiny, args, message):
     result = runner.invoke(app, [*args, "--workspace", workspace])
     assert result.exit_code == 1, result.output
     assert message in result.output and "hint:" in result.output
@@ -172,7 +185,7 @@ def test_corrupt_weights_are_a_clear_error(workspace):
         registry.load_weights(card)
 
 
-def test_enhance_rejects_a_broken_input(workspace, tmp_path):
+def test_enhance_rejects_a_broken_input(workspace, tiny, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     result = runner.invoke(app, ["enhance", "tiny", str(bad), str(tmp_path / "o.png"), "--workspace", workspace])
