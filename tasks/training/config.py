@@ -31,6 +31,8 @@ class GanConfig(BaseModel):
     content_weight: float = Field(50.0, ge=0)
     adversarial_weight: float = Field(1.0, gt=0)
     critic_threshold: float = Field(0.65, gt=0, description="switch to the generator below this critic loss")
+    critic_max_steps: int = Field(20, ge=1, description="the generator's turn after this many critic steps in a "
+                                  "row, even above the threshold")
 
 
 class TrainConfig(BaseModel):

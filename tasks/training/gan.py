@@ -3,8 +3,8 @@
 An objective that wraps the task's own objective (restoration or colorize): data, validation, metrics and
 registry entries are the inner objective's; what changes is the start (a registered generator, loaded by
 reference) and the step. Schedule: fastai's adaptive switcher. The critic trains until its loss falls below
-`critic_threshold`, then the generator takes one step, then the critic again, so the critic is always good
-enough to be worth fooling and neither side runs away. Losses (fastai GANLoss): the critic uses
+`critic_threshold` (at most `critic_max_steps` in a row), then the generator takes one step, then the critic
+again, so the critic is always good enough to be worth fooling and neither side runs away. Losses (fastai GANLoss): the critic uses
 BCE-with-logits on real targets (1) and generated images (0); the generator's loss is
 `content_weight * content loss` (the pretraining loss: L1 or feature loss) plus
 `adversarial_weight * BCE(critic(fake), 1)`. The loop counts generator steps; critic turns return no loss.
@@ -30,6 +30,7 @@ class GanObjective:
         self.critic: torch.nn.Module | None = None
         self.critic_optimizer: torch.optim.Optimizer | None = None
         self.critic_turn, self.critic_loss = True, math.inf
+        self.critic_streak = 0  # critic steps since the generator's last one
         self.bce = torch.nn.BCEWithLogitsLoss()
 
     # what the inner objective decides
@@ -87,24 +88,29 @@ class GanObjective:
                           + self.bce(fake_logits.float(), torch.zeros_like(fake_logits, dtype=torch.float32)))
             amp.step(loss_c, self.critic_optimizer, self.critic.parameters(), name="critic")
             self.critic_loss = loss_c.item() / 2
-            self.critic_turn = self.critic_loss >= self.gan.critic_threshold
+            self.critic_streak += 1
+            # A critic that cannot tell a good generator's output from the target stays near ln 2 forever: the
+            # streak bound hands the turn over anyway, so a step budget always ends.
+            self.critic_turn = (self.critic_loss >= self.gan.critic_threshold
+                                and self.critic_streak < self.gan.critic_max_steps)
             return None, {"critic_loss": self.critic_loss}
         with amp.autocast():
             fake = model(x)
             fake_logits = self.critic(fake)
         adversarial = self.bce(fake_logits.float(), torch.ones_like(fake_logits, dtype=torch.float32))
         loss = self.gan.content_weight * self.inner.loss_fn(fake.float(), y) + self.gan.adversarial_weight * adversarial
-        self.critic_turn = True
+        self.critic_turn, self.critic_streak = True, 0
         return loss, {"adversarial": adversarial.item()}
 
     def state_dict(self) -> dict:
         return {"critic": self.critic.state_dict(), "critic_optimizer": self.critic_optimizer.state_dict(),
-                "critic_turn": self.critic_turn, "critic_loss": self.critic_loss}
+                "critic_turn": self.critic_turn, "critic_loss": self.critic_loss, "critic_streak": self.critic_streak}
 
     def load_state_dict(self, state: dict) -> None:
         self.critic.load_state_dict(state["critic"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.critic_turn, self.critic_loss = state["critic_turn"], state["critic_loss"]
+        self.critic_streak = state.get("critic_streak", 0)  # checkpoints from before the bound have none
 
     def evaluate_split(self, *args, **kwargs):
         return self.inner.evaluate_split(*args, **kwargs)

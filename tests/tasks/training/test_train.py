@@ -163,9 +163,21 @@ def pretrained(ws):
     return registry.save(ws, "gan-base", result.model, config=objective.registry_config(), metadata={}).ref
 
 
-def gan_config(ref, threshold: float = 0.65, **kw):
+def gan_config(ref, threshold: float = 0.65, max_critic: int = 20, **kw):
     return TrainConfig(**TINY, gan=GanConfig(init_from=ref, critic_base=8, critic_layers=2,
-                                             critic_threshold=threshold), **kw)
+                                             critic_threshold=threshold, critic_max_steps=max_critic), **kw)
+
+
+def test_a_critic_that_never_reaches_its_threshold_still_hands_over(ws, pretrained):
+    """Threshold 0 cannot be reached: without the streak bound a step budget would never end (it did, in CI)."""
+    cfg = gan_config(pretrained, threshold=1e-9, max_critic=3, steps=4, val_every=4)
+    objective = build_objective(cfg, ws, SET)
+    turns: list[bool] = []
+    step = objective.training_step
+    objective.training_step = lambda *a: (turns.append(objective.critic_turn), step(*a))[1]
+    result = train_model(objective, cfg)
+    assert result.step == 4
+    assert turns == [True, True, True, False] * 4  # three critic steps, then the generator's, every time
 
 
 def test_gan_stage_trains_generator_and_critic_from_a_registered_generator(ws, pretrained):
