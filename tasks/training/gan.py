@@ -4,8 +4,8 @@ An objective that wraps the task's own objective (restoration or colorize): data
 registry entries are the inner objective's; what changes is the start (a registered generator, loaded by
 reference) and the step. Schedule: fastai's adaptive switcher. The critic trains until its loss falls below
 `critic_threshold` (at most `critic_max_steps` in a row), then the generator takes one step, then the critic
-again, so the critic is always good enough to be worth fooling and neither side runs away. Losses (fastai GANLoss): the critic uses
-BCE-with-logits on real targets (1) and generated images (0); the generator's loss is
+again, so the critic is always good enough to be worth fooling and neither side runs away. Losses (fastai
+GANLoss): the critic uses BCE-with-logits on real targets (1) and generated images (0); the generator's loss is
 `content_weight * content loss` (the pretraining loss: L1 or feature loss) plus
 `adversarial_weight * BCE(critic(fake), 1)`. The loop counts generator steps; critic turns return no loss.
 """
