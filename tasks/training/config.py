@@ -12,11 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pixelmill.tasks.core.model_tasks import MODEL_TASKS
+
 # The image losses models/losses.py builds (a test keeps the lists equal; models/ cannot import tasks/),
 # and segmentation's cross-entropy.
 LossName = Literal["l1", "charbonnier", "feature", "ssim", "l1+ssim", "cross_entropy"]
-# The model tasks that have an objective (a test keeps this equal to tasks/training/objectives.OBJECTIVES).
-TaskName = Literal["restoration", "colorize", "segmentation"]
+# The model tasks, from the one table that names each task's objective and predictor.
+TaskName = Literal[tuple(MODEL_TASKS)]
 
 
 class GanConfig(BaseModel):
