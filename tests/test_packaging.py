@@ -99,7 +99,7 @@ print(json.dumps({{"cli": pixelmill.flows.cli.__file__, "pixelmill": list(pixelm
                   "editable_finder": any("editable" in m for m in sys.modules), "path": sys.path}}))"""
     found = in_python(installed["python"], code, installed["cwd"])
     site = installed["site"]
-    assert Path(found["cli"]) == site / "pixelmill" / "flows" / "cli.py"
+    assert Path(found["cli"]) == site / "pixelmill" / "flows" / "cli" / "__init__.py"
     assert found["pixelmill"] == [str(site / "pixelmill")]
     assert found["main"] and not found["editable_finder"]
     assert Path(found["typer"]).is_relative_to(DEV_SITE)
