@@ -13,11 +13,12 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pixelmill.flows.events import emit_flagged
 from pixelmill.flows.stages import Stage, StageRun, run_stage, with_runner
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.catalog import Catalog
-from pixelmill.tasks.core.reports import gallery_markdown
+from pixelmill.tasks.core.reports import gallery_markdown, side_by_side
 from pixelmill.tasks.core.settings import workspace_url
 from pixelmill.tasks.core.tables import TABLES
 from pixelmill.tasks.inference.plan import ApplyConfig, ApplyPlan
@@ -45,6 +46,8 @@ def summarize(run: StageRun) -> tuple[dict, str]:
                 "skipped": plan.skipped, "limited": plan.limited, "other_files": plan.other_files,
                 "seconds": round(run.seconds, 2), "images_per_s": round(ok / run.seconds, 3) if run.seconds else 0.0,
                 "run_id": run.run_id}
+    if summary["flagged"]:
+        emit_flagged(plan.model, summary, run.workspace)
     return summary, summary_markdown(summary, mine.to_pylist())
 
 
@@ -82,6 +85,12 @@ def summary_markdown(summary: dict, rows: list[dict]) -> str:
     gallery = gallery_markdown(["before", "after"], [[storage.read_bytes(r["input_uri"]),
                                                       storage.read_bytes(r["output_uri"])] for r in shown])
     body = TABLES["predictions"].markdown(summary, "this run") if rows else "Nothing new to process."
+    if summary["flagged"]:
+        flagged = summary["flagged_rows"][:GALLERY_IMAGES]
+        crops = side_by_side([(storage.read_bytes(r["input_uri"]), storage.read_bytes(r["output_uri"]))
+                              for r in flagged], ["input (nearest, at the output's size)", "output"])
+        head += (f"\n\n**{summary['flagged']} outputs flagged** by the checks: `pixelmill review {summary['run_id']}`"
+                 "\n\n" + "\n".join(f"- {r['output_uri']}: {r['reason']}" for r in flagged) + f"\n\n{crops}")
     return f"{head}\n\n**before / after**\n\n{gallery}\n\n{body}" if shown else f"{head}\n\n{body}"
 
 

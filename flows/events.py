@@ -3,6 +3,10 @@
 `pixelmill.model.promoted`: an alias now points at another model version. Its resource is the model,
 `pixelmill.model.{name}`, labelled with the version, the alias and the workspace, so that a trigger can match
 "production of sr in this workspace" and template the run's parameters from the labels.
+
+`pixelmill.apply.flagged`: an apply run wrote outputs that its checks flagged (colour drift, clipping, NIQE worse
+than the input's). Same resource; the payload has the counts by reason and the run id, so an automation can alert
+a person, who runs `pixelmill review RUN_ID`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.cards import ModelCard
 
 PROMOTED = "pixelmill.model.promoted"
+FLAGGED = "pixelmill.apply.flagged"
 DRAIN_SECONDS = 10.0
 
 
@@ -40,3 +45,20 @@ def emit_promoted(card: ModelCard, alias: str, workspace: str, previous: str | N
     if not in_flow:  # events go out from a background thread; a command exits right after this
         EventsWorker.drain_all(timeout=DRAIN_SECONDS)
     return event
+
+
+def emit_flagged(card: ModelCard, summary: dict, workspace: str):
+    """Inside the apply flow: its run flagged `summary["flagged"]` outputs (> 0). Returns the event."""
+    from prefect.events import emit_event
+
+    reasons: dict[str, int] = {}
+    for row in summary["flagged_rows"]:
+        for reason in (row["reason"] or "").split("; "):
+            kind = reason.split(":")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
+    resource = {"prefect.resource.id": f"pixelmill.model.{card.name}", "prefect.resource.name": card.name,
+                "pixelmill.model": card.name, "pixelmill.version": card.version,
+                "pixelmill.workspace": storage.normalize_url(workspace)}
+    return emit_event(FLAGGED, resource=resource, payload={
+        "run_id": summary["run_id"], "flagged": summary["flagged"], "processed": summary["processed"],
+        "reasons": reasons, "output": summary["output"], "review": f"pixelmill review {summary['run_id']}"})

@@ -10,5 +10,6 @@ ARCH_NAMES: dict[str, str] = {
     "unet-resnet34": "U-Net, torchvision ResNet-34 encoder (ImageNet weights when in the torch cache)",
     "unet-resnet50": "U-Net, torchvision ResNet-50 encoder (ImageNet weights when in the torch cache)",
     "unet-plain": "a small U-Net from scratch: trains on a CPU in minutes",
+    "bicubic": "bicubic resize and a per-pixel colour matrix (identity at first): the baseline, and a reference model",
     "critic": "spectral-norm conv critic for GAN fine-tuning",
 }

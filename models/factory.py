@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from pixelmill.models.baseline import BicubicColour
 from pixelmill.models.critic import Critic
 from pixelmill.models.unet import PlainUNet, ResNetUNet
 
@@ -36,6 +37,7 @@ ARCHS: dict[str, Arch] = {
     "unet-resnet34": Arch(ResNetUNet, {"encoder": "resnet34"}),
     "unet-resnet50": Arch(ResNetUNet, {"encoder": "resnet50"}),
     "unet-plain": Arch(PlainUNet),
+    "bicubic": Arch(BicubicColour),
     "critic": Arch(Critic),
 }
 

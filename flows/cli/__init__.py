@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pixelmill.flows.cli import data, inference, models, service  # noqa: F401  (registers the commands)
+from pixelmill.flows.cli import data, inference, models, service, trace  # noqa: F401  (registers the commands)
 from pixelmill.flows.cli.common import app
 
 __all__ = ["app", "main"]

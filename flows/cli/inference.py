@@ -16,6 +16,8 @@ TileOption = Annotated[int | None, typer.Option(
 OverlapOption = Annotated[int, typer.Option(help="pixels neighbouring tiles share (blended)")]
 MaxMemoryOption = Annotated[str | None, typer.Option(help="memory budget, e.g. 2GiB or 1500MB (default: half "
                                                           "the machine)")]
+DepthOption = Annotated[str, typer.Option(help="bits per channel: auto (the input's: a 16-bit master stays 16-bit "
+                                               "where the format holds it), 8 or 16")]
 
 
 def one_file(workspace: str | None, model: str, input_image: str, output: str, command: str, **fields) -> None:
@@ -39,11 +41,14 @@ def one_file(workspace: str | None, model: str, input_image: str, output: str, c
     from pixelmill.tasks.inference.pipeline import predict_file  # torch: once the arguments are known good
 
     try:
-        prepared, out, encoded = predict_file(card, data, cfg)
+        prepared, out, encoded = predict_file(card, data, cfg, output, storage.normalize_url(input_image))
     except ImageError as exc:
-        raise PixelmillError(f"{input_image}: {exc}", "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF") from None
-    for note in encoded.notes:
-        typer.echo(f"warning: {note}", err=True)
+        raise PixelmillError(f"{input_image}: {exc}",
+                             "give a readable JPEG/PNG/WebP/TIFF/BMP/GIF/HEIC/AVIF") from None
+    for note in dict.fromkeys(encoded.notes):
+        typer.echo(f"note: {note}", err=True)
+    if encoded.columns.get("flag"):
+        typer.echo(f"flagged: {encoded.columns['flag_reason']}", err=True)
     height, width = prepared.pixels.shape[:2]
     stem = output.rsplit(".", 1)[0]
     for kind, (suffix, content) in encoded.files.items():
@@ -57,20 +62,21 @@ def one_file(workspace: str | None, model: str, input_image: str, output: str, c
 def enhance(
     model: Annotated[str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a model folder URL")],
     input_image: Annotated[str, typer.Argument(help="image URL or path")],
-    output_image: Annotated[str, typer.Argument(help="where to write the result (.png, .jpg, .webp)")],
+    output_image: Annotated[str, typer.Argument(help="where to write the result (.png, .jpg, .webp, .tif)")],
     workspace: Workspace = None,
     tile: TileOption = None,
     overlap: OverlapOption = 32,
     max_memory: MaxMemoryOption = None,
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality")] = 92,
+    depth: DepthOption = "auto",
 ) -> None:
-    """Run a model on one image (apply's tiles and alpha handling: the same pixels as `apply`)."""
+    """Run a model on one image: the same pixels, metadata, colours and depth as `apply` gives it."""
     with user_errors():
         from pixelmill.tasks.core.images import output_format
 
-        fmt = output_format(output_image).lower()  # an unknown extension: refused before anything is read
-        one_file(workspace, model, input_image, output_image, "enhance", format=fmt, quality=quality, tile=tile,
-                 overlap=overlap, max_memory=max_memory)
+        output_format(output_image)  # an unknown extension: refused before anything is read
+        one_file(workspace, model, input_image, output_image, "enhance", quality=quality, tile=tile,
+                 overlap=overlap, max_memory=max_memory, depth=depth)
 
 
 @app.command()
@@ -108,8 +114,14 @@ def apply(
         help="tile side in pixels; larger images go in overlapping tiles (default: 512 on a GPU, sized to the "
              "model's width on a CPU)")] = None,
     overlap: Annotated[int, typer.Option(help="pixels neighbouring tiles share (blended)")] = 32,
-    format: Annotated[str, typer.Option("--format", help="restoration outputs: png, jpeg or webp")] = "png",
+    format: Annotated[str, typer.Option("--format", help="image outputs: png, jpeg, webp, tiff, or same (the "
+                                                         "input's format; PNG for BMP/GIF/HEIC/AVIF)")] = "png",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality")] = 92,
+    depth: DepthOption = "auto",
+    checks: Annotated[bool, typer.Option(help="check each output against its input (colour drift, NIQE, "
+                                              "clipping) and flag the suspicious ones")] = True,
+    metadata: Annotated[bool, typer.Option(help="copy each input's EXIF, XMP and IPTC into its output (--no-metadata: "
+                                                "only the ICC profile, DPI and provenance, e.g. to drop GPS)")] = True,
     workers: Annotated[int, typer.Option(help=WORKERS_HELP + " (threads share one loaded model)")] = 1,
     dask: Dask = None,
     force: Annotated[bool, typer.Option(help="reprocess inputs this model version already did")] = False,
@@ -127,7 +139,8 @@ def apply(
         from pixelmill.tasks.inference.plan import ApplyConfig, parse_bytes
 
         fields = dict(batch_size=batch_size, tile=tile, overlap=overlap, format=format, quality=quality,
-                      workers=workers, force=force, limit=limit, overlay=overlay, shard_size=shard_size)
+                      workers=workers, force=force, limit=limit, overlay=overlay, shard_size=shard_size, depth=depth,
+                      checks=checks, metadata=metadata)
         if max_memory:
             fields["max_memory"] = parse_bytes(max_memory)
         apply_config = ApplyConfig(**fields).check()
@@ -141,8 +154,12 @@ def apply(
 
         s = run_apply(model, input, output, apply_config, workspace=workspace, dask=dask)
         typer.echo(f"{s['model']} ({s['task']}): {s['processed']} processed, {s['skipped']} skipped, "
-                   f"{s['failed']} failed, {s['images_per_s']} images/s")
+                   f"{s['failed']} failed, {s['flagged']} flagged, {s['images_per_s']} images/s")
         for e in s["errors"][:10]:
             typer.echo(f"  error {e['input_uri']}: {e['error']}")
+        for note, count in s["notes"].items():  # once per run, not once per file
+            typer.echo(f"  note ({count} outputs): {note}")
+        if s["flagged"]:
+            typer.echo(f"flagged outputs: `pixelmill review {s['run_id']}`")
         typer.echo(f"outputs: {s['output']}")
         typer.echo(f"rows: `pixelmill catalog show predictions --model {s['model'].split(':')[0]}`")

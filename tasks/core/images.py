@@ -1,8 +1,9 @@
 """Image decoding and validation: bytes in, a checked 8-bit image (or a typed ImageError) out.
 
-Formats: JPEG, PNG, WebP, TIFF, BMP, GIF (first frame). EXIF orientation is applied, so width and height
-are the image as a person sees it. Modes are normalised to 8-bit RGB (or L): palette and alpha images
-are composited on a background colour, 16-bit images are scaled down, CMYK is converted.
+Formats: JPEG, PNG, WebP, TIFF, BMP, GIF (first frame), HEIC/HEIF (pillow-heif's Pillow plugin, registered
+here) and AVIF (Pillow's own). EXIF orientation is applied, so width and height are the image as a person
+sees it. Modes are normalised to 8-bit RGB (or L): palette and alpha images are composited on a background
+colour, 16-bit images are scaled down, CMYK is converted. Full-depth reading and writing: imageio.py.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from pixelmill.tasks.core.errors import ConfigError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif",
+                              ".heic", ".heif", ".avif"})
 # Output extension -> PIL format, for writing a model's result; only PNG and WebP keep transparency.
-OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}
 ALPHA_FORMATS = ("PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k: a larger image is almost surely a mistake or a bomb
 
 # We enforce our own, configurable pixel limit before any pixel is decoded (see `open_image`);
 # PIL's process-wide limit would override the user's choice in both directions.
 Image.MAX_IMAGE_PIXELS = None
+# Once, at import: every reader of images (ingest, crappify, apply) opens HEIC through Pillow from here on.
+register_heif_opener()
 
 ErrorKind = Literal["empty", "truncated", "not_image", "too_large", "unsupported", "corrupt"]
 

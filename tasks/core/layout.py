@@ -4,6 +4,7 @@
     {workspace}/datasets/{set}/{split}/{hr,lr,mask}/...          generated paired sets (crappify)
     {workspace}/models/{name}/{version}/                         registry versions (tasks/core/registry.py)
     {workspace}/models/{name}/aliases.json
+    {workspace}/models/{name}/promotions/{at}-{alias}-{version}.json   one file per alias change, never rewritten
     {workspace}/models/{name}/checkpoints/last.pt                the training checkpoint that --resume reads
     {workspace}/reports/{kind}/{run}/...                         files behind Prefect reports (gallery images)
     {workspace}/runs/{stage}/{group}/{flow_run_id}.json          leases of running flow runs (tasks/core/runs.py)
@@ -57,6 +58,9 @@ class Layout:
 
     def aliases(self, name: str) -> str:
         return storage.join(self.models, name, "aliases.json")
+
+    def promotions(self, name: str) -> str:
+        return storage.join(self.models, name, "promotions")
 
     def checkpoint(self, name: str) -> str:
         return storage.join(self.models, name, "checkpoints", "last.pt")

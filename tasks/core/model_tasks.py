@@ -24,6 +24,7 @@ class ModelTask:
     command: str  # the CLI command that runs a model of this task on one file
     objective: str  # "module:Class" in tasks/training
     predictor: str  # "module:Class" in tasks/inference
+    output: Literal["image", "mask"] = "image"  # an image follows apply's --format; a mask is always a PNG
 
 
 _TRAINING, _INFERENCE = "pixelmill.tasks.training", "pixelmill.tasks.inference.predictors"
@@ -33,7 +34,7 @@ MODEL_TASKS: dict[str, ModelTask] = {t.name: t for t in (
     ModelTask("colorize", "pairs", "enhance", f"{_TRAINING}.objectives:ColorizeObjective",
               f"{_INFERENCE}:ColorizePredictor"),
     ModelTask("segmentation", "images", "segment", f"{_TRAINING}.segmentation:SegmentationObjective",
-              f"{_INFERENCE}:SegmentationPredictor"),
+              f"{_INFERENCE}:SegmentationPredictor", output="mask"),
 )}
 
 

@@ -1,19 +1,19 @@
 """Names: the one place that turns a source's name into an output name, and that judges source names.
 
-Every file we write for a source (crappify's pairs now, apply's outputs next) is named by `output_stem`
-or `output_relpath`, so a hostile or odd source name (a newline, a backslash, `..`, 300 bytes of kanji)
-can never become a bad file name, and the same source gets the same name on every run and machine.
+Every file we write for a source is named here, so a hostile or odd source name (a newline, a backslash, `..`,
+300 bytes of kanji) can never become a bad file name, and the same source gets the same name on every run:
+- apply's outputs mirror the source: `mirror_relpath` (`2019/photo.jpg` -> `2019/photo.png`), with a stable
+  suffix only where two sources would collide (tasks/inference/plan.py decides which);
+- crappify's pairs (internal training files) are `output_stem` names: `photo.jpg` -> `photo-<sha10>`, the hash
+  of the content, so two sources that clean to the same readable part (`a<LF>b.png` and `a<TAB>b.png`, or two
+  long names that share their first 228 bytes) stay apart.
 
-Ordinary names are kept byte for byte (`photo.jpg` -> `photo-<sha10>`): sets made before this module
-existed keep their names. Only what is unsafe is replaced (by `_`), and only what is too long is cut.
-
-Two different sources that sanitise to the same readable part (`a<LF>b.png` and `a<TAB>b.png`, or two long
-names that share their first 228 bytes) are kept apart by the hash suffix: it comes from the content, so
-they collide only when their bytes are identical, and then the outputs are identical too.
+Only what is unsafe is replaced (by `_`), and only what is too long is cut.
 """
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 import unicodedata
@@ -116,6 +116,34 @@ def output_relpath(source_rel: str, content_hash: str, extension: str, max_bytes
                if part not in ("", ".")]
     name = f"{output_stem(source_rel, content_hash, max_bytes)}.{extension.lstrip('.')}"
     return posixpath.join(*folders, name)
+
+
+def mirror_relpath(source_rel: str, extension: str, suffix_key: str | None = None) -> str:
+    """The output path that mirrors a source's relative path: `2019/photo.jpg` -> `2019/photo.png`.
+
+    Cleaned like `output_relpath` (the same folders, the readable stem; only what is unsafe is replaced), with no
+    hash: a person matches an output to its original by name. `suffix_key` (when two inputs would otherwise get
+    one name) adds `-<hash10 of the key>`: give the source's relative name, so the suffix never changes when the
+    file is edited and the new output replaces the old one.
+    """
+    if not _EXTENSION.fullmatch(extension.lstrip(".")):
+        raise ValueError(f"extension {extension!r} must be 1-{EXTENSION_ROOM - 1} letters or digits")
+    folders = [_truncate(_clean(part), NAME_MAX) for part in _SEPARATORS.split(source_rel)[:-1]
+               if part not in ("", ".")]
+    stem = posixpath.splitext(_SEPARATORS.split(source_rel)[-1])[0]
+    if suffix_key is None:
+        readable = _truncate(_clean(stem), STEM_MAX_BYTES)
+        name = readable or "_"
+    else:
+        digest = hashlib.sha256(suffix_key.encode("utf-8", "surrogateescape")).hexdigest()
+        name = output_stem(source_rel, digest)
+    return posixpath.join(*folders, f"{name}.{extension.lstrip('.')}")
+
+
+def collision_key(relpath: str) -> str:
+    """Output paths that are one file somewhere: S3 and ext4 tell `A.png` from `a.png`, but the Windows and macOS
+    disks an archive is often copied to do not, so names that differ only in case count as a collision."""
+    return unicodedata.normalize("NFC", relpath).casefold()
 
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

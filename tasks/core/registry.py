@@ -155,10 +155,33 @@ def save(workspace: str, name: str, model, config: dict, metadata: dict) -> Mode
     return card
 
 
-def set_alias(workspace: str, card: ModelCard, alias: str) -> None:
+def set_alias(workspace: str, card: ModelCard, alias: str, reason: str | None = None) -> None:
+    """Point `alias` at the card's version. aliases.json holds only the present; a change is also kept as one
+    file under the model's promotions/ folder (never rewritten), so `pixelmill lineage` can say when a version
+    got or lost an alias, and why when the caller says (`reason`)."""
     check_name(alias, "alias")
-    table = aliases(workspace, card.name) | {alias: card.version}
-    storage.write_bytes(Layout.of(workspace).aliases(card.name), json.dumps(table).encode())
+    current = aliases(workspace, card.name)
+    previous = current.get(alias)
+    storage.write_bytes(Layout.of(workspace).aliases(card.name), json.dumps(current | {alias: card.version}).encode())
+    if previous == card.version:
+        return  # not a change: the history stays a list of moves
+    at = datetime.now(UTC)
+    record = {"model": card.name, "alias": alias, "version": card.version, "previous": previous,
+              "at": at.isoformat(), "reason": reason}
+    # the time first (sortable, to the microsecond), then what moved: two changes never share a name
+    file = f"{at.strftime('%Y%m%dT%H%M%S%fZ')}-{alias}-{card.version}.json"
+    storage.write_bytes(storage.join(Layout.of(workspace).promotions(card.name), file),
+                        json.dumps(record, indent=1).encode())
+
+
+def promotions(workspace: str, name: str) -> list[dict]:
+    """Every alias change of model `name`, oldest first: model, alias, version, previous (None: the alias was
+    new), at (ISO 8601, UTC) and reason (None unless the caller gave one). Empty for models promoted before the
+    history was kept."""
+    folder = Layout.of(workspace).promotions(name)
+    records = [json.loads(storage.read_bytes(storage.join(folder, file)))
+               for file in storage.list_names(folder, ".json")]
+    return sorted(records, key=lambda r: datetime.fromisoformat(r["at"]))
 
 
 def decide_promotion(ref: str, alias_ref: str, key: str, model: dict, baseline: dict, current: dict | None,

@@ -135,17 +135,22 @@ def crops_markdown(columns: list[str], rows: list[list[bytes]], captions: list[l
     return markdown_table(columns, cells)
 
 
-def pair_gallery(pairs: list[tuple[bytes, bytes]]) -> str:
-    """Paired-set gallery: 1:1 crops of the LR input (upscaled, nearest, to the target's size) and the HR target,
-    where they differ most."""
+def side_by_side(pairs: list[tuple[bytes, bytes]], labels: list[str]) -> str:
+    """1:1 crops of a smaller image (upscaled, nearest, to the larger's size) beside the larger one, where they
+    differ most: a paired set's LR/HR, apply's input/output."""
     rows = []
-    for lr_bytes, hr_bytes in pairs:
-        with Image.open(io.BytesIO(lr_bytes)) as lr_im, Image.open(io.BytesIO(hr_bytes)) as hr_im:
-            lr, hr = np.asarray(lr_im.convert("RGB")), np.asarray(hr_im.convert("RGB"))
-        lr_up = nearest_resize(lr, *hr.shape[:2])
-        top, left = busiest_window(lr_up, hr)
-        rows.append([png_bytes(np.ascontiguousarray(crop(a, top, left))) for a in (lr_up, hr)])
-    return crops_markdown(["input (LR, nearest to the target's size)", "target (HR)"], rows)
+    for small_bytes, large_bytes in pairs:
+        with Image.open(io.BytesIO(small_bytes)) as small_im, Image.open(io.BytesIO(large_bytes)) as large_im:
+            small, large = np.asarray(small_im.convert("RGB")), np.asarray(large_im.convert("RGB"))
+        small_up = nearest_resize(small, *large.shape[:2])
+        top, left = busiest_window(small_up, large)
+        rows.append([png_bytes(np.ascontiguousarray(crop(a, top, left))) for a in (small_up, large)])
+    return crops_markdown(labels, rows)
+
+
+def pair_gallery(pairs: list[tuple[bytes, bytes]]) -> str:
+    """Paired-set gallery: the LR input beside the HR target."""
+    return side_by_side(pairs, ["input (LR, nearest to the target's size)", "target (HR)"])
 
 
 def evaluation_gallery(result: dict, height: int = 128) -> str:
@@ -160,11 +165,15 @@ def evaluation_gallery(result: dict, height: int = 128) -> str:
 
 
 def predictions_summary(table: pa.Table, max_errors: int = 20) -> dict:
-    """Rows by model version, status and output folder, the error kinds, and the first errors."""
+    """Rows by model version, status and output folder, the error kinds, the first errors, the flagged outputs,
+    and what the output formats could not keep (each note once, with how many outputs it concerns)."""
     errors = table.filter(pc.equal(table["status"], "error"))
     versions = Counter(f"{m}:{v}" for m, v in zip(table["model"].to_pylist(), table["model_version"].to_pylist(),
                                                    strict=True))
     seconds = pc.sum(table["seconds"]).as_py() or 0.0
+    flagged = table.filter(pc.fill_null(table["flag"], False)) if "flag" in table.column_names else table.slice(0, 0)
+    notes = Counter(n for text in (table["notes"].to_pylist() if "notes" in table.column_names else [])
+                    for n in (text or "").split("; ") if n)
     return {
         "rows": table.num_rows,
         "models": dict(sorted(versions.items())),
@@ -175,15 +184,24 @@ def predictions_summary(table: pa.Table, max_errors: int = 20) -> dict:
         "errors": [{"input_uri": u, "error": e} for u, e in
                    zip(errors["input_uri"].to_pylist()[:max_errors], errors["error"].to_pylist()[:max_errors],
                        strict=True)],
+        "flagged": flagged.num_rows,
+        "flagged_rows": [{"input_uri": r["input_uri"], "output_uri": r["output_uri"], "reason": r["flag_reason"]}
+                         for r in flagged.select(["input_uri", "output_uri", "flag_reason"]).slice(0, max_errors)
+                         .to_pylist()] if flagged.num_rows else [],
+        "notes": dict(notes.most_common()),
     }
 
 
 def predictions_markdown(summary: dict, title: str) -> str:
-    parts = [f"## {title}", f"{summary['rows']} inputs."]
-    for key, label in (("models", "model"), ("status", "status"), ("outputs", "output"), ("error_kinds", "error")):
-        if summary[key]:
+    parts = [f"## {title}", f"{summary['rows']} inputs, {summary.get('flagged', 0)} flagged."]
+    for key, label in (("models", "model"), ("status", "status"), ("outputs", "output"), ("error_kinds", "error"),
+                       ("notes", "what the format could not keep")):
+        if summary.get(key):
             table = markdown_table([label, "inputs"], [[k, v] for k, v in summary[key].items()])
             parts.append(f"**{label}**\n\n{table}")
+    if summary.get("flagged_rows"):
+        parts.append("**flagged**\n\n" + markdown_table(["input", "output", "reason"], [
+            [r["input_uri"], r["output_uri"], r["reason"]] for r in summary["flagged_rows"]]))
     if summary["errors"]:
         parts.append("**errors**\n\n" + markdown_table(["input", "error"], [[e["input_uri"], e["error"]]
                                                                            for e in summary["errors"]]))

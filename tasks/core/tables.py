@@ -116,6 +116,17 @@ PREDICTIONS = pa.schema([
     ("output_width", pa.int32()),
     ("output_height", pa.int32()),
     ("tiles", pa.int32()),
+    ("output_sha256", pa.string()),  # of the written file: `pixelmill lineage` finds an output copied elsewhere
+    ("output_depth", pa.int32()),  # bits per channel written: 8 or 16
+    ("notes", pa.string()),  # what the output format could not keep ("; "-joined), for the run's summary
+    # checked without a reference (tasks/inference/checks.py); null for segmentation
+    ("drift_mean", pa.float64()),  # CIEDE2000 between the input and the output reduced to the input's size
+    ("drift_p95", pa.float64()),
+    ("niqe_input", pa.float64()),  # NIQE (lower is more natural), input and output at the input's size
+    ("niqe_output", pa.float64()),
+    ("clipped", pa.float64()),  # fraction of output pixels at 0 or full scale in some channel, beyond the input's
+    ("flag", pa.bool_()),  # a check crossed its threshold: a person should look
+    ("flag_reason", pa.string()),
     ("seconds", pa.float64()),  # decode to written, this image alone
     ("status", pa.string()),  # ok | error
     ("error", pa.string()),  # "<kind>: <message>" (kinds of the images table, unsafe_name, write_failed)

@@ -30,10 +30,10 @@ from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.cards import ModelCard
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
-from pixelmill.tasks.core.images import ImageError
+from pixelmill.tasks.core.images import OUTPUT_FORMATS, ImageError
 from pixelmill.tasks.core.names import unsafe_reason
 from pixelmill.tasks.core.shards import ShardResult, commit_shard
-from pixelmill.tasks.inference.outputs import output_name, prediction_row
+from pixelmill.tasks.inference.outputs import prediction_row, provenance
 from pixelmill.tasks.inference.plan import WRITE_FAILED, ApplyConfig, ApplyItem, ApplyShard
 from pixelmill.tasks.inference.predictors import Encoded, Prepared, build_predictor
 from pixelmill.tasks.inference.runtime import Runtime
@@ -41,11 +41,17 @@ from pixelmill.tasks.inference.tiling import plan_tiles, run_tiled
 
 
 def predictor_for(card: ModelCard, cfg: ApplyConfig):
-    return build_predictor(card, format=cfg.format, quality=cfg.quality, overlay=cfg.overlay)
+    return build_predictor(card, quality=cfg.quality, overlay=cfg.overlay, depth=cfg.depth, checks=cfg.checks,
+                           metadata=cfg.metadata)
+
+
+def format_of(rel: str) -> str:
+    """The format an output's extension asks for (the plan chose the extension): PNG, JPEG, WEBP or TIFF."""
+    return OUTPUT_FORMATS[rel.rsplit(".", 1)[-1].lower()]
 
 
 def as_chw(pixels: np.ndarray) -> torch.Tensor:
-    """(H, W[, C]) uint8 -> a (C, H, W) view."""
+    """(H, W[, C]) uint8 or uint16 -> a (C, H, W) view."""
     with warnings.catch_warnings():  # PIL's arrays are read-only; the model only reads them
         warnings.simplefilter("ignore", UserWarning)
         hwc = torch.from_numpy(pixels if pixels.ndim == 3 else pixels[:, :, None])
@@ -58,13 +64,16 @@ def tiled(runtime: Runtime, predictor, images, overlap: int, scale: int):
                      predictor.finish, runtime.multiple, runtime.batch_pixels)
 
 
-def predict_file(card: ModelCard, data: bytes, cfg: ApplyConfig) -> tuple[Prepared, np.ndarray, Encoded]:
-    """One image's bytes through the model as apply runs it: (its input, the result, the encoded files)."""
+def predict_file(card: ModelCard, data: bytes, cfg: ApplyConfig, name: str, input_uri: str = "",
+                 run_id: str = "") -> tuple[Prepared, np.ndarray, Encoded]:
+    """One image's bytes through the model as apply runs it, written as the output file `name` asks (its
+    extension): (its input, the result, the encoded files)."""
     predictor = predictor_for(card, cfg)
     prepared = predictor.prepare(data, cfg.max_pixels)
     runtime = Runtime.of(card, cfg)
     [(_, out)] = list(tiled(runtime, predictor, [(0, as_chw(prepared.pixels))], cfg.overlap, card.scale))
-    return prepared, out, predictor.encode(out, prepared)
+    fields = provenance(card, input_uri.rsplit("/", 1)[-1], input_uri, hashlib.sha256(data).hexdigest(), run_id)
+    return prepared, out, predictor.encode(out, prepared, format_of(name), fields)
 
 
 @dataclass
@@ -159,22 +168,26 @@ def apply_shard(shard: ApplyShard, workspace: str, cfg: ApplyConfig, run_id: str
             yield job.index, as_chw(pixels)
 
     def write_one(job: _Job, out: np.ndarray) -> None:
-        rel = output_name(job.item.rel, job.sha256, predictor.extension)
-        stem = rel[: -len(predictor.extension) - 1]
+        rel = job.item.output_rel
+        stem = rel.rsplit(".", 1)[0]
         uris: dict[str, str] = {}
         try:
-            encoded = predictor.encode(out, job.prepared)
+            fields = provenance(card, job.item.rel, job.item.uri, job.sha256, run_id)
+            encoded = predictor.encode(out, job.prepared, format_of(rel), fields)
             for kind, (suffix, data) in encoded.files.items():
                 uri = storage.join(shard.output, rel if kind == "output" else stem + suffix)
                 storage.write_bytes(uri, data)  # whole or not at all (a temporary name, or one PUT)
                 uris[f"{kind}_uri"] = uri
+            for uri in job.item.stale:  # the same input's output under an older name: the new one replaces it
+                storage.remove(uri)
         except Exception as exc:
             if storage.is_transient(exc):
                 raise
             add_row(row_for(job, error=f"{WRITE_FAILED}: {type(exc).__name__}: {exc}"))
             return
-        add_row(row_for(job, status="ok", error=None, **uris, output_width=out.shape[1],
-                        output_height=out.shape[0]))
+        add_row(row_for(job, status="ok", error=None, **uris, output_width=out.shape[1], output_height=out.shape[0],
+                        output_sha256=hashlib.sha256(encoded.files["output"][1]).hexdigest(),
+                        notes="; ".join(dict.fromkeys(encoded.notes)) or None, **encoded.columns))
 
     readers = [threading.Thread(target=reader, daemon=True, name=f"apply-read-{i}") for i in range(io_threads)]
     for t in readers:

@@ -1,7 +1,15 @@
 """Apply's plan: which inputs a model version still owes an output, cut into shards.
 
     plan_apply(...)  streams the listing (or the images table's ok rows), skips inputs this model version
-                     already did for this output (same bytes and version, or same sha256), cuts shards
+                     already did for this output (same bytes and version, or same sha256), names each output,
+                     cuts shards
+
+Outputs mirror their inputs' relative names (`2019/photo.jpg` -> `2019/photo.png`, tasks/core/names.py). Where
+two inputs would get one name (`a.jpg` and `a.tif` in one folder, names that clean alike or differ only in case),
+the first comes keeps it: the input that already owns it in the catalog, else the first by name; the others get a
+suffix from their own name, so it never changes. An edited input gets its own name again, replacing its output;
+an output it had under another name (another --format, an older naming rule) is deleted once the new one is
+written (`ApplyItem.stale`).
 
 A shard's id hashes the model version, the output, the settings that change pixels and its inputs: a rerun
 after a crash (kill -9 included) redoes the unrecorded shards, rewriting the same files atomically, and
@@ -25,13 +33,16 @@ from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.cards import ModelCard
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import ConfigError
-from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-from pixelmill.tasks.core.names import storable
+from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, OUTPUT_FORMATS
+from pixelmill.tasks.core.model_tasks import model_task
+from pixelmill.tasks.core.names import collision_key, mirror_relpath, storable, unsafe_reason
 from pixelmill.tasks.core.shards import chunks, shard_id
 from pixelmill.tasks.core.storage import FileInfo
 from pixelmill.tasks.core.tables import is_data_ref, parse_data_ref
 
 WRITE_FAILED = "write_failed"
+OVERLAY_SUFFIX = ".overlay.png"  # segmentation's --overlay file, beside the mask
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "tiff": "tif"}  # --format -> the outputs' extension
 
 
 def default_max_memory() -> int:
@@ -64,7 +75,15 @@ class ApplyConfig(BaseModel):
     overlap: int = Field(32, ge=0, le=1024, description="pixels neighbouring tiles share, blended (feathered)")
     batch_size: int | None = Field(None, ge=1, le=1024, description="tiles per forward (default: what fits "
                                    "max_memory on a GPU; on a CPU only small tiles, up to 64k pixels, share one)")
-    format: Literal["png", "jpeg", "webp"] = "png"
+    format: Literal["png", "jpeg", "webp", "tiff", "same"] = Field(
+        "png", description="image outputs' format; same: the input's own where pixelmill writes it (PNG, JPEG, "
+        "WebP, TIFF), PNG for the rest (BMP, GIF, HEIC, AVIF)")
+    depth: Literal["auto", "8", "16"] = Field("auto", description="bits per channel of image outputs; auto: the "
+                                              "input's (a 16-bit master stays 16-bit where the format holds it)")
+    checks: bool = Field(True, description="check each output against its input (colour drift, NIQE, clipping) "
+                                           "and flag the suspicious ones")
+    metadata: bool = Field(True, description="copy the input's EXIF, XMP and IPTC into its output (off: only the "
+                                             "ICC profile, the DPI and pixelmill's provenance, e.g. to drop GPS)")
     quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality")
     overlay: bool = Field(False, description="segmentation: also write the classes blended on the image")
     force: bool = Field(False, description="reprocess inputs this model version already did")
@@ -93,6 +112,8 @@ class ApplyItem:
     size: int
     version: str
     sha256: str | None = None  # known when the input is a data set of the images table
+    output_rel: str = ""  # the output's path under the output root (set by the plan)
+    stale: tuple[str, ...] = ()  # this input's earlier outputs under other names: deleted once the new one is written
 
 
 @dataclass(frozen=True)
@@ -155,13 +176,61 @@ def input_items(source: str, catalog: Catalog) -> Iterator[ApplyItem]:
         yield ApplyItem(info.uri, info.rel, info.size, info.version)
 
 
-def done_inputs(catalog: Catalog, card: ModelCard, output: str) -> dict[str, tuple]:
-    """input_uri -> (bytes, version, sha256, error) of what this model version already wrote to `output`."""
-    filt = (ds.field("model_version") == card.version) & (ds.field("output_root") == output)
-    t = catalog.read("predictions", card.name, filter=filt,
-                     columns=["input_uri", "input_bytes", "input_version", "input_sha256", "error"])
-    cols = [t[c].to_pylist() for c in ("input_uri", "input_bytes", "input_version", "input_sha256", "error")]
-    return {u: rest for u, *rest in zip(*cols, strict=True)}
+@dataclass
+class History:
+    """What the catalog says about one output root: this version's attempts, and who owns which output name."""
+
+    done: dict[str, tuple]  # input_uri -> (bytes, version, sha256, error) of this model version's last attempt
+    owners: dict[str, str]  # collision_key(output path) -> input_uri, for every version's ok outputs
+    outputs: dict[str, set[str]]  # input_uri -> the output (and overlay) URIs any version wrote for it
+
+
+def output_history(catalog: Catalog, card: ModelCard, output: str) -> History:
+    t = catalog.read("predictions", card.name, filter=ds.field("output_root") == output,
+                     columns=["model_version", "input_uri", "input_bytes", "input_version", "input_sha256", "error",
+                              "status", "output_uri", "overlay_uri"])
+    history = History({}, {}, {})
+    cols = {c: t[c].to_pylist() for c in t.column_names}
+    prefix = output.rstrip("/") + "/"
+    for i, uri in enumerate(cols["input_uri"]):
+        if cols["model_version"][i] == card.version:
+            history.done[uri] = (cols["input_bytes"][i], cols["input_version"][i], cols["input_sha256"][i],
+                                 cols["error"][i])
+        out = cols["output_uri"][i]
+        if cols["status"][i] == "ok" and out and out.startswith(prefix):
+            history.owners.setdefault(collision_key(out[len(prefix):]), uri)
+            history.outputs.setdefault(uri, set()).update(u for u in (out, cols["overlay_uri"][i]) if u)
+    return history
+
+
+def output_extension(rel: str, cfg: ApplyConfig, output_kind: str) -> str:
+    """A mask is a PNG; an image gets --format's extension, or with `same` its input's own where it is written."""
+    if output_kind == "mask":
+        return "png"
+    if cfg.format == "same":
+        ext = posixpath.splitext(rel)[1][1:]
+        return ext if ext.lower() in OUTPUT_FORMATS else "png"
+    return EXTENSIONS[cfg.format]
+
+
+def name_outputs(todo: list[ApplyItem], owners: dict[str, str], outputs: dict[str, set[str]], output: str,
+                 extension) -> list[ApplyItem]:
+    """Each input's output path (see the module docstring): first come keeps the plain mirrored name."""
+    taken = dict(owners)
+    named: dict[str, ApplyItem] = {}
+    for item in sorted(todo, key=lambda i: i.rel):
+        if unsafe_reason(item.rel):
+            continue  # an unsafe_name row: never written, so it takes no name
+        me = storable(item.uri)
+        rel = mirror_relpath(item.rel, extension(item.rel))
+        if taken.setdefault(collision_key(rel), me) != me:
+            rel = mirror_relpath(item.rel, extension(item.rel), suffix_key=item.rel)
+            taken.setdefault(collision_key(rel), me)
+        new = storage.join(output, rel)
+        mine = {new, new.rsplit(".", 1)[0] + OVERLAY_SUFFIX}  # rewritten in place, never stale
+        stale = tuple(sorted(outputs.get(me, set()) - mine))
+        named[item.uri] = ApplyItem(item.uri, item.rel, item.size, item.version, item.sha256, rel, stale)
+    return [named.get(i.uri, i) for i in todo]
 
 
 def is_done(item: ApplyItem, done: tuple | None) -> bool:
@@ -179,9 +248,11 @@ def plan_apply(catalog: Catalog, card: ModelCard, source: str, output: str, cfg:
     output = storage.normalize_url(output, archives=False)
     if storage.archive_protocol(output) or "::" in output:
         raise ConfigError(f"cannot write outputs into an archive: {output}", "give a folder or bucket prefix")
-    done = {} if cfg.force else done_inputs(catalog, card, output)
+    history = output_history(catalog, card, output)
+    done = {} if cfg.force else history.done
     plan = ApplyPlan(card, output, shards=[])
-    settings = cfg.model_dump_json(include={"tile", "overlap", "format", "quality", "overlay", "max_pixels"})
+    settings = cfg.model_dump_json(include={"tile", "overlap", "format", "quality", "overlay", "max_pixels", "depth",
+                                            "checks", "metadata"})
     todo: list[ApplyItem] = []
     for item in input_items(source, catalog):
         if posixpath.splitext(item.rel)[1].lower() not in IMAGE_EXTENSIONS:
@@ -192,7 +263,9 @@ def plan_apply(catalog: Catalog, card: ModelCard, source: str, output: str, cfg:
             plan.limited += 1
         else:
             todo.append(item)
+    kind = model_task(card.task).output
+    todo = name_outputs(todo, history.owners, history.outputs, output, lambda rel: output_extension(rel, cfg, kind))
     for chunk in chunks(todo, cfg.shard_size):
-        key = [(i.uri, i.size, i.version, i.sha256) for i in chunk]
+        key = [(i.uri, i.size, i.version, i.sha256, i.output_rel) for i in chunk]
         plan.shards.append(ApplyShard(card, output, shard_id(card.uri, output, settings, key), chunk))
     return plan

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -80,12 +81,17 @@ def feather(t: Tile, height: int, width: int, overlap: int, scale: int = 1) -> t
     return wy[:, None] * wx[None, :]
 
 
-def to_rgb8(rows: torch.Tensor) -> np.ndarray:
-    """(C, h, W) float in [0, 1] -> (h, W, C) uint8, rounding like a PNG save."""
-    return rows.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+PEAKS = {torch.uint8: 255, torch.uint16: 65535}  # full scale of the integer pixel types an image comes in
 
 
-def to_indices(rows: torch.Tensor) -> np.ndarray:
+def to_pixels(rows: torch.Tensor, dtype: torch.dtype = torch.uint8) -> np.ndarray:
+    """(C, h, W) float in [0, 1] -> (h, W, C) integer pixels of the input's type (uint8 or uint16), rounded like a
+    PNG save: a 16-bit input comes out at 16 bits, never through an 8-bit step."""
+    scaled = rows.clamp(0, 1).mul(PEAKS[dtype]).round().permute(1, 2, 0)
+    return scaled.to(torch.uint8).numpy() if dtype == torch.uint8 else scaled.to(torch.int32).numpy().astype(np.uint16)
+
+
+def to_indices(rows: torch.Tensor, dtype: torch.dtype = torch.uint8) -> np.ndarray:
     """(classes, h, W) blended logits -> (h, W) uint8 class indices."""
     return rows.argmax(0).to(torch.uint8).numpy()
 
@@ -99,6 +105,7 @@ class Blender:
 
     def __init__(self, height: int, width: int, channels: int, scale: int, overlap: int,
                  finish: Callable[[torch.Tensor], np.ndarray]):
+        # finish: (C, rows, W*s) float -> the stored rows; run_tiled binds the input's pixel type into it
         self.height, self.width, self.scale, self.overlap, self.finish = height, width, scale, overlap, finish
         self.channels = channels
         self.out: np.ndarray | None = None
@@ -149,11 +156,11 @@ class _Open:
 
 def run_tiled(forward: Callable[[torch.Tensor], torch.Tensor], images: Iterable[tuple[Hashable, torch.Tensor] | None],
               tile: int, overlap: int, scale: int, batch_size: int, channels: int,
-              finish: Callable[[torch.Tensor], np.ndarray] = to_rgb8, multiple: int = SHAPE_MULTIPLE,
+              finish: Callable[..., np.ndarray] = to_pixels, multiple: int = SHAPE_MULTIPLE,
               batch_pixels: int | None = None) -> Iterator[tuple[Hashable, np.ndarray]]:
     """Run `forward` over every image in tiles; yield (key, finished output) as each image completes.
 
-    images: (key, (C, H, W) uint8 tensor) items; a None item means "nothing more is ready right now": the
+    images: (key, (C, H, W) uint8 or uint16 tensor) items; a None item means "nothing more is ready right now": the
     partly filled batches run instead of waiting (a reader that is slower than the model never stalls it).
     forward: (B, C, h, w) float in [0, 1] -> (B, channels, h*scale, w*scale). Tiles are grouped by shape,
     padded up to `multiple`; each group is FIFO, and all tiles of one image share a shape, so each image's
@@ -174,7 +181,7 @@ def run_tiled(forward: Callable[[torch.Tensor], torch.Tensor], images: Iterable[
         if not group:
             del groups[shape]
         ph, pw = shape
-        batch = torch.stack([torch.nn.functional.pad(crop.float().div_(255).unsqueeze(0),
+        batch = torch.stack([torch.nn.functional.pad(crop.float().div_(PEAKS[crop.dtype]).unsqueeze(0),
                                                      (0, pw - crop.shape[2], 0, ph - crop.shape[1]),
                                                      mode="replicate")[0] for _, _, crop in items])
         out = forward(batch)  # (B, channels, ph*s, pw*s)
@@ -195,7 +202,8 @@ def run_tiled(forward: Callable[[torch.Tensor], torch.Tensor], images: Iterable[
         key, img = item
         _, height, width = img.shape
         plan = plan_tiles(height, width, tile, overlap)
-        opened[key] = _Open(Blender(height, width, channels, scale, overlap, finish), len(plan))
+        opened[key] = _Open(Blender(height, width, channels, scale, overlap, partial(finish, dtype=img.dtype)),
+                            len(plan))
         for t in plan:
             shape = padded_shape(t.h, t.w, tile, multiple)
             groups.setdefault(shape, deque()).append((key, t, img[:, t.y:t.y + t.h, t.x:t.x + t.w]))

@@ -2,9 +2,20 @@
 independent computation of what `apply` must write (decode with PIL and numpy the documented way, run the
 registered weights with plain torch).
 
-Nothing here goes through pixelmill's inference code (tasks/inference, registry.load): the model is rebuilt from
-the config stored in its safetensors file (models/checkpoint.py, the weights format), and every decoding rule
-(EXIF orientation, CMYK -> RGB, 16-bit -> 8-bit, alpha composited on white, RGB -> L) is written out below.
+Nothing here goes through pixelmill's code for images or inference (tasks/core/imageio, tasks/inference,
+registry.load): the model is rebuilt from the config stored in its safetensors file (models/checkpoint.py, the
+weights format), and every documented rule is written out below:
+
+- decoding: EXIF orientation, CMYK without a profile -> RGB (Pillow's formula), palette looked up, palette
+  transparency as alpha, 16-bit kept at 16 bits (the model sees uint16 / 65535, never an 8-bit step);
+- transparency: the colours of fully transparent pixels (alpha 0) filled from the visible ones (pull-push: the
+  mean of the visible pixels of the smallest aligned 2^k block around the pixel that has any), visible colours
+  as stored; the output carries the input's alpha resized bicubic;
+- channels: RGB -> grey by ITU-R 601 luma with float weights, rounded; grey repeated for an RGB model;
+- output: at the input's depth (8 or 16 bits); a restoration of a grey input is written grey (luma of the
+  model's RGB output at that depth); a colorization writes RGB.
+
+16-bit PNG outputs are read with imagecodecs (libpng): Pillow reads 16-bit colour PNG at 8 bits.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import safetensors.torch
 import torch
@@ -27,7 +39,12 @@ from pixelmill.tasks.prep.scenes import make_scene
 
 PIXELMILL = str(Path(sys.executable).parent / "pixelmill")
 ORIENTATION = 0x0112
-BACKGROUND = 255  # transparency is composited on white (tasks/core/images.py, normalize_mode)
+PEAK = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
+# A 16-bit output may differ from the reference by this many codes (of 65535), an 8-bit one by 1 (of 255): the
+# same model in the same float32 precision, but apply's forward runs with its own thread count (a convolution's
+# sums in another order, ~1e-7 relative: a value a hair from a rounding boundary lands on the other side).
+# Measured max 1 code (tests/lifecycle/test_checks.py against pixelmill's own path; the lifecycle runs).
+TOLERANCE_16 = 1
 
 
 # ---------------------------------------------------------------- base pictures per task
@@ -78,13 +95,9 @@ def jpeg(im: Image.Image, **save) -> bytes:
 # ---------------------------------------------------------------- odd inputs
 
 
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601-2 luma in PIL's fixed point (what Image.convert('L') computes)."""
-    r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
-
-
 WIDE = "wide.png"
+GREY16 = "grey-16bit.png"
+ALPHA_HOLES = {"palette-transparent.png": (slice(5, 20), slice(8, 30)), "rgba.png": (slice(10, 30), slice(20, 44))}
 
 
 def apply_inputs(task: str) -> dict[str, bytes]:
@@ -94,21 +107,22 @@ def apply_inputs(task: str) -> dict[str, bytes]:
     files = {"plain-a.png": png(base(101, 56, 40)), "plain-b.jpg": jpeg(Image.fromarray(base(102, 40, 52))),
              WIDE: png(base(108, 600, 40))}  # wider than a CPU tile (512 for base 8): apply cuts it in two
 
-    grey = luma(base(103, 48, 36)).astype(np.uint16) * 257  # 16-bit: the low byte carries real detail ...
-    grey += np.random.default_rng(3).integers(0, 128, grey.shape, dtype=np.uint16)  # ... that rounds away
-    files["grey-16bit.png"] = png(Image.fromarray(grey))
+    grey8 = np.asarray(Image.fromarray(base(103, 48, 36)).convert("L"))
+    grey = grey8.astype(np.uint16) * 257  # 16-bit: the low byte carries real detail ...
+    grey += np.random.default_rng(3).integers(0, 128, grey.shape, dtype=np.uint16)  # ... an 8-bit step loses
+    files[GREY16] = png(Image.fromarray(grey))
 
     files["cmyk.jpg"] = jpeg(Image.fromarray(base(104, 44, 60)).convert("CMYK"))
 
     pal = Image.fromarray(base(105, 60, 44)).quantize(31)  # indices 0..30
     idx = np.asarray(pal).copy()
-    idx[5:20, 8:30] = 31  # a transparent hole; its palette colour is black, so dropping alpha shows black
+    idx[ALPHA_HOLES["palette-transparent.png"]] = 31  # a transparent hole; its palette colour is black
     im = Image.fromarray(idx, "P")
     im.putpalette(pal.getpalette()[: 31 * 3] + [0, 0, 0])
     files["palette-transparent.png"] = png(im, transparency=31)
 
     rgba = np.dstack([base(106, 52, 36), np.full((36, 52), 255, np.uint8)])
-    rgba[10:30, 20:44] = (0, 0, 0, 0)  # fully transparent black: white after compositing
+    rgba[ALPHA_HOLES["rgba.png"]] = (0, 0, 0, 0)  # fully transparent black: the model must not see the black
     files["rgba.png"] = png(rgba)
 
     shown = base(107, 36, 60)  # what a person sees: 36 wide, 60 high
@@ -119,15 +133,28 @@ def apply_inputs(task: str) -> dict[str, bytes]:
     return files
 
 
-def _decode(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-    """(pixels (H, W) or (H, W, 3) uint8 before compositing, alpha (H, W) or None), EXIF orientation applied."""
+# ---------------------------------------------------------------- the documented decoding, written out
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8/uint16 -> (H, W) of the same type: ITU-R 601 luma with float weights, rounded (half to
+    even). float32, as documented for tasks/inference/outputs.luma: computed exactly (in thousandths) the result
+    differs on values within a float32 rounding of x.5 (~1 in 1000 of 8-bit values, more at 16 bits) by one."""
+    w = [np.float32(0.299), np.float32(0.587), np.float32(0.114)]
+    y = rgb[..., 0].astype(np.float32) * w[0] + rgb[..., 1].astype(np.float32) * w[1] \
+        + rgb[..., 2].astype(np.float32) * w[2]
+    return np.clip(np.rint(y), 0, PEAK[rgb.dtype]).astype(rgb.dtype)
+
+
+def decode(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """(pixels (H, W) or (H, W, 3) uint8/uint16 as stored, alpha (H, W) of the same type or None), upright."""
     im = Image.open(io.BytesIO(data))
     im.load()
     orientation = im.getexif().get(ORIENTATION, 1)
     alpha = None
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.rint(np.asarray(im).astype(np.float64) / 257).astype(np.uint8)
-    elif im.mode == "CMYK":
+    if im.mode in ("I;16", "I;16B", "I;16L"):
+        arr = np.asarray(im).astype(np.uint16)  # full depth: no 8-bit step
+    elif im.mode == "CMYK":  # no ICC profile: Pillow's formula, R = 255 - min(255, C + K) in its fixed point
         c = np.asarray(im).astype(np.int64)
         nk = 255 - c[..., 3:4]
         t = c[..., :3] * nk + 128
@@ -153,14 +180,39 @@ def _decode(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     return arr, None if alpha is None else np.ascontiguousarray(np.rot90(alpha, turns))
 
 
-def decode_reference(data: bytes, mode: str) -> np.ndarray:
-    """(H, W, 3) or (H, W) uint8, decoded independently of pixelmill: EXIF orientation applied, 16-bit scaled
-    to 8 (/257, rounded), CMYK -> RGB (PIL's naive formula, written out), palette looked up, alpha composited on
-    white, then RGB <-> L as the model's input channels ask."""
-    arr, alpha = _decode(data)
+def fill_transparent(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Each fully transparent pixel's colour: the mean (rounded half to even) of the visible pixels in the
+    smallest 2^k x 2^k block aligned to multiples of 2^k that holds the pixel and any visible pixel (the pyramid
+    of a pull-push fill); every other pixel as stored. Nothing to fill when all or nothing is transparent."""
+    hidden = alpha == 0
+    if not hidden.any() or hidden.all():
+        return pixels
+    h, w = hidden.shape
+    colour = pixels.reshape(h, w, -1).astype(np.int64)
+    visible = (~hidden).astype(np.int64)
+    out = colour.astype(np.float64)
+    todo = hidden.copy()
+    size = 1
+    while todo.any():
+        size *= 2
+        bh, bw = -(-h // size), -(-w // size)
+        sums = np.zeros((bh, bw, colour.shape[2]), np.int64)
+        counts = np.zeros((bh, bw), np.int64)
+        ys, xs = np.mgrid[0:h, 0:w] // size
+        np.add.at(sums, (ys, xs), colour * visible[..., None])
+        np.add.at(counts, (ys, xs), visible)
+        here = todo & (counts[ys, xs] > 0)
+        out[here] = np.rint(sums[ys, xs][here] / counts[ys, xs][here][:, None])
+        todo &= ~here
+    return out.astype(pixels.dtype).reshape(pixels.shape)
+
+
+def model_input(data: bytes, mode: str) -> np.ndarray:
+    """What the model must see, as integer pixels (uint8, or uint16 for a 16-bit file): decoded, transparent
+    colours filled, then in the model's channels (luma for a grey model, grey repeated for an RGB one)."""
+    arr, alpha = decode(data)
     if alpha is not None:
-        assert set(np.unique(alpha)) <= {0, 255}, "only all-or-nothing alpha composites without rounding"
-        arr = np.where((alpha == 255)[..., None] if arr.ndim == 3 else alpha == 255, arr, BACKGROUND).astype(np.uint8)
+        arr = fill_transparent(arr, alpha)
     if mode == "L":
         return arr if arr.ndim == 2 else luma(arr)
     return arr if arr.ndim == 3 else np.repeat(arr[..., None], 3, axis=2)
@@ -168,7 +220,7 @@ def decode_reference(data: bytes, mode: str) -> np.ndarray:
 
 def reference_alpha(data: bytes) -> np.ndarray | None:
     """The input's transparency as displayed (EXIF applied), or None when it is opaque."""
-    return _decode(data)[1]
+    return decode(data)[1]
 
 
 # ---------------------------------------------------------------- the model, without pixelmill's inference
@@ -183,45 +235,80 @@ def load_net(version_uri: str) -> torch.nn.Module:
     return load_model_from_bytes(storage.read_bytes(storage.join(version_uri, "weights.safetensors"))).eval()
 
 
-@torch.inference_mode()
-def forward(net: torch.nn.Module, arr: np.ndarray) -> torch.Tensor:
-    """(C, H*s, W*s) float output of one whole image (H, W[, C]) uint8."""
-    hwc = arr if arr.ndim == 3 else arr[..., None]
-    x = torch.from_numpy(np.array(hwc)).permute(2, 0, 1).float().div(255)[None]  # np.array: a writable copy
-    return net(x)[0]
-
-
-def to_rgb8(y: torch.Tensor) -> np.ndarray:
-    return y.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 def in_mode(net: torch.nn.Module) -> str:
     return "L" if net.config.get("in_channels", 3) == 1 else "RGB"
 
 
-def check_image_output(name: str, expected: np.ndarray, out: Image.Image, alpha: np.ndarray | None = None,
+@torch.inference_mode()
+def forward(net: torch.nn.Module, arr: np.ndarray) -> torch.Tensor:
+    """(C, H*s, W*s) float output of one whole image (H, W[, C]) uint8 or uint16, scaled by its full scale."""
+    hwc = arr if arr.ndim == 3 else arr[..., None]
+    x = torch.from_numpy(hwc.astype(np.float32)).permute(2, 0, 1).div(PEAK[arr.dtype])[None]
+    return net(x)[0]
+
+
+def to_pixels(y: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """(C, H, W) float in [0, 1] -> (H, W, C) integer pixels at full scale of `dtype`, rounded."""
+    return y.clamp(0, 1).mul(PEAK[np.dtype(dtype)]).round().permute(1, 2, 0).numpy().astype(dtype)
+
+
+def expected_image(task: str, net: torch.nn.Module, data: bytes) -> np.ndarray:
+    """What a restoration or colorize model's output file must hold (without alpha): the forward at the input's
+    depth; grey again (luma) when a restoration's input was grey."""
+    x = model_input(data, in_mode(net))
+    out = to_pixels(forward(net, x), x.dtype)
+    if task == "restoration" and decode(data)[0].ndim == 2:
+        out = luma(out)
+    return out
+
+
+def read_output(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image output at full depth: (pixels (H, W) or (H, W, 3), alpha or None)."""
+    im = Image.open(io.BytesIO(data))
+    if im.format == "PNG" and data[24] == 16:  # IHDR's bit depth: Pillow keeps the high byte of 16-bit colour
+        arr = imagecodecs.png_decode(data)
+        arr = arr[..., None] if arr.ndim == 2 else arr
+        colour = 1 if arr.shape[2] in (1, 2) else 3
+        pixels = arr[..., 0] if colour == 1 else arr[..., :3]
+        return pixels, (arr[..., colour] if arr.shape[2] > colour else None)
+    assert im.mode in ("L", "LA", "RGB", "RGBA"), f"an image output in mode {im.mode}"
+    arr = np.asarray(im)
+    if im.mode in ("LA", "RGBA"):
+        return (arr[..., 0] if im.mode == "LA" else arr[..., :3]), arr[..., -1]
+    return arr, None
+
+
+def check_image_output(name: str, expected: np.ndarray, data: bytes, alpha: np.ndarray | None = None,
                        seams: bool = False) -> None:
-    """Restoration and colorize: the same pixels within 1 level (float order of a batched forward); `seams`: an
-    image apply cut in tiles, where the feathered blend at the seams explains more (< 0.5 dB by the README).
-    An output with transparency carries the input's alpha resized to it (bicubic); one without it has the
-    transparency composited on white (what `expected` was computed from)."""
-    got = np.asarray(out.convert("RGB"))
-    assert got.shape == expected.shape, f"{name}: output {got.shape} != expected {expected.shape} (turned?)"
-    diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
+    """Restoration and colorize: the output file holds `expected` (its channels, its depth) within 1 code value
+    (TOLERANCE_16 at 16 bits; see there); `seams`: an image apply cut in tiles, where the feathered blend at the
+    seams explains more (< 0.5 dB by the README). It carries the input's alpha resized to it (bicubic), or none
+    when the input had none."""
+    got, got_alpha = read_output(data)
+    assert got.dtype == expected.dtype, f"{name}: a {got.dtype} output, expected {expected.dtype} (bit depth)"
+    assert got.shape == expected.shape, f"{name}: output {got.shape} != expected {expected.shape} (grey? turned?)"
+    peak = PEAK[expected.dtype]
+    tolerance = 1 if peak == 255 else TOLERANCE_16
+    diff = np.abs(got.astype(np.int64) - expected.astype(np.int64))
     if seams:
-        close = (diff <= 1).mean()
-        assert close > 0.99 and diff.mean() < 0.1, (f"{name}: only {close:.1%} of the values within 1 level of a "
-                                                    f"whole-image forward (mean {diff.mean():.2f}, max {diff.max()})")
+        levels = diff * (255 / peak)  # in 8-bit levels, whatever the depth
+        close = (diff <= tolerance).mean()
+        assert close > 0.99 and levels.mean() < 0.1, (
+            f"{name}: only {close:.1%} of the values within {tolerance} of a whole-image forward (mean "
+            f"{levels.mean():.2f} levels, max {diff.max()} codes)")
     else:
-        assert diff.max() <= 1, (f"{name}: {int((diff > 1).sum())} of {diff.size} values differ by more than 1 "
-                                 f"level (max {diff.max()}, mean output {got.mean():.1f} vs {expected.mean():.1f})")
-    assert expected.std() > 5, f"{name}: the expected output is flat; a constant output could pass"
-    if "A" in out.getbands() or "transparency" in out.info:
-        have = np.asarray(out.convert("RGBA"))[..., 3]
-        want = np.full(have.shape, 255, np.uint8) if alpha is None else \
-            np.asarray(Image.fromarray(alpha).resize(out.size, Image.Resampling.BICUBIC))
-        worst = np.abs(have.astype(np.int16) - want.astype(np.int16)).max()
-        assert worst <= 1, f"{name}: the output's alpha is not the input's (off by up to {worst})"
+        assert diff.max() <= tolerance, (
+            f"{name}: {int((diff > tolerance).sum())} of {diff.size} values differ by more than {tolerance} "
+            f"(max {diff.max()} of {peak}, mean output {got.mean():.1f} vs {expected.mean():.1f})")
+    assert expected.std() > 5 * peak / 255, f"{name}: the expected output is flat; a constant output could pass"
+    if alpha is None:
+        assert got_alpha is None, f"{name}: an opaque input got an output with alpha"
+        return
+    assert got_alpha is not None, f"{name}: the input's transparency is missing from the output"
+    want = np.asarray(Image.fromarray(alpha).resize(got_alpha.shape[::-1], Image.Resampling.BICUBIC))
+    want = want.astype(np.int64) * (peak // PEAK[alpha.dtype])
+    worst = np.abs(got_alpha.astype(np.int64) - want).max()
+    assert worst <= peak // 255, f"{name}: the output's alpha is not the input's (off by up to {worst} of {peak})"
 
 
 def check_mask_output(name: str, logits: torch.Tensor, out: Image.Image, seams: bool = False) -> None:

@@ -15,7 +15,7 @@ from pixelmill.tasks.inference.tiling import (
     run_tiled,
     tile_span,
     to_indices,
-    to_rgb8,
+    to_pixels,
 )
 from tests.helpers import make_image
 
@@ -72,7 +72,7 @@ def test_identity_model_gives_the_input_back_exactly(w, h, tile, overlap, scale)
 
 def test_blender_holds_a_band_not_the_whole_image():
     h, w, tile, overlap = 300, 40, 32, 8
-    blender = Blender(h, w, 3, 1, overlap, to_rgb8)
+    blender = Blender(h, w, 3, 1, overlap, to_pixels)
     biggest = 0
     for t in plan_tiles(h, w, tile, overlap):
         blender.add(t, torch.full((3, t.h, t.w), 0.5))
