@@ -77,7 +77,7 @@ def demo(directory: str = "./pixelmill-demo", train_minutes: float = 2.0, segmen
             workspace=workspace)
         evaluation = evaluate(trained["model"], sr_pairs["set_name"], split="valid", promote="production",
                               workspace=workspace)
-    applied = None
+    applied = lineage = None
     if trained:
         # the nightly job in miniature: the promoted model (or, if it lost, the one just trained) over the bucket
         ref = "demo-sr-x2@production" if evaluation["promoted"] else trained["model"]
@@ -85,6 +85,7 @@ def demo(directory: str = "./pixelmill-demo", train_minutes: float = 2.0, segmen
         if applied["processed"] != summary["status"].get("ok", 0):
             mismatches.append(f"apply: expected every ok photograph enhanced, got {applied['processed']} "
                               f"processed and {applied['failed']} failed")
+        lineage = trace_one_output(workspace, applied["run_id"], mismatches)
     segmentation = None
     if segment_minutes > 0:
         segmentation = demo_segmentation(directory, workspace, segment_minutes, segment_steps)
@@ -94,7 +95,28 @@ def demo(directory: str = "./pixelmill-demo", train_minutes: float = 2.0, segmen
                               f"majority class's {scores['baseline_scores']['miou']:.3f}")
     return {"bucket": bucket, "workspace": workspace, "summary": summary, "pairs": pairs,
             "trained": trained, "evaluation": evaluation, "applied": applied, "segmentation": segmentation,
-            "mismatches": mismatches}
+            "lineage": lineage, "mismatches": mismatches}
+
+
+SHOWN_OUTPUT = "rocket-exif-rotated"  # a phone photo with EXIF: its output's lineage is the one the demo prints
+
+
+def trace_one_output(workspace: str, run_id: str, mismatches: list[str]) -> dict | None:
+    """The lineage of one output of the demo's apply run, checked: it reaches the model, its paired set and the
+    source images it was trained on (their sha256 as ingested)."""
+    from pixelmill.tasks.core.lineage import lineage_of_file
+
+    rows = Catalog(workspace).read("predictions", "demo-sr-x2", columns=["input_uri", "output_uri", "status", "run_id"])
+    outputs = sorted((r for r in rows.to_pylist() if r["run_id"] == run_id and r["status"] == "ok"),
+                     key=lambda r: (SHOWN_OUTPUT not in r["input_uri"], r["input_uri"]))
+    if not outputs:
+        mismatches.append("lineage: the apply run has no ok output to trace")
+        return None
+    lineage = lineage_of_file(workspace, outputs[0]["output_uri"])
+    examples = lineage["training"]["examples"] if lineage.get("training") else []
+    if not examples or not all(e.get("image_sha256_matches") for e in examples):
+        mismatches.append(f"lineage: {outputs[0]['output_uri']} does not reach its training images")
+    return lineage
 
 
 def demo_segmentation(directory: str, workspace: str, minutes: float, steps: int) -> dict:
@@ -159,6 +181,12 @@ def print_report(report: dict) -> None:
               "server's database), then open http://127.0.0.1:4200/runs")
     print("\nnext, in this shell (the CLI's default workspace is ./pixelmill-workspace, not the demo's):")
     print("\n".join(f"  {line}" for line in next_steps(report)))
+    if report.get("lineage"):
+        from pixelmill.tasks.core.lineage import render
+
+        print("\nwhere one enhanced photograph came from (`pixelmill lineage OUTPUT`):")
+        print(render(report["lineage"]))
+
 
 
 def next_steps(report: dict) -> list[str]:
@@ -168,6 +196,10 @@ def next_steps(report: dict) -> list[str]:
              f"pixelmill catalog show pairs --pairs {report['pairs']['set_name']}"]
     if report["trained"]:
         lines += ["pixelmill models list", "pixelmill enhance demo-sr-x2@production IMAGE OUT.png"]
+    if report.get("lineage"):
+        lines += [f"pixelmill lineage {report['lineage']['target']['uri'].removeprefix('file://')}",
+                  "pixelmill lineage demo-sr-x2@production   # what that version produced",
+                  f"pixelmill review {report['applied']['run_id']}   # the outputs its checks flagged"]
     if report.get("segmentation"):
         lines.append("pixelmill segment demo-scenes@production IMAGE MASK.png --overlay")
     return lines

@@ -51,14 +51,9 @@ def emit_flagged(card: ModelCard, summary: dict, workspace: str):
     """Inside the apply flow: its run flagged `summary["flagged"]` outputs (> 0). Returns the event."""
     from prefect.events import emit_event
 
-    reasons: dict[str, int] = {}
-    for row in summary["flagged_rows"]:
-        for reason in (row["reason"] or "").split("; "):
-            kind = reason.split(":")[0]
-            reasons[kind] = reasons.get(kind, 0) + 1
     resource = {"prefect.resource.id": f"pixelmill.model.{card.name}", "prefect.resource.name": card.name,
                 "pixelmill.model": card.name, "pixelmill.version": card.version,
                 "pixelmill.workspace": storage.normalize_url(workspace)}
     return emit_event(FLAGGED, resource=resource, payload={
         "run_id": summary["run_id"], "flagged": summary["flagged"], "processed": summary["processed"],
-        "reasons": reasons, "output": summary["output"], "review": f"pixelmill review {summary['run_id']}"})
+        "reasons": summary["flag_reasons"], "output": summary["output"], "review": f"pixelmill review {summary['run_id']}"})

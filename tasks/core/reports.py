@@ -185,6 +185,9 @@ def predictions_summary(table: pa.Table, max_errors: int = 20) -> dict:
                    zip(errors["input_uri"].to_pylist()[:max_errors], errors["error"].to_pylist()[:max_errors],
                        strict=True)],
         "flagged": flagged.num_rows,
+        # outputs per kind of reason (drift, clipped, niqe): one output may count under several
+        "flag_reasons": dict(Counter(kind for text in flagged["flag_reason"].to_pylist()
+                                     for kind in {r.split(":")[0] for r in (text or "").split("; ") if r})),
         "flagged_rows": [{"input_uri": r["input_uri"], "output_uri": r["output_uri"], "reason": r["flag_reason"]}
                          for r in flagged.select(["input_uri", "output_uri", "flag_reason"]).slice(0, max_errors)
                          .to_pylist()] if flagged.num_rows else [],

@@ -97,3 +97,41 @@ def test_cli_apply_and_catalog_show_predictions(tmp_path):
     memory = runner.invoke(app, ["apply", "sr", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
                                  "--workspace", ws, "--max-memory", "lots"])
     assert memory.exit_code == 1 and "memory size" in memory.output
+
+
+def test_flagged_outputs_are_shown_beside_their_inputs_and_sent_as_an_event(tmp_path):
+    """A model built to tint everything: every output flagged, the summary shows 1:1 crops, the server receives a
+    `pixelmill.apply.flagged` event with the counts, and `pixelmill review RUN_ID` lists them."""
+    import time
+
+    import httpx
+    from prefect.artifacts import Artifact
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.tasks.inference.test_fidelity import register_shift
+
+    ws = str(tmp_path / "ws")
+    register_shift(ws)
+    fill(tmp_path / "in")
+    s = run_apply("shift", str(tmp_path / "in"), str(tmp_path / "out"), ApplyConfig(), workspace=ws)
+    assert (s["processed"], s["flagged"]) == (6, 6), s
+    summary = Artifact.get("apply-shift").data
+    assert f"**6 outputs flagged** by the checks: `pixelmill review {s['run_id']}`" in summary
+    assert summary.count("data:image/png;base64,") == 8  # 4 flagged outputs beside their inputs, 1:1 crops
+    assert "drift" in summary
+
+    deadline = time.monotonic() + 60  # events leave from a background worker
+    while True:
+        events = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", timeout=10, json={
+            "filter": {"event": {"name": ["pixelmill.apply.flagged"]}}, "limit": 50}).json()["events"]
+        mine = [e for e in events if e["payload"].get("run_id") == s["run_id"]]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(mine) == 1, events
+    assert mine[0]["payload"]["flagged"] == 6 and mine[0]["payload"]["reasons"].get("drift") == 6
+    assert mine[0]["resource"]["prefect.resource.id"] == "pixelmill.model.shift"
+
+    review = CliRunner().invoke(app, ["review", s["run_id"], "--workspace", ws])
+    assert review.exit_code == 0, review.output
+    assert "6 of 7 outputs flagged" in review.output and "drift" in review.output

@@ -5,8 +5,9 @@ through the documented CLI:
     first checkpoint -> `train TASK --resume` to the end (weights bit-identical to an uninterrupted run of the same
     config) -> `evaluate --promote production` -> `apply NAME@production` over ordinary and odd inputs (16-bit grey,
     CMYK, palette with transparency, RGBA, EXIF-rotated), every output checked pixel by pixel against an independent
-    decode + plain torch forward of the registered weights -> `enhance` / `segment` on one file gives the pixels
-    apply wrote for it.
+    decode + plain torch forward of the registered weights (at the input's depth; grey in, grey out for a
+    restoration; transparent colours filled, alpha kept; tests/lifecycle/support.py), named like its input and
+    carrying its provenance -> `enhance` / `segment` on one file gives the pixels apply wrote for it.
 
 Every command runs in this process with typer's CliRunner against the session's Prefect server, except the
 training that is killed: that one is a `pixelmill` process (tasks/core/faults.py kills it on cue).
@@ -32,6 +33,7 @@ from pixelmill.flows.cli import app
 from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.layout import Layout
+from pixelmill.tasks.core.metadata import provenance_of
 from pixelmill.tasks.prep.scenes import write_synthetic_scenes
 from tests.lifecycle import support
 
@@ -186,26 +188,40 @@ def run_lifecycle(task: Task, root: str, tmp_path: Path, api_url: str) -> dict:
 
     assert rows[support.WIDE]["tiles"] >= 2, "the wide input was meant to go through in tiles"
     net = support.load_net(resumed_uri)
-    mode = support.in_mode(net)
     outputs = {}
     for name, data in inputs.items():
-        y = support.forward(net, support.decode_reference(data, mode))
-        outputs[name] = Image.open(io.BytesIO(storage.read_bytes(rows[name]["output_uri"])))
+        assert rows[name]["output_uri"].endswith("/" + name.rsplit(".", 1)[0] + ".png"), \
+            f"{name}: the output's name does not mirror the input's: {rows[name]['output_uri']}"
+        outputs[name] = storage.read_bytes(rows[name]["output_uri"])
+        assert provenance_of(outputs[name]).get("model_version") == "v1", f"{name}: the output has no provenance"
         if task.name == "segmentation":
-            assert outputs[name].mode == "P", f"{name}: a mask is a palette PNG of class indices"
-            support.check_mask_output(name, y, outputs[name], seams=name == support.WIDE)
+            mask = Image.open(io.BytesIO(outputs[name]))
+            assert mask.mode == "P", f"{name}: a mask is a palette PNG of class indices"
+            logits = support.forward(net, support.model_input(data, "RGB"))
+            support.check_mask_output(name, logits, mask, seams=name == support.WIDE)
         else:
-            support.check_image_output(name, support.to_rgb8(y), outputs[name], support.reference_alpha(data),
-                                       seams=name == support.WIDE)
+            assert rows[name]["output_depth"] == (16 if name == support.GREY16 else 8), name
+            support.check_image_output(name, support.expected_image(task.name, net, data), outputs[name],
+                                       support.reference_alpha(data), seams=name == support.WIDE)
+    if task.name != "segmentation":  # the 16-bit grey input's output: 16 bits, grey for a restoration
+        header = outputs[support.GREY16][24:26]  # IHDR: bit depth, colour type (0 grey, 2 RGB)
+        assert header == bytes([16, 0 if task.name == "restoration" else 2]), f"{support.GREY16}: IHDR {header}"
 
-    # `enhance` / `segment` on one file: the pixels apply wrote for it, for a one-tile, a two-tile and an RGBA image
+    # `enhance` / `segment` on one file: the pixels apply wrote for it, for a one-tile, a two-tile, an RGBA and a
+    # 16-bit grey image
     command = "segment" if task.name == "segmentation" else "enhance"
-    for name in ("plain-a.png", support.WIDE, "rgba.png"):
+    for name in ("plain-a.png", support.WIDE, "rgba.png", support.GREY16):
         single = storage.join(root, "single", name)
         cli(command, f"{model}@production", storage.join(root, "incoming", name), single, "--workspace", ws)
-        one = Image.open(io.BytesIO(storage.read_bytes(single)))
-        assert one.mode == outputs[name].mode and one.size == outputs[name].size, name
-        assert np.array_equal(np.asarray(one), np.asarray(outputs[name])), f"`{command}` and `apply` differ on {name}"
+        one, applied = storage.read_bytes(single), outputs[name]
+        assert one[:26] == applied[:26], f"`{command}` and `apply` wrote {name} in another size, depth or mode"
+        if task.name == "segmentation":
+            same = np.array_equal(np.asarray(Image.open(io.BytesIO(one))), np.asarray(Image.open(io.BytesIO(applied))))
+        else:
+            (a, a_alpha), (b, b_alpha) = support.read_output(one), support.read_output(applied)
+            same = np.array_equal(a, b) and (a_alpha is None) == (b_alpha is None) and \
+                (a_alpha is None or np.array_equal(a_alpha, b_alpha))
+        assert same, f"`{command}` and `apply` differ on {name}"
     lap("check outputs")
     return times
 

@@ -259,3 +259,17 @@ def test_enhance_keeps_what_apply_keeps(workspace, corpus, tmp_path):
     assert runner.invoke(app, ["enhance", "bicubic1", str(folder / "rgb16.png"), str(sixteen), "--workspace",
                                workspace]).exit_code == 0
     assert np.array_equal(read_picture(sixteen.read_bytes()).pixels, facts["rgb16.png"]["pixels"])
+
+
+def test_ingest_catalogs_every_corpus_file_heic_and_avif_included(corpus, tmp_path):
+    from tests.helpers import ingest_local
+
+    folder, facts = corpus
+    catalog = ingest_local(str(folder), str(tmp_path / "ws"), dataset="archive")
+    rows = {r["uri"].rsplit("/in/", 1)[1]: r for r in catalog.read("images", "archive").to_pylist()}
+    assert set(rows) == set(facts)
+    for name, fact in facts.items():
+        row = rows[name]
+        assert row["status"] == "ok", (name, row["error"])
+        assert (row["width"], row["height"]) == (fact["width"], fact["height"]), name  # upright
+    assert rows["photo.heic"]["format"] == "HEIF" and rows["photo.avif"]["format"] == "AVIF"
