@@ -196,10 +196,11 @@ def output_history(catalog: Catalog, card: ModelCard, output: str) -> History:
         if cols["model_version"][i] == card.version:
             history.done[uri] = (cols["input_bytes"][i], cols["input_version"][i], cols["input_sha256"][i],
                                  cols["error"][i])
-        out = cols["output_uri"][i]
-        if cols["status"][i] == "ok" and out and out.startswith(prefix):
-            history.owners.setdefault(collision_key(out[len(prefix):]), uri)
-            history.outputs.setdefault(uri, set()).update(u for u in (out, cols["overlay_uri"][i]) if u)
+        written = [u for u in (cols["output_uri"][i], cols["overlay_uri"][i]) if u and u.startswith(prefix)]
+        if cols["status"][i] == "ok" and written:
+            for u in written:
+                history.owners.setdefault(collision_key(u[len(prefix):]), uri)
+            history.outputs.setdefault(uri, set()).update(written)
     return history
 
 
@@ -213,8 +214,13 @@ def output_extension(rel: str, cfg: ApplyConfig, output_kind: str) -> str:
     return EXTENSIONS[cfg.format]
 
 
+def with_overlay(rel: str, overlay: bool) -> list[str]:
+    """The files an output is: itself, and a segmentation overlay beside it (which another input's name can equal)."""
+    return [rel, rel.rsplit(".", 1)[0] + OVERLAY_SUFFIX] if overlay else [rel]
+
+
 def name_outputs(todo: list[ApplyItem], owners: dict[str, str], outputs: dict[str, set[str]], output: str,
-                 extension) -> list[ApplyItem]:
+                 extension, overlay: bool = False) -> list[ApplyItem]:
     """Each input's output path (see the module docstring): first come keeps the plain mirrored name."""
     taken = dict(owners)
     named: dict[str, ApplyItem] = {}
@@ -223,9 +229,10 @@ def name_outputs(todo: list[ApplyItem], owners: dict[str, str], outputs: dict[st
             continue  # an unsafe_name row: never written, so it takes no name
         me = storable(item.uri)
         rel = mirror_relpath(item.rel, extension(item.rel))
-        if taken.setdefault(collision_key(rel), me) != me:
+        if not all(taken.setdefault(collision_key(name), me) == me for name in with_overlay(rel, overlay)):
             rel = mirror_relpath(item.rel, extension(item.rel), suffix_key=item.rel)
-            taken.setdefault(collision_key(rel), me)
+            for name in with_overlay(rel, overlay):
+                taken.setdefault(collision_key(name), me)
         new = storage.join(output, rel)
         mine = {new, new.rsplit(".", 1)[0] + OVERLAY_SUFFIX}  # rewritten in place, never stale
         stale = tuple(sorted(outputs.get(me, set()) - mine))
@@ -264,7 +271,8 @@ def plan_apply(catalog: Catalog, card: ModelCard, source: str, output: str, cfg:
         else:
             todo.append(item)
     kind = model_task(card.task).output
-    todo = name_outputs(todo, history.owners, history.outputs, output, lambda rel: output_extension(rel, cfg, kind))
+    todo = name_outputs(todo, history.owners, history.outputs, output, lambda rel: output_extension(rel, cfg, kind),
+                        overlay=cfg.overlay and kind == "mask")
     for chunk in chunks(todo, cfg.shard_size):
         key = [(i.uri, i.size, i.version, i.sha256, i.output_rel) for i in chunk]
         plan.shards.append(ApplyShard(card, output, shard_id(card.uri, output, settings, key), chunk))

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from pixelmill.tasks.core.names import (
     NAME_MAX,
     STEM_MAX_BYTES,
+    collision_key,
+    mirror_relpath,
     output_relpath,
     output_stem,
     storable,
@@ -139,3 +141,26 @@ def test_output_relpath_mirrors_folders():
 def test_storable_spells_undecodable_bytes():
     assert storable("file:///a b/ü.png") == "file:///a b/ü.png"
     assert storable("file:///bad\udcff.png") == "file:///bad\\xff.png"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(names, min_size=1, max_size=6).map("/".join), st.booleans())
+@example("../../a/./b//c.png", False)
+@example(".hidden.png", True)
+def test_mirror_relpath_stays_under_its_prefix_and_is_stable(rel, suffixed):
+    path = mirror_relpath(rel, "png", suffix_key=rel if suffixed else None)
+    for part in path.split("/"):
+        assert_safe_component(part)
+    assert path.endswith(".png")
+    assert posixpath.normpath(posixpath.join("/out", path)).startswith("/out/")
+    assert mirror_relpath(rel, "png", suffix_key=rel if suffixed else None) == path
+
+
+def test_mirror_relpath_keeps_the_name_and_suffixes_only_on_request():
+    assert mirror_relpath("2019/photo.jpg", "png") == "2019/photo.png"
+    assert mirror_relpath("2019/photo.jpg", "jpg") == "2019/photo.jpg"
+    assert mirror_relpath("photos\\2019\\a.jpg", "tif") == "photos/2019/a.tif"
+    suffixed = mirror_relpath("2019/a.tif", "png", suffix_key="2019/a.tif")
+    assert suffixed.startswith("2019/a-") and suffixed.endswith(".png") and len(suffixed) == len("2019/a-.png") + 10
+    assert mirror_relpath("2019/a.tif", "png", suffix_key="2019/a.tif") == suffixed  # from the name: stable
+    assert collision_key("Dir/A.PNG") == collision_key("dir/a.png")

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from pixelmill.flows.cli import app
 from pixelmill.models.factory import build_model
-from pixelmill.tasks.core import registry
+from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.colour import delta_e2000, srgb_to_lab, working_space
 from pixelmill.tasks.core.imageio import read_picture
@@ -63,10 +63,9 @@ def workspace(tmp_path_factory) -> str:
 def applied(workspace: str, source: Path, out: Path, model: str, **cfg) -> dict[str, dict]:
     """input name -> its predictions row, after one apply."""
     apply_local(workspace, model, str(source), str(out), ApplyConfig(**cfg), run_id=f"run-{model}")
-    rows = Catalog(workspace).read("predictions", model).to_pylist()
-    prefix = source.as_uri() + "/" if not str(rows[0]["input_uri"]).startswith("/") else str(source) + "/"
-    return {r["input_uri"].split(prefix, 1)[-1] if prefix in r["input_uri"] else r["input_uri"].rsplit("/in/", 1)[1]:
-            r for r in rows if r["output_root"].endswith(out.name)}
+    rows = Catalog(workspace).read("predictions", model.split("@")[0].split(":")[0]).to_pylist()
+    prefix, root = storage.normalize_url(str(source)) + "/", storage.normalize_url(str(out))
+    return {r["input_uri"].removeprefix(prefix): r for r in rows if r["output_root"] == root}
 
 
 @pytest.fixture(scope="module", params=["png", "jpeg", "webp", "tiff"])
@@ -273,3 +272,24 @@ def test_ingest_catalogs_every_corpus_file_heic_and_avif_included(corpus, tmp_pa
         assert row["status"] == "ok", (name, row["error"])
         assert (row["width"], row["height"]) == (fact["width"], fact["height"]), name  # upright
     assert rows["photo.heic"]["format"] == "HEIF" and rows["photo.avif"]["format"] == "AVIF"
+
+
+def test_a_trained_model_keeps_the_archive_and_its_outputs_trace_back_to_training(corpus, tmp_path):
+    """A model trained (briefly) through the real objective on its own paired set, applied to the corpus: the
+    archive's depth and metadata survive, and `lineage` of an output reaches the images the model learned from."""
+    from pixelmill.tasks.core.lineage import lineage_of_file
+    from tests.tasks.core.test_lineage import build_trained
+
+    folder, facts = corpus
+    built = build_trained(tmp_path)
+    rows = applied(built.ws, folder, tmp_path / "out-trained", "sr@production", format="tiff")
+    assert all(r["status"] == "ok" for r in rows.values()), {n: r["error"] for n, r in rows.items()}
+    data, pic = output_of(rows["rgb16.tif"])
+    assert pic.depth == 16 and pic.size == (224, 160)
+    assert exif_fields(pic.meta.exif)["Artist"] == "Scanner Operator"
+    _, photo = output_of(rows["photo.jpg"])
+    assert exif_fields(photo.meta.exif)["Copyright"] == facts["photo.jpg"]["exif"]["Copyright"]
+    assert provenance_of(data)["model_version"] == "v1"
+    lineage = lineage_of_file(built.ws, rows["rgb16.tif"]["output_uri"])
+    assert lineage["model"]["ref"] == "sr:v1" and lineage["training"]["examples"]
+    assert all(e["image_sha256_matches"] for e in lineage["training"]["examples"])
