@@ -56,4 +56,5 @@ def emit_flagged(card: ModelCard, summary: dict, workspace: str):
                 "pixelmill.workspace": storage.normalize_url(workspace)}
     return emit_event(FLAGGED, resource=resource, payload={
         "run_id": summary["run_id"], "flagged": summary["flagged"], "processed": summary["processed"],
-        "reasons": summary["flag_reasons"], "output": summary["output"], "review": f"pixelmill review {summary['run_id']}"})
+        "reasons": summary["flag_reasons"], "output": summary["output"],
+        "review": f"pixelmill review {summary['run_id']}"})
