@@ -86,7 +86,7 @@ def test_cli_apply_and_catalog_show_predictions(tmp_path):
     assert len(list((tmp_path / "out").rglob("*.webp"))) == 2
     shown = runner.invoke(app, ["catalog", "show", "predictions", "--workspace", ws])
     assert shown.exit_code == 0, shown.output
-    assert "3 inputs." in shown.output and "sr:v1" in shown.output and "| ok | 2 |" in shown.output
+    assert "3 inputs, 0 flagged." in shown.output and "sr:v1" in shown.output and "| ok | 2 |" in shown.output
 
     bad = runner.invoke(app, ["apply", "sr", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
                               "--workspace", ws, "--tile", "32", "--overlap", "32"])

@@ -75,7 +75,7 @@ CASES = [
     (["evaluate", "sr2", "--pairs", "samples-lesson8"], "error: unknown paired set 'samples-lesson8' in {ws}",
      "hint: paired sets there: samples-lesson7"),
     (["enhance", "sr2", "../photo.png", "out.xyz"], "error: out.xyz: unknown output extension .xyz",
-     "hint: name it *.png, *.jpg, *.jpeg, *.webp"),
+     "hint: name it *.png, *.jpg, *.jpeg, *.webp, *.tif, *.tiff"),
     (["enhance", "sr3", "../photo.png", "out.png"], "error: unknown model 'sr3' in {ws}/models",
      "hint: known models: sr2; train one with `pixelmill train restoration`"),
     (["enhance", "sr2", "missing.png", "out.png"], "error: missing.png does not exist",

@@ -303,7 +303,6 @@ def check_image_output(name: str, expected: np.ndarray, data: bytes, alpha: np.n
     peak = PEAK[expected.dtype]
     tolerance = 1 if peak == 255 else TOLERANCE_16
     diff = np.abs(got.astype(np.int64) - expected.astype(np.int64))
-    print("MEASURE", name, got.dtype, got.shape, int(diff.max()), int((diff > 0).sum()))  # TEMP
     if seams:
         levels = diff * (255 / peak)  # in 8-bit levels, whatever the depth
         close = (diff <= tolerance).mean()
