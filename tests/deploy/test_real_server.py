@@ -128,7 +128,7 @@ async def check_runs(server, serve, env, spec, workspace, bucket, tmp_path, fs):
         run = await final_state(client, run.id)
         assert run.state.is_completed(), run.state
         outputs = sorted(p.split("/enhanced/", 1)[1] for p in fs.find(f"{bucket}/enhanced"))
-        assert [name.rsplit("-", 1)[0] for name in outputs] == sorted(f"day{i % 2}/p{i}" for i in range(IMAGES))
+        assert outputs == sorted(f"day{i % 2}/p{i}.png" for i in range(IMAGES))  # names mirror the inputs
         rows = predictions(workspace, run.id)
         assert len(rows) == IMAGES and {(r["status"], r["model_version"]) for r in rows} == {("ok", "v1")}
         assert {r["output_uri"].removeprefix(f"s3://{bucket}/enhanced/") for r in rows} == set(outputs)

@@ -196,6 +196,26 @@ def tree(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha(p) for p in files_under(folder)}
 
 
+def output_digest(data: bytes) -> str:
+    """A digest of an apply output as any run would write it: its full-depth pixels, alpha and provenance, without
+    the run id (each output carries the id of the run that wrote it, so a rerun's bytes differ there and only
+    there)."""
+    from pixelmill.tasks.core.imageio import read_picture
+    from pixelmill.tasks.core.metadata import provenance_of
+
+    pic = read_picture(data)
+    fields = {k: v for k, v in provenance_of(data).items() if k != "run_id"}
+    assert fields, "an output without provenance"
+    h = hashlib.sha256(pic.pixels.tobytes() + (b"" if pic.alpha is None else pic.alpha.tobytes()))
+    h.update(repr(sorted(fields.items())).encode())
+    return h.hexdigest()
+
+
+def output_tree(folder: Path) -> dict[str, str]:
+    """Relative path -> output_digest of every apply output under a folder."""
+    return {str(p.relative_to(folder)): output_digest(p.read_bytes()) for p in files_under(folder)}
+
+
 def snapshot(folder: Path) -> dict[Path, tuple[int, int]]:
     """Each file's (inode, mtime): storage.write_bytes replaces a file by renaming a new one over it."""
     return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files_under(folder)}

@@ -15,6 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pixelmill.tasks.core import storage
+from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.metadata import provenance_of
 from tests.faults.conftest import CRAPPIFY_SHARD, crappify_args, ingest_args
 from tests.faults.driver import (
     IMAGE_FIELDS,
@@ -28,6 +31,7 @@ from tests.faults.driver import (
     leases,
     local,
     named_by_rows,
+    output_tree,
     part_names,
     record,
     rows_by_key,
@@ -205,8 +209,12 @@ def test_apply_killed_three_times_then_rerun_writes_the_same_outputs(prefect, ap
     strip = lambda rows: {k[-1].rsplit("/", 1)[1]: v for k, v in rows.items()}  # noqa: E731  (key: input name)
     assert strip(rows_by_key(ws, "predictions", "tiny", PREDICTION_FIELDS)) == \
         strip(rows_by_key(base_ws, "predictions", "tiny", PREDICTION_FIELDS))
-    files = tree(out)
-    assert len(files) == APPLY_INPUTS and files == tree(base_out)  # names and bytes
+    files = output_tree(out)
+    assert len(files) == APPLY_INPUTS and files == output_tree(base_out)  # names, pixels, provenance
+    # exactly once: each file was written by the run its row names (a killed run's, or the rerun's)
+    for row in Catalog(ws).read("predictions", "tiny").to_pylist():
+        if row["status"] == "ok":
+            assert provenance_of(storage.read_bytes(row["output_uri"]))["run_id"] == row["run_id"], row["output_uri"]
     assert_marked_crashed(prefect, killed, "apply", "tiny")
     record("apply kill -9", runs_killed=len(killed), rows_checked=total, files_compared=len(files),
            duplicates_found=0, missing=0, orphans=0)

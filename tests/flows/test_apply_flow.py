@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -13,6 +11,7 @@ from pixelmill.flows.cli import app
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.inference.apply import ApplyConfig
+from tests.faults.driver import output_digest
 from tests.helpers import noise_png
 from tests.tasks.inference.test_apply import register_tiny
 
@@ -28,12 +27,13 @@ def fill(folder, n: int = 6) -> None:
 
 
 def fingerprint(ws: str, model: str, output: str) -> dict[str, tuple]:
-    """input -> (status, error kind, output name, hash of its bytes): what must agree between runners."""
+    """input -> (status, error kind, output name, digest of its pixels and provenance): what must agree between
+    runners."""
     rows = Catalog(ws).read("predictions", model).to_pylist()
     output = storage.normalize_url(output)
     return {r["input_uri"]: (r["status"], (r["error"] or "").split(":")[0],
                              r["output_uri"] and r["output_uri"].removeprefix(output),
-                             r["output_uri"] and hashlib.sha256(storage.read_bytes(r["output_uri"])).hexdigest())
+                             r["output_uri"] and output_digest(storage.read_bytes(r["output_uri"])))
             for r in rows if r["output_root"] == output}
 
 
