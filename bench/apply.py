@@ -164,22 +164,28 @@ def pure_forward(model, photos: list[Path], device) -> float:
 
 
 def bare_loop(model, photos: list[Path], out: Path, device) -> float:
-    """The plainest loop: decode, the whole image through the model at once, encode (no tiles, no threads)."""
+    """The plainest loop: decode, the whole image through the model at once, encode as PNG (level 1, as apply)
+    with the input's EXIF, ICC profile and XMP copied the cheap way, through Pillow (no tiles, no threads)."""
     import numpy as np
     import torch
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     from pixelmill.models.device import to_tensor, to_uint8
-    from pixelmill.tasks.inference.outputs import encode
 
     started = time.perf_counter()
     for p in photos:
-        x = to_tensor(np.asarray(Image.open(p).convert("RGB"))).unsqueeze(0).to(device)
+        with Image.open(p) as im:
+            x = to_tensor(np.asarray(im.convert("RGB"))).unsqueeze(0).to(device)
+            info = PngInfo()
+            if "xmp" in im.info:
+                info.add_itxt("XML:com.adobe.xmp", im.info["xmp"].decode("utf-8"))
+            keep = {"exif": im.info.get("exif", b""), "icc_profile": im.info.get("icc_profile"), "pnginfo": info}
         with torch.inference_mode():
             result = Image.fromarray(to_uint8(model(x)[0]))
-        target = out / p.name.replace(".jpg", ".png")
+        target = out / p.relative_to(p.parents[1]).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(encode(result, "png", 92))
+        result.save(target, "PNG", compress_level=1, **keep)
     return time.perf_counter() - started
 
 
