@@ -155,7 +155,8 @@ def print_report(report: dict) -> None:
     if report.get("applied"):
         a = report["applied"]
         print(f"\napplied {a['model']} to the bucket: {a['processed']} photographs enhanced, {a['failed']} failed, "
-              f"{a['skipped']} skipped (already done), {a['images_per_s']} images/s")
+              f"{a['skipped']} skipped (already done), {a['flagged']} flagged by the checks, "
+              f"{a['images_per_s']} images/s")
         print(f"  results: {a['output']}")
         print(f"  predictions table: pixelmill catalog show predictions --workspace {report['workspace']}")
     if report.get("segmentation"):

@@ -198,7 +198,7 @@ def predictions_summary(table: pa.Table, max_errors: int = 20) -> dict:
 def predictions_markdown(summary: dict, title: str) -> str:
     parts = [f"## {title}", f"{summary['rows']} inputs, {summary.get('flagged', 0)} flagged."]
     for key, label in (("models", "model"), ("status", "status"), ("outputs", "output"), ("error_kinds", "error"),
-                       ("notes", "what the format could not keep")):
+                       ("notes", "note (what could not be kept as it was)")):
         if summary.get(key):
             table = markdown_table([label, "inputs"], [[k, v] for k, v in summary[key].items()])
             parts.append(f"**{label}**\n\n{table}")

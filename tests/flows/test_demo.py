@@ -105,6 +105,11 @@ def test_demo_trains_evaluates_applies_and_segments(demo_run):
         assert promoted == (model > bicubic), (model, bicubic, promoted)
     assert re.search(r"^applied demo-sr-x2\S* to the bucket: 15 photographs enhanced, 4 failed, 0 skipped", out, re.M), out
     assert len([p for p in (root / "enhanced").rglob("*") if p.is_file()]) == 15
+    # it ends with the lineage of one output, back to the images the model was trained on
+    lineage = out.split("where one enhanced photograph came from", 1)[1]
+    assert "enhanced/modes/rocket-exif-rotated.png  (output, found by output_uri)" in lineage
+    assert "model demo-sr-x2:v1" in lineage and "trained on pairs:samples-sr-x2" in lineage
+    assert lineage.count("(images:samples, sha256 matches)") >= 1 and "NOT in the images table" not in lineage
     seg_model, majority = (float(re.search(rf"^  {label}\s+mean IoU ([\d.]+)", out, re.M).group(1))
                            for label in ("model", "majority"))
     assert seg_model > majority, (seg_model, majority)
