@@ -27,6 +27,9 @@ def evaluate(model: str, source: str, split: str = "valid", promote: str | None 
     logger = get_run_logger()
     layout = Layout.of(workspace)
     card = registry.resolve(layout.root, model)  # an unknown reference fails here, before any work
+    # What the alias points at as scoring begins: the move below is a compare-and-swap from this version, so a
+    # promotion made meanwhile by another run is never silently overwritten (this one is refused instead).
+    current = registry.aliases(layout.root, card.name).get(promote) if promote else None
     result = steps.evaluate_model(layout.root, card.ref, source, split, gallery=GALLERY_IMAGES)
     key = result["score_key"]
     model_mean, base_mean = result["means"]["model"], result["means"]["baseline"]
@@ -37,15 +40,18 @@ def evaluate(model: str, source: str, split: str = "valid", promote: str | None 
     if key == "psnr_y":
         summary["gain_psnr_y"] = summary["gain"]
     if promote:
-        current = registry.aliases(layout.root, card.name).get(promote)
         current_mean = None
         if current and current != card.version:  # re-scored on the same data in this run, never a stale number
             current_mean = steps.evaluate_model(layout.root, f"{card.name}:{current}", source, split)["means"]["model"]
         promoted, reason = registry.decide_promotion(card.ref, f"{card.name}@{promote}", key, model_mean, base_mean,
                                             current_mean, current)
         if promoted:
-            registry.set_alias(layout.root, card, promote)
-            emit_promoted(card, promote, layout.root, previous=current)
+            try:
+                registry.set_alias(layout.root, card, promote, reason=reason, expected=current)
+            except registry.AliasMoved as exc:
+                promoted, reason = False, f"not promoted: another promotion won the race: {exc.message}"
+            else:
+                emit_promoted(card, promote, layout.root, previous=current)
         summary |= {"promoted": promoted, "promotion_reason": reason}
         logger.info("promotion to %s: %s", promote, reason)
 

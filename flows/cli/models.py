@@ -178,7 +178,8 @@ def models_list(workspace: Workspace = None) -> None:
             tags = [a for a, v in registry.aliases(ws, row["name"]).items() if v == row["version"]]
             metrics = json.loads(row["metrics"] or "{}")
             psnr = f"val Y-PSNR {metrics['val_psnr_y']:.2f} dB" if "val_psnr_y" in metrics else ""
-            typer.echo(f"{row['name']}:{row['version']:5s} {row['arch']:14s} x{row['scale']} {row['steps']:>6} steps "
+            steps = "-" if row["steps"] is None else row["steps"]  # an imported or hand-made version
+            typer.echo(f"{row['name']}:{row['version']:5s} {row['arch']:14s} x{row['scale']} {steps:>6} steps "
                        f"on {row['source']}  {psnr}  {' '.join('@' + t for t in tags)}")
 
 
@@ -186,17 +187,22 @@ def models_list(workspace: Workspace = None) -> None:
 def models_promote(
     model: Annotated[str, typer.Argument(help="NAME:VERSION (or NAME, NAME@ALIAS)")],
     alias: Annotated[str, typer.Argument(help="e.g. production")],
+    expect: Annotated[str | None, typer.Option(
+        help="move it only if it still points at this version (`none`: only if it is not set yet)")] = None,
     workspace: Workspace = None,
 ) -> None:
-    """Point an alias at a model version (no checks: `evaluate --promote` is the checked way)."""
+    """Point an alias at a model version (no score checks: `evaluate --promote` is the checked way).
+
+    Without --expect it moves the alias whatever it points at; with it, the move is a compare-and-swap that
+    is refused when someone moved the alias since you looked."""
     with user_errors():
         from pixelmill.tasks.core import registry
         from pixelmill.tasks.core.settings import workspace_url
 
         ws = workspace_url(workspace)
         card = registry.resolve(ws, model)
-        previous = registry.aliases(ws, card.name).get(alias)
-        registry.set_alias(ws, card, alias)
+        expected = registry.ANY if expect is None else None if expect.lower() == "none" else expect
+        previous = registry.set_alias(ws, card, alias, expected=expected)
         typer.echo(f"{card.name}@{alias} -> {card.version}")
         if os.environ.get("PREFECT_API_URL"):  # deployments on that server may re-apply the alias
             from pixelmill.flows.events import PROMOTED, emit_promoted

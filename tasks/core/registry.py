@@ -7,14 +7,25 @@ ignored. `resolve` reads both into a `ModelCard` (tasks/core/cards.py); `load_we
 
 References: `name` (latest version), `name:v3`, `name@production` (an alias, set by promotion), or the
 URL of a version folder.
+
+Safe with many writers at once (two trainings of one name, two promotions of one alias), on one machine or many:
+- `save` takes its version by creating `vN/.claim` exclusively (storage.create_exclusive: a hard link locally,
+  a PUT with `If-None-Match: *` on S3); a lost claim means another save has vN, and it tries vN+1.
+- `set_alias` moves an alias by compare-and-swap of aliases.json (storage.update_bytes: an flock locally,
+  `If-Match` its ETag on S3); with `expected=` the move is refused (`AliasMoved`) when the alias no longer
+  points where the caller saw it, so `evaluate --promote` never overwrites a promotion that raced it.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
+import os
 import re
+import socket
 import subprocess
+import uuid
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -28,6 +39,21 @@ from pixelmill.tasks.core.names import check_name
 
 _VERSION = re.compile(r"^v(\d+)$")
 _REF = re.compile(r"^([^:@/]+)(?:@([^:@]+)|:([^:@]+))?$")
+CLAIM = ".claim"  # in every version folder: who took that version number (hidden: listings skip it)
+ANY = object()  # set_alias(expected=ANY): move the alias whatever it points at now
+
+
+class AliasMoved(PixelmillError):
+    """A compare-and-swap move of an alias refused: it no longer points at the version the caller saw."""
+
+
+def _writer() -> str:
+    """Who writes: user@host (pid), for claims and the promotion history."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = str(os.getuid()) if hasattr(os, "getuid") else "?"
+    return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
 
 
 def code_version() -> str:
@@ -51,17 +77,35 @@ def names(workspace: str) -> list[str]:
         return []
 
 
-def versions(workspace: str, name: str) -> list[str]:
-    """Complete versions of a model, oldest first."""
-    root = Layout.of(workspace).model(name)
+def _version_folders(root: str) -> list[str]:
+    """Every `vN` folder of a model, complete, in progress or abandoned, oldest first."""
     fs, path = storage.resolve(root)
     try:
         entries = fs.ls(path, detail=True)
     except FileNotFoundError:
         return []
     found = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
-    done = [v for v in found if _VERSION.match(v) and storage.exists(storage.join(root, v, "metadata.json"))]
-    return sorted(done, key=lambda v: int(v[1:]))
+    return sorted((v for v in found if _VERSION.match(v)), key=lambda v: int(v[1:]))
+
+
+def versions(workspace: str, name: str) -> list[str]:
+    """Complete versions of a model, oldest first."""
+    root = Layout.of(workspace).model(name)
+    return [v for v in _version_folders(root) if storage.exists(storage.join(root, v, "metadata.json"))]
+
+
+def claim_version(workspace: str, name: str) -> str:
+    """Take the next version number of model `name` for this caller alone: `vN/.claim` is created exclusively
+    (storage.create_exclusive), and a claim lost to another writer tries vN+1. Starts after every folder that
+    exists, finished or not, so an abandoned save's folder is never written into."""
+    root = Layout.of(workspace).model(name)
+    folders = _version_folders(root)
+    number = int(folders[-1][1:]) + 1 if folders else 1
+    claim = json.dumps({"token": uuid.uuid4().hex, "by": _writer(),  # the token makes this claim's bytes unique
+                        "at": datetime.now(UTC).isoformat()}).encode()
+    while not storage.create_exclusive(storage.join(root, f"v{number}", CLAIM), claim):
+        number += 1
+    return f"v{number}"
 
 
 def aliases(workspace: str, name: str) -> dict[str, str]:
@@ -136,10 +180,9 @@ def save(workspace: str, name: str, model, config: dict, metadata: dict) -> Mode
     from pixelmill.models.checkpoint import save_model_bytes
 
     check_name(name, "model name")
-    have = versions(workspace, name)
-    version = f"v{int(have[-1][1:]) + 1 if have else 1}"
-    uri = Layout.of(workspace).model_version(name, version)
     weights, model_config = save_model_bytes(model)
+    version = claim_version(workspace, name)  # after the slow part: an abandoned claim costs a number, no more
+    uri = Layout.of(workspace).model_version(name, version)
     now = datetime.now(UTC)
     card = ModelCard.from_files(uri, {**config, "model": model_config}, {
         **metadata, "name": name, "version": version, "weights_sha256": hashlib.sha256(weights).hexdigest(),
@@ -155,23 +198,53 @@ def save(workspace: str, name: str, model, config: dict, metadata: dict) -> Mode
     return card
 
 
-def set_alias(workspace: str, card: ModelCard, alias: str, reason: str | None = None) -> None:
-    """Point `alias` at the card's version. aliases.json holds only the present; a change is also kept as one
-    file under the model's promotions/ folder (never rewritten), so `pixelmill lineage` can say when a version
-    got or lost an alias, and why when the caller says (`reason`)."""
+def set_alias(workspace: str, card: ModelCard, alias: str, reason: str | None = None, expected=ANY,
+              by: str | None = None) -> str | None:
+    """Point `alias` at the card's version; returns the version it pointed at before (None: it was new).
+
+    The move is a compare-and-swap of aliases.json (storage.update_bytes), so concurrent moves of other aliases
+    are never lost. With `expected` (the version the caller saw, None for "no such alias") the move is refused
+    with AliasMoved when the alias points elsewhere now; the default ANY moves it whatever it points at.
+    aliases.json holds only the present; a change is also kept as one file under the model's promotions/
+    folder (never rewritten), so `pixelmill lineage` can say when a version got or lost an alias, why when the
+    caller says (`reason`), and who (`by`, default user@host and pid)."""
     check_name(alias, "alias")
-    current = aliases(workspace, card.name)
-    previous = current.get(alias)
-    storage.write_bytes(Layout.of(workspace).aliases(card.name), json.dumps(current | {alias: card.version}).encode())
+    uri = Layout.of(workspace).aliases(card.name)
+    seen: dict[str, str | None] = {}
+
+    def move(raw: bytes | None) -> bytes | None:
+        table = json.loads(raw) if raw else {}
+        seen["previous"] = previous = table.get(alias)
+        if expected is not ANY and previous != expected:
+            raise AliasMoved(f"{card.name}@{alias} points at {previous or 'nothing'} now, not "
+                             f"{expected or 'nothing'} as when it was read"
+                             f"{_last_move(workspace, card.name, alias, previous)}",
+                             "read the alias again and decide again (`pixelmill models list`)")
+        return None if previous == card.version else json.dumps(table | {alias: card.version}).encode()
+
+    storage.update_bytes(uri, move)
+    previous = seen["previous"]
     if previous == card.version:
-        return  # not a change: the history stays a list of moves
+        return previous  # not a change: the history stays a list of moves
     at = datetime.now(UTC)
     record = {"model": card.name, "alias": alias, "version": card.version, "previous": previous,
-              "at": at.isoformat(), "reason": reason}
+              "at": at.isoformat(), "reason": reason, "by": by or _writer()}
     # the time first (sortable, to the microsecond), then what moved: two changes never share a name
     file = f"{at.strftime('%Y%m%dT%H%M%S%fZ')}-{alias}-{card.version}.json"
     storage.write_bytes(storage.join(Layout.of(workspace).promotions(card.name), file),
                         json.dumps(record, indent=1).encode())
+    return previous
+
+
+def _last_move(workspace: str, name: str, alias: str, version: str | None) -> str:
+    """`; moved there by ... at ... (reason)` from the promotion history, or "" when it holds no such move yet
+    (the winner writes its record just after the alias)."""
+    moves = [p for p in promotions(workspace, name) if p["alias"] == alias and p["version"] == version]
+    if not moves:
+        return ""
+    last = moves[-1]
+    why = f": {last['reason']}" if last.get("reason") else ""
+    return f"; moved there by {last.get('by') or 'an unknown writer'} at {last['at']}{why}"
 
 
 def promotions(workspace: str, name: str) -> list[dict]:

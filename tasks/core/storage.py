@@ -19,6 +19,7 @@ import os
 import posixpath
 import random
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,8 @@ from typing import TypeVar
 
 import fsspec
 from fsspec.archive import AbstractArchiveFileSystem
+from fsspec.asyn import AsyncFileSystem
+from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 
 from pixelmill.tasks.core.errors import PixelmillError, StorageError
@@ -53,7 +56,8 @@ _TRANSIENT_WORDS = ("SlowDown", "Throttl", "RequestTimeout", "InternalError", "S
                     "reduce your request rate", "Connection reset", "Read timeout")
 _TRANSIENT_STATUSES = {408, 429, 500, 502, 503, 504}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "InternalError",
-                    "ServiceUnavailable", "RequestTimeout"}
+                    "ServiceUnavailable", "RequestTimeout",
+                    "XAmzContentSHA256Mismatch"}  # a body damaged on its way (s3fs retried it; it now makes one try)
 # The HTTP stacks under fsspec's backends raise their own connection errors, not Python's. Named, not
 # imported, so that a backend that is not installed costs nothing: botocore and aiohttp (s3fs, gcsfs,
 # http), requests (webhdfs and others). Each name covers its subclasses (EndpointConnectionError, ...).
@@ -87,9 +91,76 @@ def archive_protocol(url: str) -> str | None:
     return None
 
 
+# ---- S3 client: one bounded try per call; `retry` alone retries, within its budget ---------------------------
+# Under `retry`, botocore (legacy mode: 5 tries of each request) and s3fs (5 tries of each call; a read nests two
+# of its loops) used to retry as well, each try waiting out s3fs's 15 s read timeout: one attempt of ours to read
+# from an endpoint that accepts TCP and never answers took 7 minutes, whatever the budget said, and a write never
+# ended (issue 18). So the layers under `retry` make one try each, and every wait in a try is bounded:
+# - connect: 5 s. A TCP handshake takes milliseconds even across an ocean; past 5 s the address is unroutable or
+#   firewalled, and `retry` tries again.
+# - read: how long the server may stay silent: before its answer (after a PUT's last body byte: aiohttp starts
+#   that clock only once the body is sent, so no upload is cut for being large), and between two chunks of a
+#   download, so a transfer that progresses is never cut. A quarter of the budget, so that >= 4 tries fit in it
+#   while a server hangs, kept within [5 s, 30 s]: a busy but healthy server may take seconds to answer a PUT it
+#   must store first, and 30 s is twice s3fs's own default.
+# - a PUT: botocore asks for "100 Continue" before it sends the body, and aiohttp runs no clock while it waits for
+#   that or sends the body, so a silent server (or one that stops reading: a hung process whose socket buffer is
+#   full) held any upload forever; `_put` cuts the whole try at connect + read + size / 256 KiB/s.
+# `retry` starts a try only while its budget lasts, so a call gives up within budget + one try, and a try that meets
+# silence ends at the request left unanswered: connect + read timeout at most (an upload: its `_put` deadline).
+# Default budget 120 s: read timeout 30 s, gives up within 155 s; budget 3 s: read timeout 5 s, within 13 s.
+# Not the tighter "remaining budget + margin" per try: a try that started late would cut a healthy transfer.
+# AWS_MAX_ATTEMPTS and AWS_RETRY_MODE do not apply: PIXELMILL_STORAGE_RETRY_SECONDS is the one setting.
+S3_CONNECT_TIMEOUT = 5.0
+S3_READ_TIMEOUT_MIN, S3_READ_TIMEOUT_MAX = 5.0, 30.0
+S3_UPLOAD_MIN_RATE = 256 * 1024  # bytes/s: a slower link gets its PUTs cut, and retried
+
+
+def s3_read_timeout(budget: float) -> float:
+    """Seconds an S3 server may stay silent in one try: a quarter of the retry budget, within [5 s, 30 s]."""
+    return min(S3_READ_TIMEOUT_MAX, max(S3_READ_TIMEOUT_MIN, budget / 4))
+
+
+def upload_deadline(size: int, budget: float | None = None) -> float:
+    """Seconds one try of a `size`-byte PUT may take in all, sending included (see `_put`)."""
+    budget = storage_retry_seconds() if budget is None else budget
+    return S3_CONNECT_TIMEOUT + s3_read_timeout(budget) + size / S3_UPLOAD_MIN_RATE
+
+
 def _s3_options() -> dict:
+    """s3fs's arguments: the endpoint from the AWS variables, one try per request, bounded waits (see above)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    # botocore's `max_attempts` counts retries (1 would be 2 tries); `total_max_attempts` counts tries.
+    options: dict = {"config_kwargs": {"connect_timeout": S3_CONNECT_TIMEOUT,
+                                       "read_timeout": s3_read_timeout(storage_retry_seconds()),
+                                       "retries": {"total_max_attempts": 1, "mode": "standard"}}}
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
+
+
+def _one_try(fs: fsspec.AbstractFileSystem) -> None:
+    """Turn off s3fs's own loop (5 tries of every call) on the S3 filesystems a URL reaches, an archive's too.
+
+    An attribute, not an argument: s3fs hands unknown constructor arguments (`retries=1`) to aiobotocore's
+    session, which refuses them."""
+    for candidate in (fs, getattr(getattr(fs, "fo", None), "fs", None)):
+        if candidate is not None and hasattr(candidate, "call_s3"):
+            candidate.retries = 1
+
+
+def _put(fs: fsspec.AbstractFileSystem, path: str, data: bytes, **kwargs) -> None:
+    """fs.pipe_file; on an async backend (s3fs) one try ends by `upload_deadline`, even when the server stops
+    reading the body (fsspec cancels it)."""
+    if not isinstance(fs, AsyncFileSystem):
+        fs.pipe_file(path, data, **kwargs)
+        return
+    deadline = upload_deadline(len(data))
+    try:
+        fs.pipe_file(path, data, timeout=deadline, **kwargs)
+    except FSTimeoutError as exc:
+        raise TimeoutError(f"a PUT of {len(data)} bytes got no answer in {deadline:.0f} s (the server stopped "
+                           f"reading it, or never answered)") from exc
 
 
 def normalize_url(url: str, archives: bool = True) -> str:
@@ -122,11 +193,15 @@ def resolve(url: str, archives: bool = True) -> tuple[fsspec.AbstractFileSystem,
         return _local_fs(), url[len("file://"):]
     options = {"s3": _s3_options()} if "s3://" in url else {}
     try:
-        return fsspec.core.url_to_fs(url, **options)
+        if "::" in url and options:  # an archive on S3 is opened, its index read, while it is resolved
+            _one_try(fsspec.filesystem("s3", **options["s3"]))  # the instance fsspec's cache hands the chain
+        fs, path = fsspec.core.url_to_fs(url, **options)
     except FileNotFoundError as exc:  # an archive whose file is missing
         raise StorageError(f"{url} does not exist", "check the path, bucket and archive name") from exc
     except (ValueError, ImportError) as exc:
         raise StorageError(f"cannot open {url}: {exc}", "use a local path, s3://, memory://, zip or tar") from exc
+    _one_try(fs)
+    return fs, path
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str, chain_of: str | None = None) -> str:
@@ -208,11 +283,34 @@ def _short_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _outage_hint(what: str, budget: float) -> str:
+def _timed_out(exc: BaseException | None) -> str | None:
+    """Which wait ran out, from exc's chain of causes: 'connect', 'read' (the read timeout), 'other' (a deadline
+    such as `_put`'s), or None when no timeout is in it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        names = _class_names(exc)
+        if names & {"botocore.exceptions.ConnectTimeoutError", "aiohttp.client_exceptions.ConnectionTimeoutError"}:
+            return "connect"
+        if names & {"botocore.exceptions.ReadTimeoutError", "aiohttp.client_exceptions.SocketTimeoutError"}:
+            return "read"
+        if isinstance(exc, TimeoutError):
+            return "other"
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return None
+
+
+def _outage_hint(what: str, budget: float, exc: BaseException | None = None) -> str:
     if "s3://" in what:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         where = f"the S3 endpoint {endpoint} (AWS_ENDPOINT_URL)" if endpoint else "AWS_ENDPOINT_URL (unset: AWS S3)"
         server = f"check {where}, that the S3 server is up, and the network"
+        timeout = _timed_out(exc)
+        if timeout == "connect":
+            server += f" (no connection in {S3_CONNECT_TIMEOUT:g} s: a wrong address or port, or a firewall)"
+        elif timeout:
+            within = f"in {s3_read_timeout(budget):g} s" if timeout == "read" else "in time"
+            server += f" (it took the connection but sent no answer {within}: a hung or overloaded server, or a proxy)"
     else:
         server = "check that the storage server is up and reachable, and the network"
     return f"{server}; PIXELMILL_STORAGE_RETRY_SECONDS (now {budget:g}) sets how long to keep retrying"
@@ -224,7 +322,9 @@ def retry(fn: Callable[[], T], *, what: str, budget: float | None = None, base_d
 
     `budget` defaults to $PIXELMILL_STORAGE_RETRY_SECONDS (120), read at each call. Every wait is logged;
     when the budget is spent a StorageError names `what` and what to check. A missing object or a
-    refused permission fails at once, and any other permanent error is raised as it is.
+    refused permission fails at once, and any other permanent error is raised as it is. A try starts only
+    within the budget and fn must bound its own tries (S3: see "S3 client" above), so a call gives up within
+    budget + one try.
     """
     budget = storage_retry_seconds() if budget is None else budget
     start = time.monotonic()
@@ -247,7 +347,7 @@ def retry(fn: Callable[[], T], *, what: str, budget: float | None = None, base_d
             if delay <= 0:
                 tries = f"{attempt} attempt{'s' * (attempt > 1)}"
                 raise StorageError(f"cannot reach {what}: {_short_reason(exc)} (gave up after {tries} in "
-                                   f"{elapsed:.0f} s)", _outage_hint(what, budget)) from exc
+                                   f"{elapsed:.0f} s)", _outage_hint(what, budget, exc)) from exc
             log.warning("storage: %s failed (%s), retrying in %.1f s (attempt %d, %.0f s of %g s)",
                         what, _short_reason(exc), delay, attempt, elapsed, budget)
             time.sleep(delay)
@@ -357,7 +457,7 @@ def write_bytes(uri: str, data: bytes) -> None:
                 os.remove(tmp)
             raise
     else:
-        retry(lambda: fs.pipe_file(path, data), what=uri)
+        retry(lambda: _put(fs, path, data), what=uri)
     fault_point("storage.write", uri)
 
 
@@ -385,3 +485,201 @@ def list_names(url: str, suffix: str = "") -> list[str]:
         return []
     names = (posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] != "directory")
     return sorted(n for n in names if n.endswith(suffix) and not _is_hidden(n))
+
+
+# ---------------------------------------------------------------- conditional writes
+# What the registry needs so that two processes (two machines) never take one model version or silently undo
+# each other's alias move: create a file only if it is absent, and replace a small file only if nobody changed
+# it since it was read. Local files: a hard link (or O_EXCL) and an flock; S3: conditional PUTs (If-None-Match,
+# If-Match; AWS S3 and SeaweedFS >= 4 honour both); memory:// and other filesystems: a lock in this process.
+
+_PROCESS_LOCK = threading.Lock()
+_LOCK_POLL_SECONDS = 0.02
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol
+    return "s3" in ((protocol,) if isinstance(protocol, str) else protocol) and hasattr(fs, "call_s3")
+
+
+def _condition_answer(exc: BaseException) -> str | None:
+    """'failed' for a 412 (the condition did not hold), 'conflict' for a 409 (another conditional write to the
+    same key was in flight: try again), None for anything else; s3fs wraps botocore's error in an OSError."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        status, code = _http_answer(exc)
+        if status == 412 or code == "PreconditionFailed":
+            return "failed"
+        if status == 409 or code == "ConditionalRequestConflict":
+            return "conflict"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _call_s3(fs, method: str, deadline: float, **kwargs):
+    """fs.call_s3 that ends by `deadline` seconds like `_put`: botocore runs no clock while it waits for a silent
+    server's answer to a PUT."""
+    try:
+        return fs.call_s3(method, timeout=deadline, **kwargs)
+    except FSTimeoutError as exc:
+        raise TimeoutError(f"{method} got no answer in {deadline:.0f} s") from exc
+
+
+def _s3_put_if(fs, path: str, uri: str, data: bytes, condition: dict, unique: bool) -> bool | None:
+    """One conditional PUT, transient errors retried: True written, False the condition failed, None a 409.
+
+    A PUT that landed but whose answer was lost is retried and then fails its own condition, so a failure is
+    a success when the object now holds our bytes: always when `data` is unique to this caller, else only
+    after a retry that we saw (resolve() turns s3fs's and botocore's own retries off, so every try is seen)."""
+    bucket, key, _ = fs.split_path(path)
+    tries = 0
+
+    def put() -> bool | None:
+        nonlocal tries
+        tries += 1
+        try:
+            _call_s3(fs, "put_object", upload_deadline(len(data)), Bucket=bucket, Key=key, Body=data, **condition)
+            return True
+        except Exception as exc:
+            answer = _condition_answer(exc)
+            if answer == "failed":
+                return (unique or tries > 1) and _s3_read(fs, path) == data
+            if answer == "conflict":
+                return None
+            raise
+
+    try:
+        return retry(put, what=uri)
+    finally:
+        fs.invalidate_cache(path)  # s3fs's listing cache does not know about writes made through call_s3
+
+
+def _s3_read(fs, path: str) -> bytes | None:
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create a file that must not exist yet, whole: True when this call created it, False when it was there.
+
+    However many processes on however many machines race for one name, exactly one gets True. Local: a
+    temporary file hard-linked to the name (atomic, and fails when the name exists; O_EXCL where the filesystem
+    has no hard links); S3: a PUT with `If-None-Match: *`; memory:// and other filesystems: a check and a write
+    under a lock of this process, atomic among its threads only. On S3 give `data` that only this caller writes
+    (a random token): a PUT retried after a lost answer is told from a lost race by reading the bytes back."""
+    fs, path = resolve(uri, archives=False)
+    if isinstance(fs, LocalFileSystem):
+        return _create_local(path, data)
+    if _is_s3(fs):
+        while True:
+            created = _s3_put_if(fs, path, uri, data, {"IfNoneMatch": "*"}, unique=True)
+            if created is not None:
+                return created
+            time.sleep(random.uniform(0.01, 0.1))  # 409: the other write settles first
+    with _PROCESS_LOCK:
+        if retry(lambda: fs.exists(path), what=uri):
+            return False
+        retry(lambda: fs.pipe_file(path, data), what=uri)
+        return True
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex[:16]}")
+    with _create(tmp) as handle:
+        handle.write(data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+    try:  # no hard links here (some FUSE and SMB mounts): the name is taken at once, its bytes follow
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return True
+
+
+def update_bytes(uri: str, change: Callable[[bytes | None], bytes | None], lock_timeout: float = 60.0) -> bytes | None:
+    """Read-change-write a small file so that no other writer's update between our read and our write is lost.
+
+    `change(current)` gets the content (None: no file) and returns the new content, or None to leave the file
+    as it is; it may raise to refuse, and may be called again with newer content when another writer got in
+    first. Returns the content `change` saw last. Local: an flock on a hidden `.NAME.lock` beside the file
+    around read, change and write (the kernel drops it when its process dies: nothing goes stale; readers
+    need no lock, the write is a rename); S3: `If-Match` the ETag read (`If-None-Match: *` when there was no
+    file), from the read again when the PUT is refused; memory:// and others: a lock of this process."""
+    fs, path = resolve(uri, archives=False)
+    if isinstance(fs, LocalFileSystem):
+        with _flock(os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock"), uri, lock_timeout):
+            current = _read_local(path) if os.path.exists(path) else None
+            new = change(current)
+            if new is not None:
+                write_bytes(uri, new)
+            return current
+    if _is_s3(fs):
+        bucket, key, _ = fs.split_path(path)
+        while True:
+            try:  # the ETag before the bytes: bytes newer than the ETag only make the PUT fail and go round again
+                etag = retry(lambda: _call_s3(fs, "head_object", upload_deadline(0), Bucket=bucket, Key=key),
+                             what=uri)["ETag"]
+                current = retry(lambda: fs.cat_file(path), what=uri)
+            except StorageError as exc:
+                if not isinstance(exc.__cause__, FileNotFoundError):
+                    raise
+                etag, current = None, None
+            new = change(current)
+            if new is None:
+                return current
+            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            if _s3_put_if(fs, path, uri, new, condition, unique=False):
+                return current
+            time.sleep(random.uniform(0.01, 0.1))  # another writer got in first: read its content
+    with _PROCESS_LOCK:
+        current = _s3_read(fs, path) if retry(lambda: fs.exists(path), what=uri) else None
+        new = change(current)
+        if new is not None:
+            retry(lambda: fs.pipe_file(path, new), what=uri)
+        return current
+
+
+@contextlib.contextmanager
+def _flock(lock_path: str, uri: str, timeout: float) -> Iterator[None]:
+    """An exclusive flock on lock_path, polled until `timeout`; the lock file itself is never removed (removing
+    it would let two processes lock two different files of one name)."""
+    import fcntl  # POSIX only, like the rest of the local write path's guarantees
+
+    with _create_append(lock_path) as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StorageError(f"cannot update {uri}: another process has held {lock_path} for over "
+                                       f"{timeout:g} s", "a process that hangs while holding it: find it with "
+                                       f"`fuser {lock_path}` and stop it") from None
+                time.sleep(_LOCK_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _create_append(path: str):
+    try:
+        return open(path, "ab")  # noqa: SIM115  (the caller's `with` closes it)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open(path, "ab")  # noqa: SIM115
