@@ -9,25 +9,47 @@ version's leftovers) can still put the same *key* in two parts: a pair made by `
 `--split train` lands in two shards. The protocol, without locks that a kill -9 could leave behind:
 
 1. Every table names its key and a ranking (tasks/core/tables.py): for pairs, an ok row beats an error row, then the
-   newest wins; elsewhere the newest wins, then the part read last.
+   newest wins; elsewhere the newest wins, then the part read last (parts are read in name order).
 2. Readers deduplicate: `Catalog.read` returns one row per key, the best one, whatever is on storage.
-3. Writers compact: the flow that wrote a group calls `compact` at its end, which rewrites (atomically) only
-   parts that hold a beaten row. A row is removed only when a better row for its key exists in a part the
-   compaction read, so the best row of a key is never removed, and concurrent compactions agree; a race can
-   at worst leave a duplicate for the next compaction, which readers already hide. Every run compacts, so a
-   rerun also repairs duplicates left by older versions.
+3. Writers compact: the flow that wrote a group calls `compact` at its end, which removes beaten rows and merges
+   small parts. A row is removed only when a better row for its key exists in a part the compaction read, so
+   the best row of a key is never removed, and concurrent compactions agree; a race can at worst leave a
+   duplicate for the next compaction, which readers already hide. Every run compacts, so a rerun also repairs
+   duplicates left by older versions.
+4. Parts per group stay bounded: a part per shard would leave a nightly job thousands of small parts, and every
+   read pays per part. When a group holds more than `MAX_SMALL_PARTS` parts under `TARGET_ROWS` rows, a
+   compaction merges them, in listing order, into parts of `TARGET_ROWS` or more (`part-merged-*`: they read after
+   the shards' hash-named parts). A merged part is written whole first, and only then are the parts it replaces
+   deleted: in between, a key's row is in two parts, the same row (or, from `finalize_dataset`, the same row with
+   a corrected `duplicate_of`), which readers' deduplication shows once; a crash there leaves exactly that. A
+   source part is deleted only when it is still what the compaction read (its size and version), so a shard that
+   rewrote its part meanwhile keeps it. A reader that finds a listed part gone lists again and reads only what
+   it has not read: a merge writes its part before deleting its sources, so their rows are in the new listing.
+5. A compaction (or `finalize_dataset`) that finds nothing to do leaves a hidden `.settled-*.json` naming each part's
+   size and version; the next one returns after a listing while the listing still says the same.
+
+Everything above runs on Arrow columns (dictionary-encoded keys, numpy sorts): a read, a dedup or a compaction of
+a million-row group never makes a Python object per row, and reads only the columns it needs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import hashlib
 import io
+import json
 import posixpath
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from pixelmill.tasks.core import storage, tables
 from pixelmill.tasks.core.errors import StorageError
@@ -38,38 +60,146 @@ from pixelmill.tasks.core.names import check_name
 IMAGES, PAIRS, MODELS, EVALUATIONS, PREDICTIONS = (tables.TABLES[t].schema for t in
                                                    ("images", "pairs", "models", "evaluations", "predictions"))
 
-# Listings a read makes when parts vanish under it (each vanishing is a concurrent compaction's doing).
+# Listings a read makes in a row when parts vanish under it (each vanishing is a concurrent compaction's doing);
+# a listing after which some parts were read starts the count again.
 LIST_ATTEMPTS = 5
+READ_CHUNK = 512  # parts read at once: what a vanished part costs a reader to read again
+# Merging compaction (protocol point 4): rows a merged part holds at least, and the parts under that a group may
+# hold before a compaction merges them. 100k rows are 5-30 MB of Parquet; 16 small parts are two weeks of nightly
+# runs that each wrote one part, or one run of 16 shards.
+TARGET_ROWS = 100_000
+MAX_SMALL_PARTS = 16
+MERGED_PREFIX = "merged-"
+RELEASE_ROWS = 100_000  # a read of this many rows hands its freed buffers back to the system
 
 
 def schema_of(table: str) -> pa.Schema:
     return tables.table(table).schema
 
 
-def _rank_column(table: pa.Table, name: str) -> list:
+def group_ids(table: pa.Table, columns: Iterable[str]) -> np.ndarray:
+    """A dense id per row (0..groups-1) that is equal exactly where the rows' values in `columns` are (nulls equal
+    nulls, as Python's == on None): dictionary codes of each column, combined column by column."""
+    ids: np.ndarray | None = None
+    for name in columns:
+        column = table[name]
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        encoded = pc.dictionary_encode(column, null_encoding="encode")
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        if ids is None:
+            ids = codes
+        elif len(encoded.dictionary) > 1:
+            combined = ids * len(encoded.dictionary) + codes  # < rows * rows: no overflow below 3e9 rows
+            ids = pc.dictionary_encode(pa.array(combined)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.zeros(table.num_rows, np.int64) if ids is None else ids
+
+
+def rank_values(table: pa.Table, name: str) -> np.ndarray:
+    """One ranking column as integers, bigger is better: "ok" is status == "ok"; timestamps as integers, none first."""
     if name == "ok":
-        return pc.fill_null(pc.equal(table["status"], "ok"), False).to_pylist()
-    return pc.fill_null(table[name].cast(pa.int64()), 0).to_pylist()  # timestamps as integers; none first
+        return pc.fill_null(pc.equal(table["status"], "ok"), False).to_numpy(zero_copy_only=False).astype(np.int64)
+    return pc.fill_null(table[name].cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
 
 
-def best_rows(table: pa.Table, name: str) -> list[int] | None:
-    """Indices of the best row per key, in table order; None when every key is already unique."""
-    key_cols, rank_cols = tables.table(name).key, tables.table(name).ranking
-    keys = list(zip(*(table[c].to_pylist() for c in key_cols), strict=True))
-    if len(set(keys)) == len(keys):
+def best_of_groups(ids: np.ndarray, ranks: list[np.ndarray]) -> np.ndarray:
+    """Indices (ascending) of the best row of each id: the highest ranks (lexicographically), then the last row."""
+    counts = np.bincount(ids)
+    repeated = counts[ids] > 1
+    rows = np.nonzero(repeated)[0]
+    if len(rows) == 0:
+        return np.arange(len(ids))
+    sub = ids[rows]
+    order = np.lexsort((rows, *(r[rows] for r in reversed(ranks)), sub))  # last key sorts first
+    last = np.ones(len(order), bool)
+    last[:-1] = sub[order][1:] != sub[order][:-1]
+    winners = rows[order][last]
+    return np.sort(np.concatenate([np.nonzero(~repeated)[0], winners]))
+
+
+def all_distinct(column: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether no value repeats (null counts as one value): a third of what group ids cost on unique strings."""
+    return len(pc.unique(column)) == len(column)
+
+
+def best_rows(table: pa.Table, name: str) -> pa.Array | None:
+    """Indices (int64, in table order) of the best row per key by the table's ranking; None when every key is
+    already unique."""
+    decl = tables.table(name)
+    # the key's last column is its most specific one (a uri, a pair id): unique alone in a compacted group
+    if table.num_rows == 0 or all_distinct(table[decl.key[-1]]):
         return None
-    ranks = list(zip(*(_rank_column(table, c) for c in rank_cols), strict=True))
-    best: dict[tuple, tuple[tuple, int]] = {}
-    for i, (key, rank) in enumerate(zip(keys, ranks, strict=True)):
-        if key not in best or (rank, i) > best[key]:
-            best[key] = (rank, i)
-    return sorted(i for _, i in best.values())
+    ids = group_ids(table, decl.key)
+    if ids.max() + 1 == table.num_rows:
+        return None
+    keep = best_of_groups(ids, [rank_values(table, c) for c in decl.ranking])
+    return pa.array(keep, pa.int64())
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector paused while a caller turns a million rows into dicts, tuples and sets
+    (no cycles among them): the collector would scan them again and again, a third of the time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def differs(a: pa.Array | pa.ChunkedArray, b: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Where two columns differ, a null differing from any value and equal to another null."""
+    valid_a = pc.is_valid(a).to_numpy(zero_copy_only=False)
+    valid_b = pc.is_valid(b).to_numpy(zero_copy_only=False)
+    unequal = pc.fill_null(pc.not_equal(a, b), False).to_numpy(zero_copy_only=False)
+    return (valid_a != valid_b) | unequal
 
 
 def to_parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
+
+
+def _stamp(entry: dict) -> tuple:
+    """What changes when a part is rewritten: its size and its version (ETag, mtime, inode)."""
+    version = next((entry[k] for k in ("ETag", "etag", "mtime", "LastModified", "created") if entry.get(k)), None)
+    return entry.get("size"), str(version), entry.get("ino")
+
+
+@dataclass
+class PartsScan:
+    """Some columns of every row of a group's parts, as one listing and one read saw them."""
+
+    table: str
+    group: str
+    uris: list[str]  # the parts read, in reading order
+    stamps: dict[str, tuple]  # uri -> _stamp seen before the part was read
+    data: pa.Table  # the columns asked for (today's names), rows of uris[0] first
+    part: np.ndarray  # each row's part: an index into uris
+
+    @property
+    def rows_per_part(self) -> np.ndarray:
+        return np.bincount(self.part, minlength=len(self.uris))
+
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.rows_per_part)])
+
+
+@dataclass
+class Rewrite:
+    """What a compaction did."""
+
+    removed: int = 0  # rows removed (beaten)
+    rewritten: int = 0  # parts rewritten in place or deleted
+    merged: int = 0  # parts merged into others and deleted
+    written: list[str] = field(default_factory=list)  # merged parts written
+
+    @property
+    def parts(self) -> int:
+        """Parts that changed on storage (rewritten, deleted or merged away)."""
+        return self.rewritten + self.merged
 
 
 class Catalog:
@@ -93,6 +223,18 @@ class Catalog:
         return [storage.join(self.table_url(table), g, name)
                 for g in groups for name in storage.list_names(storage.join(self.table_url(table), g), ".parquet")]
 
+    def part_stamps(self, table: str, group: str) -> dict[str, tuple]:
+        """uri -> (size, version) of each part, from a fresh listing (not a cached one)."""
+        folder = storage.join(self.table_url(table), group)
+        fs, path = storage.resolve(folder)
+        fs.invalidate_cache(path)
+        try:
+            entries = storage.retry(lambda: fs.ls(path, detail=True), what=folder)
+        except (StorageError, FileNotFoundError):
+            return {}
+        return {storage.join(folder, posixpath.basename(e["name"].rstrip("/"))): _stamp(e)
+                for e in entries if e["type"] != "directory" and e["name"].endswith(".parquet")}
+
     def write_part(self, table: str, group: str, part: str, rows: Iterable[dict] | pa.Table) -> str:
         """Write (or atomically replace) one part; returns its URI."""
         schema = schema_of(table)
@@ -102,6 +244,87 @@ class Catalog:
         storage.write_bytes(uri, to_parquet_bytes(data.cast(schema)))
         return uri
 
+    def _columns(self, table: str, columns: list[str] | None, filter) -> tuple[list[str] | None, object, object]:
+        """(columns to scan, filter for the scan, filter after the legacy columns are folded in)."""
+        decl = tables.table(table)
+        if not decl.legacy:
+            return columns, filter, None
+        # Old parts hold renamed columns: read those too and fold them in before filtering by the new names
+        # (the tables with renames are small, so the filter runs here instead of in the scan).
+        if filter is not None:
+            return None, None, filter
+        return columns and [*columns, *(old for old, new in decl.legacy.items() if new in columns)], None, None
+
+    def _read_files(self, uris: list[str], table: str, columns: list[str] | None, filter) -> pa.Table:
+        """Rows of these parts in order, with `__fragment_index` (the part's index in uris) last."""
+        decl = tables.table(table)
+        fs, _ = storage.resolve(uris[0])
+        # pyarrow's own local filesystem reads faster than through fsspec; other stores go through fsspec.
+        filesystem = pafs.LocalFileSystem() if isinstance(fs, LocalFileSystem) else \
+            pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+        # Passing the schema lets parts written before a column was added read it as null; from_paths asks the
+        # store nothing before reading (no request per part on S3).
+        dataset = ds.FileSystemDataset.from_paths([storage.resolve(u)[1] for u in uris], schema=decl.read_schema(),
+                                                  format=ds.ParquetFileFormat(), filesystem=filesystem)
+        names = decl.read_schema().names if columns is None else columns
+        return dataset.to_table(columns=[*names, "__fragment_index"], filter=filter)
+
+    def _load(self, table: str, group: str | None, columns: list[str] | None,
+              filter=None) -> tuple[list[str], pa.Table, np.ndarray]:
+        """(parts read, their rows in today's columns, each row's part index) for a table or one group.
+
+        A part that vanished since the listing (another run's compaction merged or emptied it) is skipped, and a
+        new listing gives the parts not read yet: among them the merged part that holds the vanished one's rows,
+        written before it was deleted. Rows read from a part that was merged since are read twice, which the
+        readers' deduplication hides."""
+        decl = tables.table(table)
+        scan_columns, scan_filter, late_filter = self._columns(table, columns, filter)
+        read: list[str] = []
+        pieces: list[pa.Table] = []
+        parts: list[np.ndarray] = []
+        gone: set[str] = set()
+        listed = self.part_uris(table, group)
+        for attempt in range(1, LIST_ATTEMPTS + 1):
+            seen = set(read) | gone
+            todo = [u for u in listed if u not in seen]
+            vanished = False
+            for start in range(0, len(todo), READ_CHUNK):
+                chunk = todo[start:start + READ_CHUNK]
+                try:
+                    batches = [(chunk, self._read_files(chunk, table, scan_columns, scan_filter))]
+                except FileNotFoundError:  # one of them is gone: read them one by one
+                    batches = []
+                    for uri in chunk:
+                        try:
+                            batches.append(([uri], self._read_files([uri], table, scan_columns, scan_filter)))
+                        except FileNotFoundError:
+                            gone.add(uri)
+                            vanished = True
+                for uris, data in batches:
+                    index = data["__fragment_index"].to_numpy(zero_copy_only=False).astype(np.int64) + len(read)
+                    pieces.append(data.drop_columns(["__fragment_index"]))
+                    parts.append(index)
+                    read += uris
+            if not vanished:
+                break
+            if attempt == LIST_ATTEMPTS:
+                raise FileNotFoundError(f"parts of {table} vanished under {LIST_ATTEMPTS} listings in a row: "
+                                        f"{sorted(gone)[:3]}")
+            for g in [group] if group is not None else self.groups(table):
+                fs, path = storage.resolve(storage.join(self.table_url(table), g))
+                fs.invalidate_cache(path)  # s3fs keeps listings: this one is out of date
+            listed = self.part_uris(table, group)
+        if not pieces:
+            data = decl.schema.empty_table()
+            return read, (data.select(columns) if columns else data), np.zeros(0, np.int64)
+        data = decl.upgrade(pa.concat_tables(pieces))
+        part = np.concatenate(parts)
+        if late_filter is not None:
+            data = data.append_column("__row", pa.array(np.arange(data.num_rows), pa.int64())).filter(late_filter)
+            part = part[data["__row"].to_numpy()]
+            data = data.drop_columns(["__row"])
+        return read, data, part
+
     def read(self, table: str, group: str | None = None, columns: list[str] | None = None,
              filter: ds.Expression | None = None) -> pa.Table:
         """The whole table (or one group) as one Arrow table, one row per key (see the protocol above);
@@ -109,68 +332,194 @@ class Catalog:
         decl = tables.table(table)
         needed = [*decl.key, *(("status", "created_at") if "ok" in decl.ranking else decl.ranking)]
         wanted = columns and list(dict.fromkeys([*columns, *needed]))
-        late_filter = None
-        if decl.legacy:
-            # Old parts hold renamed columns: read those too and fold them in before filtering by the new names
-            # (the tables with renames are small, so the filter runs here instead of in the scan).
-            late_filter, filter = filter, None
-            wanted = None if late_filter is not None else wanted and [
-                *wanted, *(old for old, new in decl.legacy.items() if new in wanted)]
-        for attempt in range(1, LIST_ATTEMPTS + 1):
-            uris = self.part_uris(table, group)
-            if not uris:
-                empty = decl.schema.empty_table()
-                return empty.select(columns) if columns else empty
-            fs, _ = storage.resolve(uris[0])
-            try:
-                # Passing the schema lets parts written before a column was added read it as null.
-                dataset = ds.dataset([storage.resolve(u)[1] for u in uris], schema=decl.read_schema(),
-                                     format="parquet", filesystem=fs)
-                data = dataset.to_table(columns=wanted, filter=filter)
-                break
-            except FileNotFoundError:
-                # Another run's compaction removed a part since it was listed: every row in it lost to a row
-                # in a part that stays, so listing again gives the same answer.
-                if attempt == LIST_ATTEMPTS:
-                    raise
-        data = decl.upgrade(data)
-        if late_filter is not None:
-            data = data.filter(late_filter)
+        _, data, _ = self._load(table, group, wanted, filter)
         keep = best_rows(data, table)
         if keep is not None:
-            data = data.take(pa.array(keep, pa.int64()))
+            data = data.take(keep)
+        if data.num_rows >= RELEASE_ROWS:
+            # the scan's buffers (pages, decompression, dictionaries, the copy `take` made) stay in Arrow's
+            # allocator once freed; handing them back keeps them out of the peak of what a caller does next
+            pa.default_memory_pool().release_unused()
         return data.select(columns) if columns else data
 
     def read_parts(self, table: str, group: str) -> Iterator[tuple[str, pa.Table]]:
         """Each part and its rows; a part that another run's compaction removed since the listing is skipped
         (its rows lost to rows in parts that stay)."""
-        decl = tables.table(table)
         for uri in self.part_uris(table, group):
-            try:
-                data = storage.read_bytes(uri)
-            except StorageError:
-                if storage.exists(uri):
-                    raise
-                continue
-            # an old part comes back in today's columns, so a compaction that rewrites it also upgrades it
-            yield uri, decl.upgrade(pq.read_table(io.BytesIO(data), schema=decl.read_schema()))
+            part = self._read_part(uri, table)
+            if part is not None:
+                yield uri, part
 
-    def compact(self, table: str, group: str) -> int:
-        """Remove rows beaten by a better row of the same key in the group; returns how many went."""
-        parts = list(self.read_parts(table, group))
-        if len(parts) < 2:
+    def _read_part(self, uri: str, table: str) -> pa.Table | None:
+        """One part in today's columns (an old part is upgraded, so a compaction that rewrites it upgrades it);
+        None when it is gone."""
+        decl = tables.table(table)
+        try:
+            data = storage.read_bytes(uri)
+        except StorageError:
+            if storage.exists(uri):
+                raise
+            return None
+        return decl.upgrade(pq.read_table(io.BytesIO(data), schema=decl.read_schema()))
+
+    def scan(self, table: str, group: str, columns: list[str], stamps: dict[str, tuple] | None = None) -> PartsScan:
+        """Some columns of every row of a group, with each row's part: what a compaction decides on. `stamps`:
+        part_stamps taken just before, when the caller has them."""
+        # before reading: a part rewritten after it reads as changed
+        stamps = self.part_stamps(table, group) if stamps is None else stamps
+        uris, data, part = self._load(table, group, list(dict.fromkeys(columns)))
+        return PartsScan(table, group, uris, stamps, data, part)
+
+    def compact(self, table: str, group: str, target_rows: int | None = None,
+                max_small_parts: int | None = None) -> int:
+        """Remove rows beaten by a better row of the same key in the group, and merge small parts when there are
+        more than `max_small_parts` (protocol points 3 and 4); returns how many rows went. A group whose parts
+        are as the last compaction that had nothing to do left them costs one listing."""
+        decl = tables.table(table)
+        params = {"target_rows": target_rows or TARGET_ROWS, "max_small_parts": max_small_parts or MAX_SMALL_PARTS}
+        stamps = self.part_stamps(table, group)
+        if self.settled(table, group, "compact", params, stamps):
             return 0
-        combined = pa.concat_tables([t for _, t in parts])
-        keep = best_rows(combined, table)
-        if keep is None:
+        scan = self.scan(table, group, [*decl.key, *(("status",) if "ok" in decl.ranking else ()),
+                                        *(c for c in decl.ranking if c != "ok")], stamps)
+        if len(scan.uris) < 2:  # one part: nothing to merge, and a part never competes with itself
+            self.settle(scan, "compact", params)
             return 0
-        kept, start = set(keep), 0
-        for uri, part in parts:
-            mine = [i - start for i in range(start, start + part.num_rows) if i in kept]
-            if len(mine) < part.num_rows:
-                self.replace_part(uri, part.take(pa.array(mine, pa.int64())), table)
-            start += part.num_rows
-        return combined.num_rows - len(keep)
+        keep = np.zeros(scan.data.num_rows, bool)
+        best = best_rows(scan.data, table)
+        keep[best.to_numpy() if best is not None else slice(None)] = True
+        result = self.rewrite(scan, keep, target_rows=target_rows, max_small_parts=max_small_parts)
+        if not result.parts and not result.written:
+            self.settle(scan, "compact", params)
+        return result.removed
+
+    # A group that a compaction (or finalize_dataset) found with nothing to do gets a hidden marker naming its
+    # parts as they were (size and version of each); while the listing says the same, the next one has nothing to
+    # do either (the same parts give the same answer) and returns after the listing. Any new, rewritten or
+    # removed part makes the listing differ, and the group is read again. Parquet readers skip hidden files.
+    def _settled_uri(self, table: str, group: str, what: str) -> str:
+        return storage.join(self.table_url(table), group, f".settled-{what}.json")
+
+    @staticmethod
+    def _settled_record(params: dict, stamps: dict[str, tuple]) -> dict:
+        parts = {posixpath.basename(uri): list(stamp) for uri, stamp in sorted(stamps.items())}
+        return json.loads(json.dumps({"params": params, "parts": parts}, default=str))
+
+    def settled(self, table: str, group: str, what: str, params: dict, stamps: dict[str, tuple]) -> bool:
+        """Whether the group's parts (`stamps`, a fresh listing) are as `what` left them with nothing to do."""
+        if not stamps:
+            return False
+        try:
+            record = json.loads(storage.read_bytes(self._settled_uri(table, group, what)))
+        except (StorageError, ValueError):
+            return False
+        return record == self._settled_record(params, stamps)
+
+    def settle(self, scan: PartsScan, what: str, params: dict) -> None:
+        """Record that `what` found the scanned parts with nothing to do (only when the scan read exactly the
+        parts it listed: a part that came or went in between is not vouched for)."""
+        if scan.uris and set(scan.uris) == set(scan.stamps):
+            record = self._settled_record(params, scan.stamps)
+            storage.write_bytes(self._settled_uri(scan.table, scan.group, what), json.dumps(record).encode())
+
+    def rewrite(self, scan: PartsScan, keep: np.ndarray, patch: dict[str, pa.Array] | None = None,
+                target_rows: int | None = None, max_small_parts: int | None = None,
+                before_delete=None) -> Rewrite:
+        """Make the group's parts hold exactly the scanned rows where `keep`, with `patch`'s columns (aligned with
+        the scan's rows) in place of theirs; merge small parts when there are too many (protocol point 4).
+
+        Only parts that change are rewritten, each atomically; a part that changed on storage since the scan is
+        left as it is (the next compaction sees it again). `before_delete(sources)` is called after a merged part
+        is written and before its sources are deleted (tests line a reader up there)."""
+        patch = patch or {}
+        target_rows = TARGET_ROWS if target_rows is None else target_rows
+        max_small_parts = MAX_SMALL_PARTS if max_small_parts is None else max_small_parts
+        result = Rewrite()
+        total = scan.rows_per_part
+        kept = np.bincount(scan.part[keep], minlength=len(scan.uris))
+        changed = kept < total
+        for name, values in patch.items():
+            moved = differs(values, scan.data[name]) & keep
+            changed |= np.bincount(scan.part[moved], minlength=len(scan.uris)) > 0
+        small = (kept > 0) & (kept < target_rows)
+        merging = int(small.sum()) > max_small_parts
+        starts = scan.starts()
+
+        # what identifies the rows a part held: the key's columns the scan read (finalize reads uri, not dataset)
+        key = [c for c in tables.table(scan.table).key if c in scan.data.column_names] or scan.data.column_names
+
+        def load(parts: list[int]) -> dict[int, pa.Table]:
+            """Each part's kept rows, patched; a part that changed on storage since the scan is left out."""
+            try:
+                _, data, index = self._load_parts([scan.uris[p] for p in parts], scan.table)
+                fragments = np.concatenate([[0], np.cumsum(np.bincount(index, minlength=len(parts)))])
+                full = {p: data.slice(fragments[i], fragments[i + 1] - fragments[i]) for i, p in enumerate(parts)}
+            except FileNotFoundError:  # one of them is gone: read them one by one
+                full = {p: self._read_part(scan.uris[p], scan.table) for p in parts}
+            out = {}
+            for p, data in full.items():
+                mine = scan.data.slice(starts[p], total[p])
+                if data is None or data.num_rows != total[p] or not data.select(key).equals(mine.select(key)):
+                    continue
+                local = pa.array(np.nonzero(keep[starts[p]:starts[p + 1]])[0], pa.int64())
+                data = data.take(local)
+                for name, values in patch.items():
+                    data = data.set_column(data.schema.get_field_index(name), name,
+                                           values.slice(starts[p], total[p]).take(local))
+                out[p] = data.cast(schema)
+            return out
+
+        schema = schema_of(scan.table)
+        for p in np.nonzero(changed & ~(small & merging))[0]:
+            p = int(p)
+            if not self._unchanged(scan, [p]):
+                continue
+            rows = load([p]).get(p)
+            if rows is None:
+                continue
+            self.replace_part(scan.uris[p], rows, scan.table)
+            result.rewritten += 1
+            result.removed += int(total[p] - kept[p])
+        if merging:
+            batch: list[int] = []
+            for p in [*np.nonzero(small)[0], None]:
+                if p is not None:
+                    batch.append(int(p))
+                    if kept[batch].sum() < target_rows:
+                        continue
+                todo, batch = batch, []
+                if len(todo) == 1 and not changed[todo[0]]:
+                    continue  # a part alone, unchanged: nothing to gain by writing it again
+                loaded = load(self._unchanged(scan, todo)) if todo else {}
+                if not loaded:
+                    continue
+                sources = sorted(loaded)
+                names = sorted(f"{scan.uris[q]}:{scan.stamps.get(scan.uris[q])}" for q in sources)
+                digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:20]
+                uri = self.write_part(scan.table, scan.group, f"{MERGED_PREFIX}{digest}",
+                                      pa.concat_tables([loaded[q] for q in sources]))
+                result.written.append(uri)
+                if before_delete is not None:
+                    before_delete([scan.uris[q] for q in sources])
+                still = set(self._unchanged(scan, sources))
+                for q in sources:
+                    if scan.uris[q] == uri or q not in still:
+                        continue  # rewritten by someone since the scan: its rows stay beside the merged copies
+                    storage.remove(scan.uris[q])
+                    result.merged += 1
+                    result.removed += int(total[q] - kept[q])
+        return result
+
+    def _load_parts(self, uris: list[str], table: str) -> tuple[list[str], pa.Table, np.ndarray]:
+        """Every column of these parts (today's names), rows in order, and each row's index in uris."""
+        data = self._read_files(uris, table, None, None)
+        index = data["__fragment_index"].to_numpy(zero_copy_only=False).astype(np.int64)
+        return uris, tables.table(table).upgrade(data.drop_columns(["__fragment_index"])), index
+
+    def _unchanged(self, scan: PartsScan, parts: list[int]) -> list[int]:
+        """Those of `parts` that are on storage as the scan saw them (same size and version)."""
+        now = self.part_stamps(scan.table, scan.group)
+        return [p for p in parts if scan.uris[p] in now and now[scan.uris[p]] == scan.stamps.get(scan.uris[p])]
 
     def replace_part(self, uri: str, rows: pa.Table | list[dict], table: str) -> None:
         """Rewrite an existing part in place (atomically), or delete it when no rows are left."""

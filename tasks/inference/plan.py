@@ -26,12 +26,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.cards import ModelCard
-from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.catalog import Catalog, all_distinct, gc_paused, group_ids
 from pixelmill.tasks.core.errors import ConfigError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, OUTPUT_FORMATS
 from pixelmill.tasks.core.model_tasks import model_task
@@ -185,22 +188,77 @@ class History:
     outputs: dict[str, set[str]]  # input_uri -> the output (and overlay) URIs any version wrote for it
 
 
+def _collision_keys(rels: pa.Array) -> pa.Array:
+    """collision_key of each name: ASCII names lowered in Arrow (NFC and casefold change nothing else in them),
+    the others by collision_key itself."""
+    keys = pc.ascii_lower(rels)
+    other = pc.invert(pc.string_is_ascii(rels))
+    if pc.any(other).as_py():
+        changed = [collision_key(v) for v in rels.filter(other).to_pylist()]
+        keys = pc.replace_with_mask(keys, other, pa.array(changed, pa.string()))
+    return keys
+
+
 def output_history(catalog: Catalog, card: ModelCard, output: str) -> History:
-    t = catalog.read("predictions", card.name, filter=ds.field("output_root") == output,
-                     columns=["model_version", "input_uri", "input_bytes", "input_version", "input_sha256", "error",
-                              "status", "output_uri", "overlay_uri"])
+    """What the catalog says about `output`, worked out in Arrow and numpy: Python objects only for the dicts
+    handed back."""
+    columns = ["model_version", "input_uri", "input_bytes", "input_version", "input_sha256", "error", "status",
+               "output_uri", "overlay_uri"]
+    with gc_paused():  # the table is _history's alone: it lets go of what it no longer needs
+        return _history(catalog.read("predictions", card.name, filter=ds.field("output_root") == output,
+                                     columns=columns), card, output)
+
+
+def _history(t: pa.Table, card: ModelCard, output: str) -> History:
     history = History({}, {}, {})
-    cols = {c: t[c].to_pylist() for c in t.column_names}
+    if t.num_rows == 0:
+        return history
+    # Arrow first. This version's attempts:
+    mine = np.nonzero(pc.fill_null(pc.equal(t["model_version"], card.version), False)
+                      .to_numpy(zero_copy_only=False))[0]
+    done = t.select(["input_bytes", "input_version", "input_sha256", "error"])
+    done = done if len(mine) == t.num_rows else done.take(pa.array(mine, pa.int64()))
+    # each ok row's outputs under the root, in row order, an output before its overlay: the first row to name a
+    # collision key owns it
     prefix = output.rstrip("/") + "/"
-    for i, uri in enumerate(cols["input_uri"]):
-        if cols["model_version"][i] == card.version:
-            history.done[uri] = (cols["input_bytes"][i], cols["input_version"][i], cols["input_sha256"][i],
-                                 cols["error"][i])
-        written = [u for u in (cols["output_uri"][i], cols["overlay_uri"][i]) if u and u.startswith(prefix)]
-        if cols["status"][i] == "ok" and written:
-            for u in written:
-                history.owners.setdefault(collision_key(u[len(prefix):]), uri)
-            history.outputs.setdefault(uri, set()).update(written)
+    ok = pc.fill_null(pc.equal(t["status"], "ok"), False)
+    place, row, names = [], [], []
+    for slot, column in enumerate(("output_uri", "overlay_uri")):
+        under = pc.and_(ok, pc.fill_null(pc.starts_with(t[column], prefix), False)).to_numpy(zero_copy_only=False)
+        at = np.nonzero(under)[0]
+        place.append(at * 2 + slot)
+        row.append(at)
+        names.append(t[column].take(pa.array(at, pa.int64())).combine_chunks())
+    order = np.argsort(np.concatenate(place), kind="stable")
+    row = np.concatenate(row)[order]
+    names = pa.concat_arrays(names).take(pa.array(order, pa.int64()))
+    keys = _collision_keys(pc.utf8_slice_codeunits(names, len(prefix)))
+    if all_distinct(keys):
+        first = np.arange(len(keys))
+    else:
+        _, first = np.unique(group_ids(pa.table({"key": keys}), ["key"]), return_index=True)
+        first.sort()  # in the order keys first come
+    owned = keys.take(pa.array(first, pa.int64()))
+    uri_column = t["input_uri"]
+    one_each = all_distinct(uri_column.take(pa.array(row, pa.int64())))  # no input with two outputs
+    del t, keys, ok  # what the Python objects below are made from stays; the rest goes back to the system
+    pa.default_memory_pool().release_unused()
+
+    # Then the Python objects, made once: the three dicts share the input URIs' strings.
+    uris = uri_column.to_pylist()
+    if len(mine):
+        history.done = dict(zip(uris if len(mine) == len(uris) else [uris[i] for i in mine],
+                                zip(*(done[c].to_pylist() for c in done.column_names), strict=True), strict=True))
+    del done
+    if len(row) == 0:
+        return history
+    history.owners = dict(zip(owned.to_pylist(), [uris[i] for i in row[first]], strict=True))
+    named = names.to_pylist()
+    if one_each:  # one output per input (no overlays, one version's rows): a set of one each
+        history.outputs = {uris[i]: {name} for i, name in zip(row.tolist(), named, strict=True)}
+    else:
+        for i, name in zip(row.tolist(), named, strict=True):
+            history.outputs.setdefault(uris[i], set()).add(name)
     return history
 
 

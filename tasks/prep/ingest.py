@@ -13,10 +13,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pixelmill.tasks.core import catalog as catalog_module
 from pixelmill.tasks.core import storage
-from pixelmill.tasks.core.catalog import Catalog
+from pixelmill.tasks.core.catalog import (
+    Catalog,
+    all_distinct,
+    best_of_groups,
+    gc_paused,
+    group_ids,
+    rank_values,
+)
 from pixelmill.tasks.core.errors import StorageError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
 from pixelmill.tasks.core.names import check_name, storable, unsafe_reason
@@ -196,41 +207,80 @@ def ingest_shard(shard: Shard, workspace: str, cfg: IngestConfig) -> ShardResult
 
 
 def existing_versions(catalog: Catalog, dataset: str) -> dict[str, tuple[int, str]]:
+    """uri -> (bytes, source_version) of the data set's files, from three columns of the catalog."""
     t = catalog.read("images", dataset, columns=["uri", "bytes", "source_version"])
-    return {u: (b, v) for u, b, v in zip(*(t[c].to_pylist() for c in ("uri", "bytes", "source_version")),
-                                         strict=True)}
+    with gc_paused():
+        return dict(zip(t["uri"].to_pylist(), zip(t["bytes"].to_pylist(), t["source_version"].to_pylist(),
+                                                  strict=True), strict=True))
+
+
+def _first_uri_by_content(uri: pa.ChunkedArray, sha: pa.ChunkedArray, kept: np.ndarray) -> pa.Array:
+    """For each row: the URI that sorts first among the kept rows with its sha256 when that is another file's,
+    else null (no sha256, an empty one, or the row is its content's first file). Only content shared by two kept
+    rows can give a value, so only those rows are grouped."""
+    n = len(uri)
+    has_sha = pc.fill_null(pc.not_equal(sha, ""), False).to_numpy(zero_copy_only=False) & kept
+    rows = np.nonzero(has_sha)[0]
+    result = pa.nulls(n, pa.string())
+    if len(rows) == 0:
+        return result
+    shas = sha if len(rows) == n else sha.take(pa.array(rows, pa.int64()))
+    counts = pc.value_counts(shas)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    rows = rows[pc.is_in(shas, value_set=repeated).to_numpy(zero_copy_only=False)]  # a hash set of the few
+    if len(rows) == 0:
+        return result
+    ids = group_ids(pa.table({"sha256": sha.take(pa.array(rows, pa.int64()))}), ["sha256"])
+    uris = uri.take(pa.array(rows, pa.int64())).combine_chunks()
+    by_uri = np.empty(len(uris), np.int64)
+    by_uri[pc.sort_indices(uris).to_numpy()] = np.arange(len(uris))  # each row's place in URI order
+    order = np.lexsort((by_uri, ids))  # by content, then by URI
+    starts = np.ones(len(order), bool)
+    starts[1:] = ids[order][1:] != ids[order][:-1]
+    first_of = np.empty(ids.max() + 1, np.int64)
+    first_of[ids[order][starts]] = order[starts]  # the row whose URI sorts first, for each content
+    firsts = uris.take(pa.array(first_of[ids], pa.int64()))
+    value = pc.if_else(pc.equal(firsts, uris), pa.scalar(None, pa.string()), firsts)
+    mask = np.zeros(n, bool)
+    mask[rows] = True
+    return pc.replace_with_mask(result, pa.array(mask), value)
 
 
 def finalize_dataset(catalog: Catalog, dataset: str) -> int:
-    """Make the data set's parts consistent; returns how many parts were rewritten.
+    """Make the data set's parts consistent; returns how many parts were rewritten (or merged away).
 
-    - one row per uri: a file re-ingested after it changed keeps only its newest row;
+    - one row per uri: a file re-ingested after it changed keeps only its newest row (ties: the part whose name
+      sorts last);
     - duplicate content is flagged: `duplicate_of` names the file with the same sha256 whose URI sorts first.
       Not the first ingested: shards finish in a different order on every run, and a run killed and rerun
       ingests in another order again, yet the catalog (and the pairs named after the original) must not change.
-    Parts are only rewritten when something in them changes, each atomically.
+    Parts are only rewritten when something in them changes, each atomically; this is the images table's
+    compaction, so it also merges small parts (tasks/core/catalog.py, protocol point 4). Reads four columns; a
+    data set whose parts are as the last finalize that had nothing to do left them costs one listing.
     """
-    parts = [(uri, t.to_pylist()) for uri, t in catalog.read_parts("images", dataset)]
-    newest: dict[str, tuple] = {}
-    for uri, rows in parts:
-        for row in rows:
-            key = (row["ingested_at"], uri)
-            if row["uri"] not in newest or key > newest[row["uri"]]:
-                newest[row["uri"]] = key
-    first_by_sha: dict[str, str] = {}
-    for uri, rows in parts:
-        for row in rows:
-            if row["sha256"] and newest[row["uri"]] == (row["ingested_at"], uri):
-                first_by_sha[row["sha256"]] = min(first_by_sha.get(row["sha256"], row["uri"]), row["uri"])
-    rewritten = 0
-    for uri, rows in parts:
-        kept = []
-        for row in rows:
-            if newest[row["uri"]] != (row["ingested_at"], uri):
-                continue
-            first = first_by_sha[row["sha256"]] if row["sha256"] else row["uri"]
-            kept.append(row | {"duplicate_of": None if first == row["uri"] else first})
-        if kept != rows:
-            catalog.replace_part(uri, kept, "images")
-            rewritten += 1
-    return rewritten
+    params = {"target_rows": catalog_module.TARGET_ROWS, "max_small_parts": catalog_module.MAX_SMALL_PARTS}
+    stamps = catalog.part_stamps("images", dataset)
+    if catalog.settled("images", dataset, "finalize", params, stamps):
+        return 0
+    scan = catalog.scan("images", dataset, ["uri", "sha256", "ingested_at", "duplicate_of"], stamps)
+    if not scan.uris:
+        return 0
+    data = scan.data
+    by_name = np.empty(len(scan.uris), np.int64)
+    by_name[np.argsort(np.array(scan.uris, dtype=object), kind="stable")] = np.arange(len(scan.uris))
+    when = rank_values(data, "ingested_at")
+    part = by_name[scan.part]
+    ids = None if all_distinct(data["uri"]) else group_ids(data, ["uri"])
+    if ids is not None and ids.max() + 1 < data.num_rows:
+        # the newest (ingested_at, part name) of each uri; every row that has it stays
+        best = best_of_groups(ids, [when, part])
+        best_when, best_part = np.empty(ids.max() + 1, np.int64), np.empty(ids.max() + 1, np.int64)
+        best_when[ids[best]], best_part[ids[best]] = when[best], part[best]
+        keep = (when == best_when[ids]) & (part == best_part[ids])
+    else:
+        keep = np.ones(data.num_rows, bool)
+    duplicate_of = _first_uri_by_content(data["uri"], data["sha256"], keep)
+    result = catalog.rewrite(scan, keep, patch={"duplicate_of": duplicate_of})
+    if not result.parts and not result.written:
+        catalog.settle(scan, "finalize", params)
+    return result.parts
