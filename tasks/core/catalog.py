@@ -211,12 +211,7 @@ class Catalog:
         return Layout(self.workspace).table(table)
 
     def groups(self, table: str) -> list[str]:
-        fs, path = storage.resolve(self.table_url(table))
-        try:
-            entries = fs.ls(path, detail=True)
-        except FileNotFoundError:
-            return []
-        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
+        return storage.list_folders(self.table_url(table))
 
     def part_uris(self, table: str, group: str | None = None) -> list[str]:
         groups = [group] if group is not None else self.groups(table)

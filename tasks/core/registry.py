@@ -69,23 +69,12 @@ def code_version() -> str:
 
 
 def names(workspace: str) -> list[str]:
-    fs, path = storage.resolve(Layout.of(workspace).models)
-    try:
-        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=True)
-                      if e["type"] == "directory")
-    except FileNotFoundError:
-        return []
+    return storage.list_folders(Layout.of(workspace).models)
 
 
 def _version_folders(root: str) -> list[str]:
     """Every `vN` folder of a model, complete, in progress or abandoned, oldest first."""
-    fs, path = storage.resolve(root)
-    try:
-        entries = fs.ls(path, detail=True)
-    except FileNotFoundError:
-        return []
-    found = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
-    return sorted((v for v in found if _VERSION.match(v)), key=lambda v: int(v[1:]))
+    return sorted((v for v in storage.list_folders(root) if _VERSION.match(v)), key=lambda v: int(v[1:]))
 
 
 def versions(workspace: str, name: str) -> list[str]:

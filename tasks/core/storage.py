@@ -476,15 +476,29 @@ def remove(uri: str) -> None:
         retry(lambda: fs.rm_file(path), what=uri)
 
 
+def _entries(url: str) -> list[dict]:
+    """What `ls` says is directly in a folder (nothing when it does not exist), outages retried: since s3fs makes
+    one try per call, every listing goes through the retry budget here."""
+    fs, path = resolve(url)
+
+    def ls() -> list[dict]:
+        try:
+            return fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+
+    return retry(ls, what=url)
+
+
 def list_names(url: str, suffix: str = "") -> list[str]:
     """Sorted base names of the files directly in a folder (empty when it does not exist)."""
-    fs, path = resolve(url)
-    try:
-        entries = retry(lambda: fs.ls(path, detail=True), what=url)
-    except StorageError:
-        return []
-    names = (posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] != "directory")
+    names = (posixpath.basename(e["name"].rstrip("/")) for e in _entries(url) if e["type"] != "directory")
     return sorted(n for n in names if n.endswith(suffix) and not _is_hidden(n))
+
+
+def list_folders(url: str) -> list[str]:
+    """Sorted base names of the folders directly in a folder (empty when it does not exist)."""
+    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in _entries(url) if e["type"] == "directory")
 
 
 # ---------------------------------------------------------------- conditional writes
