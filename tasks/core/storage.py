@@ -461,13 +461,14 @@ def write_bytes(uri: str, data: bytes) -> None:
     fault_point("storage.write", uri)
 
 
-def _create(path: str):
-    """A new local file open for writing; its folder is made when it is missing (not checked on every file)."""
+def _create(path: str, mode: str = "wb"):
+    """A local file open for writing (or appending); its folder is made when it is missing (not checked on every
+    file)."""
     try:
-        return open(path, "wb")  # noqa: SIM115  (the caller's `with` closes it)
+        return open(path, mode)  # noqa: SIM115  (the caller's `with` closes it)
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        return open(path, "wb")  # noqa: SIM115
+        return open(path, mode)  # noqa: SIM115
 
 
 def remove(uri: str) -> None:
@@ -673,7 +674,7 @@ def _flock(lock_path: str, uri: str, timeout: float) -> Iterator[None]:
     it would let two processes lock two different files of one name)."""
     import fcntl  # POSIX only, like the rest of the local write path's guarantees
 
-    with _create_append(lock_path) as handle:
+    with _create(lock_path, "ab") as handle:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -689,11 +690,3 @@ def _flock(lock_path: str, uri: str, timeout: float) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _create_append(path: str):
-    try:
-        return open(path, "ab")  # noqa: SIM115  (the caller's `with` closes it)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return open(path, "ab")  # noqa: SIM115
