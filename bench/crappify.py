@@ -324,7 +324,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                     load = round(os.getloadavg()[0], 2)
                     before = process_tree_cpu()
                     t0 = time.perf_counter()
-                    run_crappify(f"bench{n}", cfg, workspace=ws, dask=None if runner == "threads" else "local")
+                    run_crappify(f"bench{n}", cfg, workspace=ws, runner=runner)
                     seconds = time.perf_counter() - t0
                     cpu = cpu_by_role(before, process_tree_cpu())
                     close_pools()

@@ -2,7 +2,7 @@
 
     pixelmill apply sr2@production --input s3://archive/incoming --output s3://archive/enhanced
     pixelmill apply seg --input dataset:camvid-test --output ./masks --overlay
-    pixelmill apply sr2 --input ./photos.zip --output ./out --workers 2 --dask local
+    pixelmill apply sr2 --input ./photos.zip --output ./out --workers 2 --runner dask
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pixelmill.flows.events import emit_flagged
-from pixelmill.flows.stages import Stage, StageRun, run_stage, with_runner
+from pixelmill.flows.stages import Stage, StageRun, run_stage
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.catalog import Catalog
@@ -60,19 +60,21 @@ APPLY = Stage(
 )
 
 
-# The stage bounds the shards in flight itself (config.workers: threads sharing one loaded model, one shard each),
-# so a deployment's run needs no runner settings.
+# The stage bounds the shards in flight itself (config.workers: threads sharing one loaded model, one shard each)
+# and switches to `runner` for them (flows/runners.py), so the flow's own runner is a plain thread pool.
 @flow(name="apply", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner())
 def apply(model: str, input: str, output: str, workspace: str | None = None,
-          config: ApplyConfig | None = None) -> dict:
-    """Run a registered model over every new input; outputs mirror the inputs' names under `output`."""
+          config: ApplyConfig | None = None, runner: str | None = None) -> dict:
+    """Run a registered model over every new input; outputs mirror the inputs' names under `output`.
+    `runner`: threads, processes, dask, dask:PROFILE or a Dask scheduler address (default: $PIXELMILL_RUNNER,
+    else threads)."""
     config = (config or ApplyConfig()).check()
     workspace = workspace_url(workspace)
     card = registry.resolve(workspace, model)  # once per run: the plan and its shards carry the card
     run_id = str(FlowRunContext.get().flow_run.id)  # on every row of the run: its summary reads only its own
     return run_stage(APPLY, workspace, config.workers,
                      plan=dict(workspace=workspace, card=card, source=input, output=output, cfg=config),
-                     shard=dict(cfg=config, run_id=run_id))
+                     shard=dict(cfg=config, run_id=run_id), runner=runner, shared=[output])
 
 
 def summary_markdown(summary: dict, rows: list[dict]) -> str:
@@ -95,9 +97,8 @@ def summary_markdown(summary: dict, rows: list[dict]) -> str:
 
 
 def run_apply(model: str, input: str, output: str, config: ApplyConfig, workspace: str | None = None,
-              dask: str | None = None) -> dict:
-    """Run the flow on the task runner for --workers and --dask (a runner is fixed per flow call)."""
-    return with_runner(apply, APPLY, config.workers, dask, workspace)(model, input, output, workspace, config)
+              runner: str | None = None) -> dict:
+    return apply(model, input, output, workspace, config, runner)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Crappify flow: the ok images of a data set -> a paired training set and its `pairs` catalog table.
 
     pixelmill crappify --dataset photos --recipe lesson7
-    pixelmill crappify --dataset photos --recipe sr-x4 --split train --dask              # LocalCluster
-    pixelmill crappify --dataset photos --recipe my-recipe.yaml --dask tcp://scheduler:8786
+    pixelmill crappify --dataset photos --recipe sr-x4 --split train --runner dask       # LocalCluster
+    pixelmill crappify --dataset photos --recipe my-recipe.yaml --runner tcp://scheduler:8786
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pixelmill.flows.stages import Stage, StageRun, run_stage, with_runner
+from pixelmill.flows.stages import Stage, StageRun, run_stage
 from pixelmill.tasks import steps
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
@@ -64,20 +64,22 @@ CRAPPIFY = Stage(
 )
 
 
-# The stage bounds the shards in flight itself, so a deployment's run needs no runner settings.
+# The stage bounds the shards in flight itself and switches to `runner` for them (flows/runners.py).
 @flow(name="crappify", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner())
-def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str | None = None) -> dict:
-    """Make (HR target, LR input) pairs with a named degradation recipe; reruns only make missing pairs."""
+def crappify(dataset: str, config: CrappifyConfig | None = None, workspace: str | None = None,
+             runner: str | None = None) -> dict:
+    """Make (HR target, LR input) pairs with a named degradation recipe; reruns only make missing pairs.
+    `runner`: threads (with a local process pool), processes, dask, dask:PROFILE or a Dask scheduler address
+    (default: $PIXELMILL_RUNNER, else threads)."""
     config = config or CrappifyConfig()
     workspace = workspace_url(workspace)
     return run_stage(CRAPPIFY, workspace, config.workers, plan=dict(workspace=workspace, dataset=dataset, cfg=config),
-                     shard=dict(cfg=config))
+                     shard=dict(cfg=config), runner=runner)
 
 
 def run_crappify(dataset: str, config: CrappifyConfig, workspace: str | None = None,
-                 dask: str | None = None) -> dict:
-    """Run the flow on the chosen task runner (a runner is fixed per flow call, so it is chosen here)."""
-    return with_runner(crappify, CRAPPIFY, config.workers, dask, workspace)(dataset, config, workspace)
+                 runner: str | None = None) -> dict:
+    return crappify(dataset, config, workspace, runner)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@
 `pixelmill.model.{name}`, labelled with the version, the alias and the workspace, so that a trigger can match
 "production of sr in this workspace" and template the run's parameters from the labels.
 
+`pixelmill.ingest.completed`: an ingest run finished. Its resource is the data set, `pixelmill.dataset.{name}`,
+labelled with the source it read and the workspace, so that apply-nightly (deploy/prefect.yaml) runs over what
+was ingested as soon as ingest ends, instead of at a clock time that guesses when it will have ended. Sent on
+every completed run, also one with nothing new: an apply that an earlier crash left unfinished then catches up.
+
 `pixelmill.apply.flagged`: an apply run wrote outputs that its checks flagged (colour drift, clipping, NIQE worse
 than the input's). Same resource; the payload has the counts by reason and the run id, so an automation can alert
 a person, who runs `pixelmill review RUN_ID`.
@@ -15,6 +20,7 @@ from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.cards import ModelCard
 
 PROMOTED = "pixelmill.model.promoted"
+INGESTED = "pixelmill.ingest.completed"
 FLAGGED = "pixelmill.apply.flagged"
 DRAIN_SECONDS = 10.0
 
@@ -58,3 +64,16 @@ def emit_flagged(card: ModelCard, summary: dict, workspace: str):
         "run_id": summary["run_id"], "flagged": summary["flagged"], "processed": summary["processed"],
         "reasons": summary["flag_reasons"], "output": summary["output"],
         "review": f"pixelmill review {summary['run_id']}"})
+
+
+def emit_ingested(summary: dict, source: str):
+    """Inside the ingest flow, once its catalog is final. Returns the event."""
+    from prefect.events import emit_event
+
+    dataset = summary["dataset"]
+    resource = {"prefect.resource.id": f"pixelmill.dataset.{dataset}", "prefect.resource.name": dataset,
+                "pixelmill.dataset": dataset, "pixelmill.source": storage.normalize_url(source, archives=False),
+                "pixelmill.workspace": storage.normalize_url(summary["workspace"])}
+    return emit_event(INGESTED, resource=resource, payload={
+        "new_or_changed": summary["new_or_changed"], "unchanged": summary["unchanged"], "files": summary["files"],
+        "status": summary["status"]})

@@ -11,6 +11,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pixelmill.flows.events import emit_ingested
 from pixelmill.flows.stages import Stage, StageRun, run_stage
 from pixelmill.tasks import steps
 from pixelmill.tasks.core.catalog import Catalog
@@ -52,17 +53,21 @@ INGEST = Stage(
 )
 
 
-# The stage bounds the shards in flight itself (config.workers), so a deployment's run needs no runner settings.
+# The stage bounds the shards in flight itself (config.workers) and switches to `runner` for them.
 @flow(name="ingest", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner())
 def ingest(source: str, dataset: str | None = None, workspace: str | None = None,
-           config: IngestConfig | None = None) -> dict:
-    """Catalog every file under `source`: one row per file, bad files as error rows, reruns incremental."""
+           config: IngestConfig | None = None, runner: str | None = None) -> dict:
+    """Catalog every file under `source`: one row per file, bad files as error rows, reruns incremental.
+    `runner`: threads, processes, dask, dask:PROFILE or a Dask scheduler address (default: $PIXELMILL_RUNNER,
+    else threads)."""
     config = config or IngestConfig()
     workspace = workspace_url(workspace)
     dataset = dataset or dataset_name_for(source)
-    return run_stage(INGEST, workspace, config.workers,
-                     plan=dict(source=source, dataset=dataset, workspace=workspace, cfg=config),
-                     shard=dict(cfg=config))
+    summary = run_stage(INGEST, workspace, config.workers,
+                        plan=dict(source=source, dataset=dataset, workspace=workspace, cfg=config),
+                        shard=dict(cfg=config), runner=runner)
+    emit_ingested(summary, source)  # apply-nightly's trigger: what was ingested is applied now, not at a set hour
+    return summary
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@ A bulk stage (ingest, crappify, apply, any new per-item job over a bucket) decla
     table       the catalog table its shards write; the group (data set, paired set, model) comes from the plan
     outputs     the folders its shards write, for the lease's cleanup of what killed writers left
     summary     the run's summary dict and Markdown, from the catalog
-and its flow is `run_stage(STAGE, workspace, workers, plan=..., shard=...)`. The helper does the rest, the same way
-for every stage: the run's lease, shards in flight on the flow's task runner (threads, a local process pool of
-`workers` for a `pool` stage, or Dask), the progress artifact and the terminal bar, the compaction, the summary
-artifact. An item's failure inside a shard is a row (tasks/core/shards.py `error_row`); a shard that still fails
-after its retries (tasks/steps.py SHARD_RETRIES) fails the run.
+and its flow is `run_stage(STAGE, workspace, workers, plan=..., shard=..., runner=...)`. The helper does the rest,
+the same way for every stage: the run's lease, shards in flight on the runner (flows/runners.py: threads, with a
+local process pool of `workers` for a `pool` stage; processes; Dask), the progress artifact and the terminal bar,
+the compaction, the summary artifact. An item's failure inside a shard is a row (tasks/core/shards.py
+`error_row`); a shard that still fails after its retries (tasks/steps.py SHARD_RETRIES) fails the run.
 
 `--workers` means one thing for every stage: shards in flight at once, each on one worker (a thread, a pool
-process or a Dask worker). `with_runner` picks the task runner for that.
+process or a Dask worker).
 """
 
 from __future__ import annotations
@@ -72,37 +72,52 @@ class Stage:
         return [storage.join(Layout.of(workspace).table(self.table), self.group(plan)), *self.outputs(workspace, plan)]
 
 
-def run_stage(stage: Stage, workspace: str, workers: int, plan: dict, shard: dict | None = None) -> dict:
+def run_stage(stage: Stage, workspace: str, workers: int, plan: dict, shard: dict | None = None,
+              runner: str | None = None, shared: Sequence[str] = ()) -> dict:
     """Run a stage inside its flow: plan, lease, shards in flight, progress, finish, summary artifact.
 
-    `plan`: the arguments of stage.plan; `shard`: options passed to every stage.run_shard call (a config)."""
-    from prefect import get_run_logger
-    from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+    `plan`: the arguments of stage.plan; `shard`: options passed to every stage.run_shard call (a config);
+    `runner`: where the shards run (flows/runners.py; None: $PIXELMILL_RUNNER, else threads); `shared`: folders
+    besides the workspace that the shards write, which a remote cluster must see."""
+    from prefect.artifacts import create_markdown_artifact
     from prefect.context import FlowRunContext
-    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from pixelmill.flows.runners import running_on
+
+    started = time.perf_counter()
+    options = dict(shard or {})
+    with running_on(runner, workers, workspace, stage.window(workers), shared) as name:
+        if stage.pool is not None:
+            # On threads, each shard runs whole in a child of one local pool of `workers` processes, started
+            # before the planning so that its start overlaps it; elsewhere the runner's workers are the processes.
+            options["processes"] = workers if name == "threads" and not workspace.startswith("memory://") else 0
+            if options["processes"]:
+                stage.pool(options["processes"])
+        run = run_shards(stage, workspace, workers, plan, options, str(FlowRunContext.get().flow_run.id), name)
+    run.seconds = time.perf_counter() - started
+    summary, markdown = stage.summary(run)
+    create_markdown_artifact(markdown, key=artifact_key(stage.name, run.group),
+                             description=f"{stage.name} {run.group}: {table_of(stage.table).group} summary")
+    return summary
+
+
+def run_shards(stage: Stage, workspace: str, workers: int, plan: dict, options: dict, run_id: str,
+               runner: str) -> StageRun:
+    """Plan, then the shards in flight on the current task runner, then the compaction (or the stage's finish)."""
+    from prefect import get_run_logger
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     from pixelmill.flows.console import report_progress
     from pixelmill.flows.runners import in_window
     from pixelmill.tasks import steps
 
     logger = get_run_logger()
-    started = time.perf_counter()
-    context = FlowRunContext.get()
-    options = dict(shard or {})
-    if stage.pool is not None:
-        # On threads, each shard runs whole in a child of one local pool of `workers` processes, started before
-        # the planning so that its start overlaps it; on Dask, the workers are the processes.
-        on_threads = isinstance(context.task_runner, ThreadPoolTaskRunner)
-        options["processes"] = workers if on_threads and not workspace.startswith("memory://") else 0
-        if options["processes"]:
-            stage.pool(options["processes"])
-
     planned = stage.plan(**plan)
     group, shards = stage.group(planned), list(stage.shards(planned))
     steps.watch_run(stage.name, group, workspace, *stage.folders(workspace, planned))  # before any shard writes
-    logger.info("%s", stage.describe(planned))
+    logger.info("%s%s", stage.describe(planned), "" if runner == "threads" else f"; shards run on {runner}")
 
-    run = StageRun(workspace, group, planned, plan, run_id=str(context.flow_run.id))
+    run = StageRun(workspace, group, planned, plan, run_id=run_id)
     total = sum(stage.items(s) for s in shards) if stage.progress_in_items else len(shards)
     unit = "images" if stage.progress_in_items else "shards"
     progress = create_progress_artifact(0.0, key=artifact_key(f"{stage.name}-progress", group),
@@ -128,24 +143,4 @@ def run_stage(stage: Stage, workspace: str, workers: int, plan: dict, shard: dic
         if removed:
             logger.info("%s: removed %d duplicate %s rows left by overlapping or earlier runs", group, removed,
                         stage.table)
-    run.seconds = time.perf_counter() - started
-    summary, markdown = stage.summary(run)
-    create_markdown_artifact(markdown, key=artifact_key(stage.name, group),
-                             description=f"{stage.name} {group}: {table_of(stage.table).group} summary")
-    return summary
-
-
-def with_runner(flow, stage: Stage, workers: int, dask: str | None, workspace: str | None):
-    """The flow bound to the task runner for `workers` and `dask` (None: threads here; "local": a Dask
-    LocalCluster of `workers` processes; else a scheduler's address). Call the result with the flow's arguments."""
-    from pixelmill.flows.runners import api_for_workers, task_runner_for
-    from pixelmill.tasks.core.settings import workspace_url
-
-    runner = task_runner_for(dask, workers, workspace_url(workspace), stage.window(workers))
-    bound = flow.with_options(task_runner=runner)
-
-    def call(*args, **kwargs):
-        with api_for_workers(dask):
-            return bound(*args, **kwargs)
-
-    return call
+    return run

@@ -39,8 +39,19 @@ WORKERS_HELP = ("shards in flight at once, each on one worker: a thread, a proce
 Workers = Annotated[int, typer.Option(help=WORKERS_HELP)]
 
 
-Dask = Annotated[str | None, typer.Option(help="run the shards on Dask: 'local' for a LocalCluster of --workers "
-                                                "processes, or a scheduler address")]
+Runner = Annotated[str | None, typer.Option(
+    envvar="PIXELMILL_RUNNER", show_default="threads",
+    help="where the shards run: threads, processes, dask (a LocalCluster of --workers processes), dask:PROFILE "
+         "(deploy/dask.yaml) or a Dask scheduler address like tcp://scheduler:8786")]
+Dask = Annotated[str | None, typer.Option(hidden=True, help="the older spelling of --runner: 'local' or an address")]
+
+
+def runner_of(runner: str | None, dask: str | None) -> str | None:
+    """--runner, else the older --dask (`local` meant a LocalCluster), checked before anything starts."""
+    from pixelmill.flows.runners import runner_name
+
+    chosen = runner or dask
+    return runner_name(chosen) if chosen else None
 
 
 Workspace = Annotated[str | None, typer.Option(envvar="PIXELMILL_WORKSPACE", show_default="./pixelmill-workspace",

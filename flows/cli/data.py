@@ -12,6 +12,7 @@ import typer
 from pixelmill.flows.cli.common import (
     WORKERS_HELP,
     Dask,
+    Runner,
     Workers,
     Workspace,
     _debug,
@@ -19,6 +20,7 @@ from pixelmill.flows.cli.common import (
     catalog_app,
     next_command,
     note,
+    runner_of,
     start_prefect,
     user_errors,
 )
@@ -38,6 +40,7 @@ def ingest(
     = "0.8,0.1,0.1",
     split: Annotated[str | None, typer.Option(hidden=True, help="the old name of --split-fractions")] = None,
     workers: Workers = 4,
+    runner: Runner = None,
     force: Annotated[bool, typer.Option(help="re-read unchanged files too")] = False,
 ) -> None:
     """Catalog the images under SOURCE into the `images` table (bad files become error rows)."""
@@ -52,6 +55,7 @@ def ingest(
         cfg = IngestConfig(masks=masks, shard_size=shard_size, workers=workers, force=force,
                            split_fractions=preflight.parse_split_fractions(split_fractions))
         check_name(dataset or dataset_name_for(source), "dataset name")
+        runner = runner_of(runner, None)
         preflight.require_source(source)
         start_prefect()
         from pixelmill.flows.console import progress_bar
@@ -59,7 +63,7 @@ def ingest(
         from pixelmill.tasks.core.tables import TABLES
 
         with progress_bar():
-            summary = ingest_flow(source, dataset=dataset, workspace=workspace, config=cfg)
+            summary = ingest_flow(source, dataset=dataset, workspace=workspace, config=cfg, runner=runner)
         if _debug["verbose"]:
             typer.echo(TABLES["images"].markdown(summary, f"ingest {summary['dataset']}") + "\n")
         name, status = summary["dataset"], summary["status"]
@@ -82,6 +86,7 @@ def crappify(
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP + " (default: this machine's cores)")] = None,
     shard_size: Annotated[int | None, typer.Option(help="images per task (default: about 4 tasks per worker, "
                                                         "16 to 1024 images each)")] = None,
+    runner: Runner = None,
     dask: Dask = None,
     workspace: Workspace = None,
 ) -> None:
@@ -92,6 +97,7 @@ def crappify(
 
         cfg = CrappifyConfig(recipe=recipe, split=split, name=name, seed=seed, shard_size=shard_size,
                              **({"workers": workers} if workers is not None else {}))
+        runner = runner_of(runner, dask)
         preflight.require_recipe(recipe)
         preflight.require_dataset(workspace, dataset)
         start_prefect()
@@ -100,7 +106,7 @@ def crappify(
         from pixelmill.tasks.core.tables import TABLES
 
         with progress_bar():
-            summary = run_crappify(dataset, cfg, workspace=workspace, dask=dask)
+            summary = run_crappify(dataset, cfg, workspace=workspace, runner=runner)
         if _debug["verbose"]:
             typer.echo(TABLES["pairs"].markdown(summary, f"crappify {summary['set_name']}") + "\n")
         set_name, status = summary["set_name"], summary["status"]

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from pixelmill.flows.cli.common import WORKERS_HELP, Dask, Workspace, app, start_prefect, user_errors
+from pixelmill.flows.cli.common import (
+    WORKERS_HELP,
+    Dask,
+    Runner,
+    Workspace,
+    app,
+    runner_of,
+    start_prefect,
+    user_errors,
+)
 from pixelmill.tasks.core.errors import ConfigError, PixelmillError
 
 TileOption = Annotated[int | None, typer.Option(
@@ -123,6 +132,7 @@ def apply(
     metadata: Annotated[bool, typer.Option(help="copy each input's EXIF, XMP and IPTC into its output (--no-metadata: "
                                                 "only the ICC profile, DPI and provenance, e.g. to drop GPS)")] = True,
     workers: Annotated[int, typer.Option(help=WORKERS_HELP + " (threads share one loaded model)")] = 1,
+    runner: Runner = None,
     dask: Dask = None,
     force: Annotated[bool, typer.Option(help="reprocess inputs this model version already did")] = False,
     limit: Annotated[int | None, typer.Option(help="process at most N inputs this run")] = None,
@@ -144,6 +154,7 @@ def apply(
         if max_memory:
             fields["max_memory"] = parse_bytes(max_memory)
         apply_config = ApplyConfig(**fields).check()
+        runner = runner_of(runner, dask)
         preflight.require_model(workspace, model)
         if is_data_ref(input):  # images:NAME (dataset:NAME, its old spelling, too)
             preflight.require_data(workspace, input, ("images",))
@@ -152,7 +163,7 @@ def apply(
         start_prefect()
         from pixelmill.flows.apply import run_apply
 
-        s = run_apply(model, input, output, apply_config, workspace=workspace, dask=dask)
+        s = run_apply(model, input, output, apply_config, workspace=workspace, runner=runner)
         typer.echo(f"{s['model']} ({s['task']}): {s['processed']} processed, {s['skipped']} skipped, "
                    f"{s['failed']} failed, {s['flagged']} flagged, {s['images_per_s']} images/s")
         for e in s["errors"][:10]:

@@ -35,13 +35,15 @@ def by_name(deployments: list[dict]) -> list:
     return [pytest.param(d, id=d.get("name", "?")) for d in deployments]
 
 
+WORKSPACE = PROJECT["definitions"]["workspace"]
+
+
 @cache
 def load_flow(entrypoint: str):
-    """Import `path/to/file.py:flow_name` the way `prefect deploy` does, with the path taken from the repo root."""
+    """Import `package.module:flow_name` the way `prefect deploy` and a worker do."""
     from prefect.flows import load_flow_from_entrypoint
 
-    path, _, name = entrypoint.rpartition(":")
-    return load_flow_from_entrypoint(f"{ROOT / path}:{name}")
+    return load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
 
 
 # ---------------------------------------------------------------- prefect.yaml
@@ -80,9 +82,7 @@ def test_entrypoint_is_a_prefect_flow(dep):
     from prefect import Flow
 
     entrypoint = dep["entrypoint"]
-    assert re.fullmatch(r"[\w/]+\.py:\w+", entrypoint), f"{entrypoint!r} is not path/file.py:flow"
-    assert not entrypoint.startswith("/"), "entrypoints must be relative to the repository root"
-    assert (ROOT / entrypoint.split(":")[0]).is_file()
+    assert re.fullmatch(r"pixelmill\.flows\.\w+:\w+", entrypoint), f"{entrypoint!r} is not a module of the package"
     assert isinstance(load_flow(entrypoint), Flow)
 
 
@@ -110,11 +110,11 @@ def test_ingest_configs_are_real_ingest_configs():
     from pixelmill.tasks.prep.ingest import IngestConfig
 
     configs = [d["parameters"]["config"] for d in DEPLOYMENTS
-               if "config" in (d.get("parameters") or {}) and d["entrypoint"] == "flows/ingest.py:ingest"]
+               if "config" in (d.get("parameters") or {}) and d["entrypoint"] == "pixelmill.flows.ingest:ingest"]
     assert configs, "no deployment passes an IngestConfig"
     for cfg in configs:
         IngestConfig.model_validate(cfg)
-    flow = load_flow("flows/ingest.py:ingest")
+    flow = load_flow("pixelmill.flows.ingest:ingest")
     with pytest.raises(Exception, match="masx"):
         flow.validate_parameters({"source": "s3://x/y", "config": {"masx": None}})
 
@@ -154,22 +154,35 @@ def test_every_deployment_uses_the_pool_the_worker_serves(dep):
     assert isinstance(dep["work_pool"].get("job_variables", {}), dict)
 
 
-def test_pull_step_changes_into_the_source_tree(monkeypatch, tmp_path):
-    """Replay the pull step as the worker does: fill env placeholders from os.environ, then run the step."""
-    from prefect.deployments.steps.core import _get_function_for_step
-    from prefect.utilities.templating import apply_values
-
-    (step,) = PROJECT["pull"]
-    (fqn, inputs), = step.items()
-    assert fqn == "prefect.deployments.steps.set_working_directory"
-    assert "$PIXELMILL_ROOT" in inputs["directory"]
-
+def test_no_pull_step_and_entrypoints_load_from_any_directory(monkeypatch, tmp_path):
+    """`pull: []`: a worker needs the installed package, not a checkout at a path (an omitted pull would make
+    `prefect deploy` add a step that changes into the deploying machine's directory)."""
+    assert PROJECT["pull"] == []
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PIXELMILL_ROOT", str(ROOT))
-    _get_function_for_step(fqn)(**apply_values(inputs, os.environ))
-    assert Path.cwd() == ROOT
-    for dep in DEPLOYMENTS:  # the entrypoints resolve from there
-        assert Path(dep["entrypoint"].split(":")[0]).is_file()
+    from prefect.flows import load_flow_from_entrypoint
+
+    for dep in DEPLOYMENTS:
+        module, name = dep["entrypoint"].split(":")
+        assert load_flow_from_entrypoint(dep["entrypoint"], use_placeholder_flow=False).fn.__module__ == module, name
+
+
+def test_the_workspace_is_written_once():
+    """Every run gets PIXELMILL_WORKSPACE from its pool's job variables, and no deployment names another one."""
+    text = (DEPLOY / "prefect.yaml").read_text()
+    assert len(re.findall(r"s3://pixelmill/workspace", text)) == 1, "the workspace URL is written more than once"
+    for dep in DEPLOYMENTS:
+        assert dep["work_pool"]["job_variables"]["env"]["PIXELMILL_WORKSPACE"] == WORKSPACE, dep["name"]
+        assert "workspace" not in (dep.get("parameters") or {}), dep["name"]
+
+
+def test_apply_nightly_runs_one_at_a_time_and_queues_the_next():
+    """What the server gets from `prefect deploy` for the limit: one slot, the next run waits (not cancelled)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    (dep,) = [d for d in DEPLOYMENTS if d["name"] == "apply-nightly"]
+    limit = ConcurrencyLimitConfig.model_validate(dep["concurrency_limit"])
+    assert limit.limit == 1 and limit.collision_strategy.value == "ENQUEUE"
+    assert not dep.get("schedules"), "apply follows ingest by its event, not by a clock"
 
 
 # ---------------------------------------------------------------- compose.yaml
@@ -403,7 +416,7 @@ def test_promotion_trigger_runs_apply_on_the_archive():
     from prefect.server.utilities.user_templates import render_user_template_sync
 
     (dep, spec), = promotion_triggers()
-    assert dep["entrypoint"] == "flows/apply.py:apply" and dep["parameters"]["model"] == "sr@production"
+    assert dep["entrypoint"] == "pixelmill.flows.apply:apply" and dep["parameters"]["model"] == "sr@production"
     (trigger,) = _initialize_deployment_triggers(dep["name"], [dict(spec)])
     deployment_id = uuid4()
     trigger.set_deployment_id(deployment_id)
@@ -412,7 +425,7 @@ def test_promotion_trigger_runs_apply_on_the_archive():
     assert isinstance(action, RunDeployment) and action.deployment_id == deployment_id
     server_trigger = ServerAutomation.model_validate(automation.model_dump(mode="json")).trigger
 
-    workspace = dep["parameters"]["workspace"]
+    workspace = WORKSPACE
     assert server_trigger.covers(promoted_event("sr", "v7", "production", workspace))
     assert not server_trigger.covers(promoted_event("sr", "v7", "staging", workspace))
     assert not server_trigger.covers(promoted_event("sr", "v7", "production", "s3://elsewhere/workspace"))
@@ -441,3 +454,38 @@ def test_gpu_pool_examples_match_the_cpu_pool():
     text = (DEPLOY / "prefect.yaml").read_text()
     assert '"nvidia.com/gpu": "{{ gpu_count }}"' in text  # the template change that gives gpu_count a meaning
     assert not [d["name"] for d in DEPLOYMENTS if d["work_pool"]["name"] != POOL]
+
+
+def test_ingest_finishing_runs_apply_on_what_it_ingested():
+    """The event ingest sends when it ends (flows/events.py), matched by the server's own code against the
+    apply-nightly trigger, and the input the run would get: the source that ingest read."""
+    from uuid import uuid4
+
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    from prefect.server.events.schemas.automations import AutomationCore as ServerAutomation
+    from prefect.server.events.schemas.events import ReceivedEvent
+    from prefect.server.utilities.user_templates import render_user_template_sync
+
+    from pixelmill.flows.events import INGESTED
+
+    (dep, spec), = [(d, t) for d in DEPLOYMENTS for t in d.get("triggers") or [] if INGESTED in t.get("expect", [])]
+    (ingest,) = [d for d in DEPLOYMENTS if d["name"] == "ingest-nightly"]
+    (trigger,) = _initialize_deployment_triggers(dep["name"], [dict(spec)])
+    trigger.set_deployment_id(uuid4())
+    automation = trigger.as_automation()
+    server_trigger = ServerAutomation.model_validate(automation.model_dump(mode="json")).trigger
+
+    def ingested(dataset: str, source: str, workspace: str) -> ReceivedEvent:
+        resource = {"prefect.resource.id": f"pixelmill.dataset.{dataset}", "pixelmill.dataset": dataset,
+                    "pixelmill.source": source, "pixelmill.workspace": workspace}
+        return ReceivedEvent(event=INGESTED, resource=resource, occurred="2024-06-01T00:00:00Z", id=uuid4())
+
+    nightly = ingested(ingest["parameters"]["dataset"], "s3://archive/incoming/2024-06-01", WORKSPACE)
+    assert server_trigger.covers(nightly)
+    assert not server_trigger.covers(ingested("camvid-train", "s3://pixelmill/datasets/camvid/train", WORKSPACE))
+    assert not server_trigger.covers(ingested(ingest["parameters"]["dataset"], "s3://archive/incoming",
+                                              "s3://elsewhere/workspace"))
+    (action,) = automation.actions
+    rendered = {k: render_user_template_sync(v, {"event": nightly}) for k, v in action.parameters.items()}
+    assert rendered == {"input": "s3://archive/incoming/2024-06-01"}
+    load_flow(dep["entrypoint"]).validate_parameters(dep["parameters"] | rendered)

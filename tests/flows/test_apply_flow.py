@@ -67,7 +67,7 @@ def test_dask_local_cluster_gives_the_same_catalog_as_threads(tmp_path):
     fill(tmp_path / "in")
     cfg = ApplyConfig(tile=32, overlap=8, shard_size=2, workers=2)
     run_apply(ref, str(tmp_path / "in"), str(tmp_path / "threads"), cfg, workspace=ws)
-    run_apply(ref, str(tmp_path / "in"), str(tmp_path / "dask"), cfg, workspace=ws, dask="local")
+    run_apply(ref, str(tmp_path / "in"), str(tmp_path / "dask"), cfg, workspace=ws, runner="dask")
     threads = fingerprint(ws, "sr", str(tmp_path / "threads"))
     dask = fingerprint(ws, "sr", str(tmp_path / "dask"))
     assert len(threads) == 7 and threads == dask

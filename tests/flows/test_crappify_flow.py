@@ -52,14 +52,14 @@ def test_dask_local_cluster_gives_the_same_pairs_as_threads(tmp_path):
     ingest(str(tmp_path / "src"), dataset="d", workspace=ws)
     cfg = {"recipe": "realistic", "shard_size": 2, "workers": 2}
     run_crappify("d", CrappifyConfig(name="threads", **cfg), workspace=ws)
-    run_crappify("d", CrappifyConfig(name="dask", **cfg), workspace=ws, dask="local")
+    run_crappify("d", CrappifyConfig(name="dask", **cfg), workspace=ws, runner="dask")
     threads, dask = fingerprint(ws, "threads"), fingerprint(ws, "dask")
     assert len(threads) == 6 and threads == dask
 
 
 def test_dask_refuses_a_memory_workspace(memory_url):
     with pytest.raises(ConfigError, match="memory:// workspace"):
-        run_crappify("d", CrappifyConfig(), workspace=memory_url, dask="local")
+        run_crappify("d", CrappifyConfig(), workspace=memory_url, runner="dask")
 
 
 @pytest.mark.s3

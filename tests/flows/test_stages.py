@@ -13,7 +13,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pixelmill.flows.console import set_progress_sink
-from pixelmill.flows.stages import Stage, StageRun, run_stage, with_runner
+from pixelmill.flows.stages import Stage, StageRun, run_stage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, error_row, shard_id
 from pixelmill.tasks.core.tables import TABLES
@@ -85,9 +85,10 @@ SCORE = Stage(name="score", table="images", plan=plan_scores, run_shard=score_sh
 
 
 @flow
-def score(workspace: str, group: str, names: list[str], workers: int = 2, pause: float = 0.0) -> dict:
+def score(workspace: str, group: str, names: list[str], workers: int = 2, pause: float = 0.0,
+          runner: str | None = None) -> dict:
     return run_stage(SCORE, workspace, workers, plan=dict(workspace=workspace, group=group, names=names, size=2),
-                     shard=dict(pause=pause))
+                     shard=dict(pause=pause), runner=runner)
 
 
 def test_a_declared_stage_runs_with_its_window_progress_rows_and_summary(tmp_path):
@@ -99,7 +100,7 @@ def test_a_declared_stage_runs_with_its_window_progress_rows_and_summary(tmp_pat
     set_progress_sink(lambda what, done, total: seen.append((what, done, total)))
     running["most"] = 0
     try:
-        first = with_runner(score, SCORE, 2, None, ws)(ws, "q", names, workers=2, pause=0.3)
+        first = score(ws, "q", names, workers=2, pause=0.3)
     finally:
         set_progress_sink(None)
     assert running["most"] == 2  # --workers shards in flight, never more
