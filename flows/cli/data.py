@@ -1,4 +1,4 @@
-"""Data commands: `ingest`, `crappify`, `recipes`, `catalog show`.
+"""Data commands: `ingest`, `crappify`, `recipes`, `catalog show`, `catalog sql`.
 """
 
 from __future__ import annotations
@@ -165,6 +165,45 @@ def catalog_show(
         text = decl.markdown(summary, f"{table} table" + (f": {decl.group} {group}" if group else ""))
         typer.echo(json.dumps(summary, indent=1, default=str) if as_json else text)
         typer.echo(f"\nParquet files: {catalog.table_url(table)}/*/*.parquet")
+
+
+@catalog_app.command("sql")
+def catalog_sql(
+    query: Annotated[str, typer.Argument(help='one SQL statement (DuckDB) over the views images, pairs, models, '
+                                              'evaluations and predictions, e.g. "select status, count(*) from '
+                                              'images group by 1"')],
+    workspace: Workspace = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON lines")] = False,
+    limit: Annotated[int, typer.Option(help="rows printed as a table at most (--json prints all)")] = 50,
+) -> None:
+    """Query the catalog with SQL: each table is a view that sees each key once (the row `catalog show` counts)."""
+    with user_errors():
+        from pixelmill.flows import preflight
+        from pixelmill.tasks.core import sql
+
+        result = sql.query(preflight.require_workspace(workspace), query)
+        if as_json:
+            for row in result.to_pylist():
+                typer.echo(json.dumps(row, default=str))
+            return
+        typer.echo(text_table(result, limit))
+
+
+def text_table(result, limit: int) -> str:
+    """An Arrow table as aligned columns, cells cut at 60 characters, at most `limit` rows."""
+    width = 60
+    rows = result.slice(0, limit).to_pylist()
+    cells = [[("" if v is None else str(v)).replace("\n", " ") for v in row.values()] for row in rows]
+    cells = [[c if len(c) <= width else c[:width - 1] + "…" for c in row] for row in cells]
+    headers = result.column_names
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    more = result.num_rows - len(rows)
+    lines.append(f"({result.num_rows} row{'s' * (result.num_rows != 1)}" +
+                 (f", {more} not shown: --limit N or --json)" if more else ")"))
+    return "\n".join(lines)
 
 
 def pick_group(decl, given: dict[str, str | None]) -> str | None:
