@@ -100,21 +100,26 @@ def task_runner_for(name: str, workers: int, workspace: str, window: int):
 @contextlib.contextmanager
 def running_on(runner: str | None, workers: int, workspace: str, window: int, shared: Sequence[str] = ()):
     """Inside: the current flow's tasks are submitted to the chosen runner (started here, stopped on the way out).
-    A remote cluster is first checked to see `workspace` and `shared` (the folders its shards write)."""
+    A remote cluster is first checked to see `workspace` and `shared` (the folders its shards write).
+
+    Yields (runner name, slots): slots is what the runner can run at once (a Dask cluster's threads; None on
+    threads and processes), so that a run given a cluster keeps all of it busy whatever its --workers says."""
     from prefect.context import FlowRunContext
 
     name = runner_name(runner)
     task_runner = task_runner_for(name, workers, workspace, window)
     if task_runner is None:
-        yield name
+        yield name, None
         return
     context = FlowRunContext.get()
     with task_runner as started:
-        if is_remote(name):
-            check_shared(started.client, name, [workspace, *shared])
-        with api_for_workers(started.client if is_remote(name) else None), \
-                context.model_copy(update={"task_runner": started}):
-            yield name
+        client = getattr(started, "client", None)  # Dask's; a process pool has none
+        remote = is_remote(name)
+        if remote:
+            check_shared(client, name, [workspace, *shared])
+        slots = sum(client.nthreads().values()) if client is not None else None
+        with api_for_workers(client if remote else None), context.model_copy(update={"task_runner": started}):
+            yield name, slots
 
 
 def check_shared(client, name: str, folders: Sequence[str]) -> None:

@@ -86,7 +86,8 @@ def run_stage(stage: Stage, workspace: str, workers: int, plan: dict, shard: dic
 
     started = time.perf_counter()
     options = dict(shard or {})
-    with running_on(runner, workers, workspace, stage.window(workers), shared) as name:
+    with running_on(runner, workers, workspace, stage.window(workers), shared) as (name, slots):
+        workers = max(workers, slots or 0)  # a cluster's workers all take shards
         if stage.pool is not None:
             # On threads, each shard runs whole in a child of one local pool of `workers` processes, started
             # before the planning so that its start overlaps it; elsewhere the runner's workers are the processes.

@@ -1,5 +1,5 @@
 """Shared fixtures: one Prefect test server for the session's in-process flows, one real Prefect server for its
-subprocesses, a real S3 server (SeaweedFS), sample images."""
+subprocesses, a real S3 server (SeaweedFS), a real PostgreSQL server, sample images."""
 
 from __future__ import annotations
 
@@ -34,6 +34,18 @@ def prefect_api(tmp_path_factory):
     from tests.faults.driver import PrefectServer
 
     server = PrefectServer(tmp_path_factory.mktemp("prefect-api"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (the Debian package .ci/run installs) on a loopback port, for tests that need
+    a database: a Prefect server as production runs it."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer()
     server.start()
     yield server
     server.stop()

@@ -46,10 +46,12 @@ class PrefectServer:
     """`prefect server start` on a free port with a private PREFECT_HOME: one for the suite, so that each CLI
     call does not start the embedded server (10-15 s on 2 cores)."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, database: str | None = None):
         self.home = home
         self.url = f"http://127.0.0.1:{free_port()}/api"
         self.proc: subprocess.Popen | None = None
+        # None: SQLite in PREFECT_HOME; else a SQLAlchemy URL (PostgreSQL, as production runs it)
+        self.database = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database} if database else {}
 
     def start(self, timeout: float = 120) -> None:
         import httpx
@@ -57,7 +59,8 @@ class PrefectServer:
         port = self.url.rsplit(":", 1)[1].split("/")[0]
         self.log = open(self.home / "server.log", "ab")
         self.proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port],
-                                     env=clean_env(self.home), stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=clean_env(self.home, **self.database), stdout=self.log,
+                                     stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + timeout
         while True:
