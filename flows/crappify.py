@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+import numpy as np
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -18,7 +19,8 @@ from pixelmill.tasks import steps
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.layout import Layout
-from pixelmill.tasks.core.reports import pair_gallery
+from pixelmill.tasks.core.pairs import HrRef, load_hr
+from pixelmill.tasks.core.reports import pair_gallery, png_bytes
 from pixelmill.tasks.core.settings import workspace_url
 from pixelmill.tasks.core.tables import TABLES
 from pixelmill.tasks.prep.crappify import CrappifyConfig, CrappifyPlan, start_pool
@@ -48,7 +50,9 @@ def summarize(run: StageRun) -> tuple[dict, str]:
     summary = pairs.summary(table) | {"set_name": run.group, "recipe_hash": plan.recipe.recipe_hash,
                                       "made": made, "existing": plan.existing, "workspace": run.workspace}
     ok = [r for r in table.to_pylist() if r["status"] == "ok"][:GALLERY_PAIRS]
-    gallery = pair_gallery([(storage.read_bytes(r["lr_uri"]), storage.read_bytes(r["hr_uri"])) for r in ok])
+    # the HR as training reads it: a referenced source decoded and cropped, not its raw file
+    gallery = pair_gallery([(storage.read_bytes(r["lr_uri"]), png_bytes(np.asarray(load_hr(HrRef.of(r)))))
+                            for r in ok])
     markdown = (pairs.markdown(summary, f"crappify {run.group}")
                 + f"\n\n{made} made now, {plan.existing} already there.\n\n**before / after**\n\n{gallery}")
     return summary, markdown

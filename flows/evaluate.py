@@ -57,7 +57,7 @@ def evaluate(model: str, source: str, split: str = "valid", promote: str | None 
 
     metrics = [k for k in model_mean if k != "images"]
     report = [f"## evaluate {card.ref} on `{source}` ({split}, {result['images']} images, "
-              f"{result['skipped']} error rows skipped)",
+              f"{result['skipped']} skipped)",
               markdown_table(["method", *metrics], [[name, *(f"{m[k]:.4g}" for k in metrics)] for name, m in
                                                     ((f"model {card.ref}", model_mean),
                                                      (f"baseline ({result['baseline']})", base_mean))]),

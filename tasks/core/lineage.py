@@ -39,7 +39,8 @@ PREDICTION = ("input_uri", "input_sha256", "input_version", "input_bytes", "outp
 IMAGE = ("dataset", "uri", "sha256", "split", "status", "error", "width", "height", "format", "mode", "mask_uri",
          "duplicate_of", "ingested_at")
 PAIR = ("set_name", "pair_id", "dataset", "split", "recipe", "recipe_hash", "seed", "params", "image_uri",
-        "image_sha256", "hr_uri", "lr_uri", "mask_uri", "status", "error", "created_at")
+        "image_sha256", "hr_uri", "lr_uri", "mask_uri", "status", "error", "created_at", "hr_kind", "hr_crop",
+        "hr_sha256")
 EVALUATION = ("evaluation_id", "source", "split", "method", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "miou",
               "global_acc", "mean_class_acc", "images", "created_at")
 
@@ -630,7 +631,7 @@ def _training_lines(training: dict | None, label: str = "trained on") -> list[st
         if training["table"] == "pairs":
             lines += [f"  pair {p['pair_id']} ({p['split']}, seed {p['seed']})",
                       f"    params {json.dumps(p['params'], separators=(',', ':'))}",
-                      f"    hr {p['hr_uri']}", f"    lr {p['lr_uri']}",
+                      f"    hr {p['hr_uri']}{_hr_note(p)}", f"    lr {p['lr_uri']}",
                       f"    from {p['image_uri']}  sha256 {_short(p['image_sha256'])}  "
                       + (f"(images:{p['dataset']}, sha256 matches)" if p["image_sha256_matches"]
                          else "(NOT in the images table with this sha256)")]
@@ -640,6 +641,14 @@ def _training_lines(training: dict | None, label: str = "trained on") -> list[st
         lines.append(f"  data set images:{d['name']}: " + (f"{d['images']} images ({d['ok']} ok)" if d["found"]
                                                            else "no longer in the catalog"))
     return lines
+
+
+def _hr_note(pair: dict) -> str:
+    """How the pair stores its HR target, when it refers to the source instead of a written copy."""
+    if pair.get("hr_kind") != "source":
+        return ""
+    crop = pair.get("hr_crop")
+    return " (the source itself" + (f", cropped to {crop}" if crop else "") + ")"
 
 
 def _ingested_as(image: dict) -> str:
@@ -680,6 +689,7 @@ def render(lineage: dict) -> str:
                   f"hash {pair['recipe_hash']}, seed {pair['seed']})",
                   f"    params {json.dumps(pair['params'], separators=(',', ':'))}",
                   f"    from {pair['image_uri']}  sha256 {_short(pair['image_sha256'])}"]
+        lines += [f"    hr target: {pair['hr_uri']}{_hr_note(pair)}"] if pair.get("hr_kind") == "source" else []
         lines += [_ingested_as(img)] if (img := lineage["input_image"]) else []
         lines += _indent(_training_lines(pair["set"], "in"), 2)
     if used := lineage["used_by"]:

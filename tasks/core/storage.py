@@ -430,6 +430,18 @@ def _read_local(path: str) -> bytes:
         return handle.read()
 
 
+def stat(uri: str) -> tuple[int, str] | None:
+    """(size, version) of one file, the version as listings give it (ETag, CRC or mtime); None when it is gone."""
+    fs, path = resolve(uri, archives=False)
+    try:
+        info = retry(lambda: fs.info(path), what=uri)
+    except StorageError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return None
+        raise
+    return int(info.get("size") or 0), _version(info)
+
+
 def exists(uri: str) -> bool:
     fs, path = resolve(uri, archives=False)
     return retry(lambda: fs.exists(path), what=uri)

@@ -50,7 +50,7 @@ PAIRS = pa.schema([
     ("recipe_hash", pa.string()),
     ("seed", pa.int64()),
     ("params", pa.string()),  # JSON: every random draw, so a pair can be explained and remade
-    ("hr_uri", pa.string()),
+    ("hr_uri", pa.string()),  # hr_kind copy: the PNG crappify wrote; source: the source image itself
     ("lr_uri", pa.string()),
     ("mask_uri", pa.string()),  # segmentation sets: the mask at the LR input's size (nearest neighbour)
     ("hr_width", pa.int32()),
@@ -60,6 +60,12 @@ PAIRS = pa.schema([
     ("status", pa.string()),
     ("error", pa.string()),
     ("created_at", UTC_TIME),
+    # How the HR target is stored (tasks/core/pairs.py). Rows from before these columns read as copies.
+    ("hr_kind", pa.string()),  # copy (null: written before references) | source (hr_uri is the source image)
+    ("hr_sha256", pa.string()),  # of the bytes at hr_uri: a source's as ingest read them, a copy's as written
+    ("hr_crop", pa.list_(pa.int32())),  # source: [left, top, right, bottom] taken after decoding; null: whole
+    ("hr_bytes", pa.int64()),  # source: its size and version (ETag/mtime) at ingest, for a check without a read
+    ("hr_version", pa.string()),
 ])
 
 MODELS = pa.schema([

@@ -3,9 +3,16 @@
 Layout of a paired set under the workspace (mirrored names, so hr/x.png pairs with lr/x.png; the stem
 comes from `names.output_stem`, which keeps ordinary names and makes odd or long ones safe):
 
-    datasets/{set}/{split}/hr/{stem}-{sha10}.png
+    datasets/{set}/{split}/hr/{stem}-{sha10}.png        (only where the HR target cannot refer to the source)
     datasets/{set}/{split}/lr/{stem}-{sha10}.png|.jpg
     datasets/{set}/{split}/mask/{stem}-{sha10}.png      (segmentation sets: the mask at the LR's size)
+
+The HR target refers to the source image instead of copying it (`hr_kind` "source", tasks/core/pairs.py) when the
+recipe's target steps leave the decoded source as it is (lesson7) or only crop it (modcrop: sr-x2, sr-x4,
+realistic): the row records the source's sha256 and the crop, and readers decode it by the rules used here. It
+is written (`hr_kind` "copy") when the target steps do anything else (a resize, a degradation), and for HEIF and
+AVIF sources, whose decoders are plugins that are slow to run every epoch and may change pixels between versions.
+Either way the pixels a reader gets are the same, so the recipe hash (which names pixels, not storage) is kept.
 
 Every random draw comes from `derive_seed(image sha256, recipe hash, seed)`, so a pair is the same bytes
 on every run, on any worker, whatever the shard size or worker count.
@@ -35,8 +42,9 @@ from pixelmill.tasks.core.errors import ConfigError, StorageError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, ImageFacts, normalize_mode, open_image
 from pixelmill.tasks.core.layout import Layout
 from pixelmill.tasks.core.names import check_name, output_stem
+from pixelmill.tasks.core.pairs import COPY, SOURCE
 from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, error_row, shard_id
-from pixelmill.tasks.prep.degrade import derive_seed
+from pixelmill.tasks.prep.degrade import ModCrop, derive_seed
 from pixelmill.tasks.prep.recipes import Recipe, apply_recipe, encode_png, get_recipe
 
 Split = Literal["train", "valid", "test", "all"]
@@ -75,6 +83,8 @@ class PairJob:
     split: str
     mask_uri: str | None
     dataset: str
+    bytes: int | None = None  # the source's size and version as ingest listed them (recorded with a reference)
+    source_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,8 @@ def select_images(catalog: Catalog, dataset: str, split: Split) -> list[PairJob]
     filt = (ds.field("status") == "ok") & ds.field("duplicate_of").is_null()
     if split != "all":
         filt &= ds.field("split") == split
-    t = catalog.read("images", dataset, columns=["uri", "sha256", "split", "mask_uri", "dataset"], filter=filt)
+    t = catalog.read("images", dataset, columns=["uri", "sha256", "split", "mask_uri", "dataset", "bytes",
+                                                 "source_version"], filter=filt)
     jobs = [PairJob(*row) for row in zip(*(t[c].to_pylist() for c in t.column_names), strict=True)]
     return sorted(jobs, key=lambda j: j.image_uri)
 
@@ -153,10 +164,35 @@ def plan_crappify(catalog: Catalog, dataset: str, cfg: CrappifyConfig) -> Crappi
     return CrappifyPlan(set_name, recipe, shards, existing=len(jobs) - len(todo))
 
 
+# Formats whose decoder is a plugin (pillow-heif, libavif): slow to run each epoch, and a new version may decode
+# other pixels; their HR targets are written once as PNG instead of referenced.
+UNREFERENCED_FORMATS = frozenset({"HEIF", "AVIF"})
+
+
+def hr_crop(recipe: Recipe, facts: ImageFacts, hr: Image.Image) -> list[int] | None | bool:
+    """How the HR target relates to the decoded source: None (it is the source), a crop box [0, 0, w, h] (modcrop
+    keeps the top-left: any number of them is one crop), or False when a reference cannot say it (write it)."""
+    if facts.format in UNREFERENCED_FORMATS or not all(isinstance(step, ModCrop) for step in recipe.target):
+        return False
+    return None if hr.size == (facts.width, facts.height) else [0, 0, hr.width, hr.height]
+
+
 def _hr_bytes(data: bytes, facts: ImageFacts, recipe: Recipe, hr: Image.Image) -> bytes:
     """Reuse the source file as the HR target when it already is exactly that PNG (saves an encode)."""
     unchanged = facts.format == "PNG" and facts.mode == hr.mode and not facts.rotated and not recipe.target
     return data if unchanged else encode_png(hr)
+
+
+def _hr_row(job: PairJob, data: bytes, facts: ImageFacts, recipe: Recipe, hr: Image.Image,
+            copy_uri: str) -> tuple[dict, bytes | None]:
+    """The row's hr_* columns, and the HR file's bytes when one must be written (None: the source is referenced)."""
+    crop = hr_crop(recipe, facts, hr)
+    if crop is not False:
+        return {"hr_uri": job.image_uri, "hr_kind": SOURCE, "hr_sha256": job.image_sha256, "hr_crop": crop,
+                "hr_bytes": job.bytes, "hr_version": job.source_version}, None
+    hr_bytes = _hr_bytes(data, facts, recipe, hr)
+    return {"hr_uri": copy_uri, "hr_kind": COPY, "hr_sha256": hashlib.sha256(hr_bytes).hexdigest(),
+            "hr_crop": None, "hr_bytes": None, "hr_version": None}, hr_bytes
 
 
 def _mask_bytes(mask_uri: str, hr_size: tuple[int, int], lr_size: tuple[int, int], max_pixels: int) -> bytes:
@@ -183,19 +219,24 @@ def crappify_one(job: PairJob, recipe: Recipe, global_seed: int, set_name: str, 
         folder = storage.join(set_root, job.split)
         name = pair_name(job)
         data = storage.read_bytes(job.image_uri)
+        if job.bytes is not None and len(data) != job.bytes:
+            # Not the file ingest read. A free check: hashing here would cost ~4% of a pair; a change that keeps
+            # the size is caught where the bytes are used (a reference's sha256 is checked by every reader).
+            return row | {"error": f"source_changed: {job.image_uri} is not the file ingest read ({len(data)} "
+                                   f"bytes, then {job.bytes}): ingest the data set again"}
         src, facts = open_image(data, max_pixels)
         result = apply_recipe(recipe, normalize_mode(src), seed, encode_hr=False)
-        hr_bytes = _hr_bytes(data, facts, recipe, result.hr)
+        hr, hr_bytes = _hr_row(job, data, facts, recipe, result.hr, storage.join(folder, "hr", f"{name}.png"))
         mask = _mask_bytes(job.mask_uri, result.hr.size, result.lr.size, max_pixels) if job.mask_uri else None
     except Exception as exc:  # bad input or a degradation that cannot handle it: a row, not a crash
         return row | {"error": f"{type(exc).__name__}: {exc}"}
     lr_ext = "jpg" if recipe.lr_format == "jpeg" else "png"
-    made = {"hr_uri": storage.join(folder, "hr", f"{name}.png"),
-            "lr_uri": storage.join(folder, "lr", f"{name}.{lr_ext}"),
-            "mask_uri": storage.join(folder, "mask", f"{name}.png") if mask else None}
+    made = hr | {"lr_uri": storage.join(folder, "lr", f"{name}.{lr_ext}"),
+                 "mask_uri": storage.join(folder, "mask", f"{name}.png") if mask else None}
     # Outputs first, catalog row last (by the caller): a crash never leaves a row without its files.
     try:
-        storage.write_bytes(made["hr_uri"], hr_bytes)
+        if hr_bytes is not None:
+            storage.write_bytes(made["hr_uri"], hr_bytes)
         storage.write_bytes(made["lr_uri"], result.lr_bytes)
         if mask:
             storage.write_bytes(made["mask_uri"], mask)

@@ -3,12 +3,17 @@
 The model's input is the LR image at HR size / scale: for super-resolution sets (sr-x2: HR = 2 x LR
 exactly) that is the LR file itself; for sets whose sizes are not an exact multiple (lesson7 shrinks to
 a short side of 96) the LR is resized to HR / scale with bicubic, as fastai's lesson 7 did.
+
+The HR target is a file crappify wrote or the source image it refers to (cropped, tasks/core/pairs.py): both read
+through `load_hr`, to the same pixels. `load_pairs` leaves out, with a warning that names them, pairs whose source
+changed or vanished since crappify, and fails when that leaves a split with none.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 from dataclasses import dataclass
 
@@ -21,6 +26,9 @@ from pixelmill.models.device import to_tensor
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import PixelmillError
+from pixelmill.tasks.core.pairs import HrRef, check_sources, load_hr, report_stale
+
+log = logging.getLogger("pixelmill.training")
 
 
 @dataclass(frozen=True)
@@ -32,15 +40,29 @@ class PairRecord:
     hr_height: int
     lr_width: int
     lr_height: int
+    hr: HrRef | None = None  # how to read the HR target (None: the file at hr_uri, a copy)
+
+    @property
+    def hr_ref(self) -> HrRef:
+        return self.hr or HrRef(self.hr_uri)
 
 
 def load_pairs(catalog: Catalog, set_name: str, split: str) -> tuple[list[PairRecord], int]:
-    """(ok pairs of a split in a stable order, how many error rows were skipped)."""
+    """(usable pairs of a split in a stable order, how many were skipped: error rows, and pairs whose referenced
+    source changed or vanished since crappify, which a warning names)."""
     table = catalog.read("pairs", set_name, filter=ds.field("split") == split)
     rows = table.to_pylist()
     ok = [PairRecord(r["pair_id"], r["lr_uri"], r["hr_uri"], r["hr_width"], r["hr_height"], r["lr_width"],
-                     r["lr_height"]) for r in rows if r["status"] == "ok"]
-    return sorted(ok, key=lambda r: r.pair_id), len(rows) - len(ok)
+                     r["lr_height"], HrRef.of(r)) for r in rows if r["status"] == "ok"]
+    stale = check_sources((r.pair_id, r.hr_ref) for r in ok)
+    if stale:
+        message = report_stale(set_name, split, {r.pair_id: (r.hr_uri, stale[r.pair_id])
+                                                 for r in ok if r.pair_id in stale})
+        if len(stale) == len(ok):
+            raise PixelmillError(message, "every usable pair of the split is affected: nothing is left to read")
+        log.warning(message)
+    usable = [r for r in ok if r.pair_id not in stale]
+    return sorted(usable, key=lambda r: r.pair_id), len(rows) - len(usable)
 
 
 def infer_scale(records: list[PairRecord]) -> int:
@@ -117,7 +139,7 @@ class PairDataset(torch.utils.data.Dataset):
         return self.cache.get(i, lambda: self._decode(self.records[i]))
 
     def _decode(self, rec: PairRecord) -> tuple[np.ndarray, np.ndarray]:
-        hr = Image.open(io.BytesIO(fetch(rec.hr_uri, self.cache_dir))).convert("RGB")
+        hr = load_hr(rec.hr_ref, lambda uri: fetch(uri, self.cache_dir))
         lr = Image.open(io.BytesIO(fetch(rec.lr_uri, self.cache_dir))).convert("RGB")
         target = (hr.width // self.scale, hr.height // self.scale)
         hr = hr.crop((0, 0, target[0] * self.scale, target[1] * self.scale))

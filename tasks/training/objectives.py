@@ -69,7 +69,8 @@ class RestorationObjective:
         return "bicubic" if self.scale > 1 else "input"
 
     def describe(self) -> str:
-        return (f"{self.source}: {len(self.train_records)} train pairs ({self.bad_train} error rows skipped), "
+        return (f"{self.source}: {len(self.train_records)} train pairs ({self.bad_train} skipped: error rows, "
+                "sources changed since crappify), "
                 f"{len(self.val_records)} valid ({self.bad_val} skipped), scale x{self.scale}"
                 + (" - no valid split: validating on train pairs, scores will be optimistic"
                    if self.validates_on_train else ""))

@@ -242,7 +242,7 @@ IMAGE_FIELDS = ("dataset", "uri", "sha256", "bytes", "width", "height", "format"
                 "split", "mask_uri", "duplicate_of", "source_version")
 PAIR_FIELDS = ("pair_id", "set_name", "dataset", "image_uri", "image_sha256", "split", "recipe", "recipe_hash",
                "seed", "params", "hr_uri", "lr_uri", "mask_uri", "hr_width", "hr_height", "lr_width", "lr_height",
-               "status", "error")
+               "status", "error", "hr_kind", "hr_sha256", "hr_crop")
 
 
 def rows_by_key(ws: str | Path, table: str, group: str, fields: tuple[str, ...]) -> dict[tuple, dict]:
@@ -269,7 +269,9 @@ def audit_pairs(ws: str | Path, set_name: str, expected_pairs: int) -> Counter:
     stored = raw_rows(ws, "pairs", set_name)
     read = Catalog(str(ws)).read("pairs", set_name).to_pylist()
     ok = [r for r in read if r["status"] == "ok"]
-    referenced = Counter(local(u) for r in ok for u in (r["hr_uri"], r["lr_uri"], r["mask_uri"]) if u)
+    # the files a row names in the set: its LR, mask and HR copy (an HR that is the source is not the set's file)
+    referenced = Counter(local(u) for r in ok
+                         for u in (r["lr_uri"], r["mask_uri"], None if r["hr_kind"] == "source" else r["hr_uri"]) if u)
     on_disk = set(files_under(local(ws) / "datasets" / set_name))
     return Counter(rows_checked=len(stored), duplicates_on_storage=duplicates(stored, "pairs"),
                    duplicates_read=duplicates(read, "pairs"), missing=expected_pairs - len(ok),

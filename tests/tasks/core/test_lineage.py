@@ -132,7 +132,9 @@ def assert_reaches_the_sources(found: dict, built: Built) -> None:
     for pair in training["examples"]:
         assert catalogued[pair["image_uri"]] == pair["image_sha256"] and pair["image_sha256_matches"]
         assert pair["params"]["recipe_hash"] == card.recipe_hash and pair["split"] == "train"
-        assert pair["hr_uri"].startswith(storage.normalize_url(built.ws)) and pair["lr_uri"]
+        # sr-x2 only crops: the HR target is the source image itself, its crop recorded; the LR is the set's file
+        assert pair["hr_uri"] == pair["image_uri"] and pair["hr_kind"] == "source" and pair["hr_sha256"]
+        assert pair["lr_uri"].startswith(storage.normalize_url(built.ws))
     assert found["warnings"] == []
     json.dumps(found)  # JSON-able as it is
 
@@ -205,6 +207,7 @@ def test_lineage_of_an_ingested_image_and_of_a_pair_file(recorded, tmp_path):
     assert found["pair"]["params"] == json.loads(pair["params"]) and found["pair"]["set"]["count"] == 6
     assert found["input_image"]["uri"] == pair["image_uri"] and found["used_by"]["models"] == ["sr:v1"]
     assert f"pair {pair['pair_id']} of pairs:{SET}" in lineage.render(found)
+    assert f"hr target: {pair['image_uri']} (the source itself" in lineage.render(found)
 
 
 def test_an_unknown_file_is_a_clear_error(recorded, tmp_path):

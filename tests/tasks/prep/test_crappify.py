@@ -43,10 +43,13 @@ def test_sr_pairs_have_exact_sizes_and_mirrored_names(photos):
     for r in rows:
         assert (r["hr_width"] % 4, r["hr_height"] % 4) == (0, 0)
         assert (r["lr_width"] * 4, r["lr_height"] * 4) == (r["hr_width"], r["hr_height"])
-        assert r["hr_uri"].replace("/hr/", "/lr/") == r["lr_uri"]
+        # modcrop only crops: the HR target is the source, its crop recorded (nothing written under hr/)
+        assert r["hr_kind"] == "source" and r["hr_uri"] == r["image_uri"] and r["hr_sha256"] == r["image_sha256"]
+        assert r["hr_crop"] in (None, [0, 0, r["hr_width"], r["hr_height"]])
+        assert f"/{r['split']}/lr/" in r["lr_uri"]
         assert Image.open(io.BytesIO(storage.read_bytes(r["lr_uri"]))).size == (r["lr_width"], r["lr_height"])
         assert json.loads(r["params"])["recipe_hash"] == r["recipe_hash"]
-        assert f"/{r['split']}/hr/" in r["hr_uri"]
+    assert not os.path.exists(os.path.join(photos, "datasets", "d-sr-x4", "train", "hr"))
 
 
 def test_lesson7_writes_jpeg_inputs_and_records_the_quality(photos):
@@ -64,7 +67,7 @@ def test_same_inputs_give_identical_bytes_whatever_the_sharding(photos, tmp_path
     crappify_local(photos, recipe="realistic", shard_size=5, name="b", threads=4)
     root = os.path.join(photos, "datasets")
     a, b = files_under(os.path.join(root, "a")), files_under(os.path.join(root, "b"))
-    assert a.keys() == b.keys() and len(a) == 14
+    assert a.keys() == b.keys() and len(a) == 7  # the LR inputs: realistic's HR targets refer to the sources
     assert all(a[k] == b[k] for k in a)
     other = crappify_local(photos, recipe="realistic", name="c", seed=1)
     c = files_under(os.path.join(root, "c"))

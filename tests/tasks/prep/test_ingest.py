@@ -180,10 +180,10 @@ def test_hostile_archive_members_each_get_one_row_and_only_safe_outputs(tmp_path
     pairs = crappify_local(str(ws), recipe="sr-x2")
     assert len(pairs) == len(SAFE_MEMBERS) and {p["status"] for p in pairs} == {"ok"}
     for p in pairs:
-        for uri in (p["hr_uri"], p["lr_uri"]):
-            folder, name = uri.rsplit("/", 1)
-            assert folder.startswith(storage.join(str(ws), "datasets/d-sr-x2/"))
-            assert unsafe_reason(name) is None and "\\" not in name and len(name.encode()) <= 255
+        assert p["hr_kind"] == "source" and p["hr_uri"] == p["image_uri"]  # the member itself: nothing written
+        folder, name = p["lr_uri"].rsplit("/", 1)
+        assert folder.startswith(storage.join(str(ws), "datasets/d-sr-x2/"))
+        assert unsafe_reason(name) is None and "\\" not in name and len(name.encode()) <= 255
     assert {p["lr_uri"].rsplit("/", 1)[1].rsplit("-", 1)[0] for p in pairs} >= {"win", "ok", "deep"}
 
     written = files_under(tmp_path.parent) - before
