@@ -220,6 +220,7 @@ async def drive(server, env, worker_env, procs, fs, gate, tmp):
     rows = Catalog(WORKSPACE).read("predictions", "sr").to_pylist()
     assert len(rows) == IMAGES and {r["status"] for r in rows} == {"ok"}
     assert {r["run_id"] for r in rows} <= {str(i) for i in runs}
+    print("apply runs:", [(r.state.type.value, sum(row["run_id"] == str(r.id) for row in rows)) for r in (first, second)])
     inputs = sorted(r["input_uri"] for r in rows)
     assert inputs == sorted(f"{SOURCE}/day{i % 4}/p{i:04d}.png" for i in range(IMAGES))  # none missing, none twice
     fs.invalidate_cache()
