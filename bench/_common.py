@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -46,6 +47,32 @@ def parse_with_quick(parser, argv: list[str] | None):
     if args.n < 1 or args.repeats < 1:
         parser.error("--n and --repeats must be >= 1")
     return args
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: positive integers separated by commas."""
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def parse_with_sizes(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a benchmark that measures at two sizes (--sizes, --quick: 200,600 and one repeat, --repeats >= 1)."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats = [200, 600], 1
+    if len(args.sizes) != 2 or args.sizes[0] >= args.sizes[1]:
+        parser.error("--sizes takes two counts, the smaller first")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    return args
+
+
+def marginal(n1: int, n2: int, t1: float, t2: float) -> tuple[float, float]:
+    """(items/s between the two sizes, fixed seconds: the intercept); start-up costs cancel in the rate."""
+    rate = (n2 - n1) / (t2 - t1) if t2 > t1 else float("inf")
+    return round(rate, 1), round(t1 - n1 / rate, 3)
 
 
 # ---- CPU seconds by process: this one, the Prefect server it started, pool and Dask children ----------------

@@ -14,9 +14,10 @@ Targets (issue 12), all ratios of rates measured in this run:
 Both sides make the same pairs from the same images, and both start cold in every measurement (a fresh Pool for
 the baseline; the flow's process pool is closed after each run). The baseline is fastai's lesson 7 loop in plain
 PIL, split into steps: read the file, decode it to RGB, resize the short side to 96 (bilinear) and write the
-drawn JPEG quality (10-70) in white in the top-left quarter, encode the JPEG at that quality, write it and the HR
-target (for a PNG source, its bytes unchanged: what the flow does too). Every flow run is checked: all pairs ok,
-and every LR and HR file byte-identical to the first flow run's (at the fewest workers).
+drawn JPEG quality (10-70) in white in the top-left quarter, encode the JPEG at that quality and write it: the
+LR file only, as a plain script would, since the HR target is the source itself (the flow writes no HR copy
+either: its pairs refer to the source, issue 18). Every flow run is checked: all pairs ok, every pair's HR a
+reference to its source, and every file it wrote byte-identical to the first flow run's (at the fewest workers).
 
 Also measured: CPU seconds by process (this process, the Prefect server, each pool child) for every flow run,
 and a per-step profile of one image's work, the flow's `crappify_one` against the plain loop's steps, on a sample
@@ -41,7 +42,15 @@ import sys
 import time
 from pathlib import Path
 
-from _common import cpu_by_role, photos_or_generated, process_tree_cpu, run_benchmark
+from _common import (
+    cpu_by_role,
+    int_list,
+    marginal,
+    parse_with_sizes,
+    photos_or_generated,
+    process_tree_cpu,
+    run_benchmark,
+)
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "restoration" / "CBSD68"
 TARGETS = {"flow_vs_pool": 1.0, "fixed_cost_seconds": 3.0, "scaling_efficiency": 0.9, "dask_vs_threads": 0.8}
@@ -52,13 +61,6 @@ PROFILE_IMAGES = 200
 
 def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
-
-
-def int_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return values
 
 
 def runner_list(text: str) -> list[str]:
@@ -81,14 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "on threads, each in a child of one process pool), dask (a LocalCluster)")
     p.add_argument("--repeats", type=int, default=2, help="measure everything this many times, keep the best")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.sizes, args.repeats = [200, 600], 1
-    if len(args.sizes) != 2 or args.sizes[0] >= args.sizes[1]:
-        p.error("--sizes takes two counts, the smaller first")
-    if args.repeats < 1:
-        p.error("--repeats must be >= 1")
-    return args
+    return parse_with_sizes(p, argv)
 
 
 def build_inputs(source: Path, src: Path, n: int) -> dict:
@@ -156,26 +151,26 @@ def plain_one(job: tuple[str, str]) -> int:
     data = plain_read(path)
     img, quality = plain_degrade(plain_decode(data), name)
     plain_write(os.path.join(out, "lr", os.path.splitext(name)[0] + ".jpg"), plain_encode(img, quality))
-    plain_write(os.path.join(out, "hr", name), data)
-    return 1
+    return 1  # no HR file: the target is the source, which a plain script would simply keep using
 
 
 def run_pool(paths: list[str], out: Path, workers: int) -> int:
     (out / "lr").mkdir(parents=True)
-    (out / "hr").mkdir()
     chunksize = max(1, len(paths) // (workers * 16))
     with mp.get_context("fork").Pool(workers) as pool:
         done = sum(pool.imap_unordered(plain_one, [(p, str(out)) for p in paths], chunksize=chunksize))
-    lr, hr = len(os.listdir(out / "lr")), len(os.listdir(out / "hr"))
-    if done != len(paths) or lr != len(paths) or hr != len(paths):
-        raise SystemExit(f"pool made {done} images, {lr} LR and {hr} HR files; expected {len(paths)} each")
+    lr = len(os.listdir(out / "lr"))
+    if done != len(paths) or lr != len(paths) or os.listdir(out) != ["lr"]:
+        raise SystemExit(f"pool made {done} images, {lr} LR files and {sorted(os.listdir(out))} folders; "
+                         f"expected {len(paths)} LR files in lr/ alone")
     return done
 
 
 # ---- per-step profile --------------------------------------------------------------------------------------
 
 # step -> the functions whose cumulative time it is (first match wins); "bookkeeping" is the rest of one image
-FLOW_STEPS = {"read": ["storage.py:read_bytes"], "decode": ["images.py:open_image", "images.py:normalize_mode"],
+FLOW_STEPS = {"read": ["storage.py:read_bytes"],
+              "decode": ["images.py:open_plain_png", "images.py:open_image", "images.py:normalize_mode"],
               "encode": ["degrade.py:encode_jpeg", "recipes.py:encode_png"], "write": ["storage.py:write_bytes"],
               "degrade": ["recipes.py:apply_recipe"]}
 PLAIN_STEPS = {"read": ["plain_read"], "decode": ["plain_decode"], "degrade": ["plain_degrade"],
@@ -220,7 +215,6 @@ def profile_steps(src: Path, workdir: Path, n: int) -> dict:
         for folder in (out, flow_out):
             shutil.rmtree(folder, ignore_errors=True)
         (out / "lr").mkdir(parents=True)
-        (out / "hr").mkdir()
         profile = cProfile.Profile()
         profile.enable()
         if side == "plain":
@@ -253,12 +247,6 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def marginal(n1: int, n2: int, t1: float, t2: float) -> tuple[float, float]:
-    """(images/s between the two sizes, fixed seconds: the intercept)."""
-    rate = (n2 - n1) / (t2 - t1) if t2 > t1 else float("inf")
-    return round(rate, 1), round(t1 - n1 / rate, 3)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     return run_benchmark("crappify", args.workdir, lambda workdir: run(args, workdir))
@@ -273,6 +261,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     from pixelmill.flows.ingest import ingest
     from pixelmill.tasks.core.catalog import Catalog
     from pixelmill.tasks.core.layout import Layout
+    from pixelmill.tasks.core.pairs import SOURCE
     from pixelmill.tasks.prep.crappify import CrappifyConfig, auto_shard_size, close_pools
 
     loadavg_before = [round(v, 2) for v in os.getloadavg()]
@@ -329,11 +318,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                     cpu = cpu_by_role(before, process_tree_cpu())
                     close_pools()
                     log(f"  flow {runner}: {seconds:.2f} s ({n / seconds:.0f}/s), cpu {cpu}")
-                    pairs = Catalog(ws).read("pairs", name, columns=["status", "error"])
+                    pairs = Catalog(ws).read("pairs", name, columns=["status", "error", "hr_kind"])
                     ok = pairs["status"].to_pylist().count("ok")
                     if pairs.num_rows != n or ok != n:
                         errors = [e for e in pairs["error"].to_pylist() if e][:5]
                         raise SystemExit(f"{name}: {pairs.num_rows} rows, {ok} ok; expected {n}. Errors: {errors}")
+                    if set(pairs["hr_kind"].to_pylist()) != {SOURCE}:  # the same work as the pool: LR files only
+                        raise SystemExit(f"{name}: HR kinds {set(pairs['hr_kind'].to_pylist())}, expected {SOURCE!r}")
                     folder = Path(Layout.of(ws).paired_set(name).removeprefix("file://"))
                     digest = tree_digest(folder)
                     reference.setdefault(n, digest)

