@@ -12,4 +12,5 @@ ARCH_NAMES: dict[str, str] = {
     "unet-plain": "a small U-Net from scratch: trains on a CPU in minutes",
     "bicubic": "bicubic resize and a per-pixel colour matrix (identity at first): the baseline, and a reference model",
     "critic": "spectral-norm conv critic for GAN fine-tuning",
+    "spandrel": "a model trained elsewhere (ESRGAN, SwinIR, HAT, ... as spandrel detects): `pixelmill models import`",
 }

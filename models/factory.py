@@ -13,6 +13,7 @@ from torch import nn
 
 from pixelmill.models.baseline import BicubicColour
 from pixelmill.models.critic import Critic
+from pixelmill.models.spandrel_net import SpandrelNet
 from pixelmill.models.unet import PlainUNet, ResNetUNet
 
 # Constructor keywords that are not configuration (they change how weights are initialised, not the model).
@@ -39,6 +40,7 @@ ARCHS: dict[str, Arch] = {
     "unet-plain": Arch(PlainUNet),
     "bicubic": Arch(BicubicColour),
     "critic": Arch(Critic),
+    "spandrel": Arch(SpandrelNet),  # a model trained elsewhere (`pixelmill models import`)
 }
 
 

@@ -1,4 +1,4 @@
-"""Model commands: `train restoration|colorize|segmentation`, `evaluate`, `models list|promote|archs`.
+"""Model commands: `train restoration|colorize|segmentation`, `evaluate`, `models list|promote|archs|import|export`.
 """
 
 from __future__ import annotations
@@ -217,3 +217,56 @@ def models_archs() -> None:
     from pixelmill.models.archs import ARCH_NAMES
 
     typer.echo("\n".join(f"{name:15s} {about}" for name, about in ARCH_NAMES.items()))
+
+
+@models_app.command("import")
+def models_import(
+    file: Annotated[str, typer.Argument(help="a checkpoint trained elsewhere: .pth, .pt, .ckpt or .safetensors "
+                                             "(path or URL)")],
+    name: ModelName,
+    task: Annotated[str, typer.Option(help="restoration (spandrel's architectures); segmentation is refused")]
+    = "restoration",
+    licence: Annotated[str, typer.Option(help="the licence its authors give it, kept on the model card")]
+    = "unknown",
+    workspace: Workspace = None,
+) -> None:
+    """Register a model trained elsewhere (Real-ESRGAN, SwinIR, HAT, ... any architecture spandrel detects) as a
+    new version: enhance, apply, evaluate and promote then work on it like on a trained one."""
+    with user_errors():
+        from pixelmill.tasks.core.model_files import import_model
+        from pixelmill.tasks.core.settings import workspace_url
+
+        card = import_model(workspace_url(workspace), file, name, task=task, licence=licence)
+        about = card.arch_kwargs
+        typer.echo(f"imported {card.ref}: {about['spandrel_arch']} x{card.scale}, {card.in_channels} -> "
+                   f"{card.out_channels} channels, from {card.source.split(':', 1)[1]} (sha256 "
+                   f"{card.source_sha256[:16]}, licence {card.licence})")
+        typer.echo(next_command(f"pixelmill {model_task(card.task).command} {card.ref} IMAGE OUT.png", workspace))
+
+
+@models_app.command("export")
+def models_export(
+    model: Annotated[str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a model folder URL")],
+    onnx: Annotated[str | None, typer.Option(help="write an ONNX graph here (dynamic batch, height, width)")] = None,
+    folder: Annotated[str | None, typer.Option(
+        help="write the Hugging Face layout here: weights.safetensors, config.json, README.md model card")] = None,
+    workspace: Workspace = None,
+) -> None:
+    """Write a model out: an ONNX graph checked against torch with ONNX Runtime, or a folder to publish."""
+    with user_errors():
+        if not onnx and not folder:
+            raise ConfigError("say where to export: --onnx FILE and/or --folder DIR", "e.g. --onnx model.onnx")
+        from pixelmill.tasks.core.model_files import ONNX_TOLERANCE, export_folder, export_onnx
+        from pixelmill.tasks.core.settings import workspace_url
+
+        ws = workspace_url(workspace)
+        if onnx:
+            done = export_onnx(ws, model, onnx)
+            worst = max(done["max_abs_diff"].values())
+            typer.echo(f"wrote {done['uri']} ({done['bytes'] / 2**20:.1f} MiB, opset {done['opset']}): "
+                       f"{done['model']}, input image {done['input']} -> output {done['output']}; ONNX Runtime "
+                       f"matches torch within {worst:.2g} (<= {ONNX_TOLERANCE:g}) at "
+                       f"{', '.join(done['max_abs_diff'])}")
+        if folder:
+            done = export_folder(ws, model, folder)
+            typer.echo(f"wrote {done['uri']}: {', '.join(done['files'])} ({done['model']})")

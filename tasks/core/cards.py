@@ -36,7 +36,9 @@ class ModelCard(BaseModel):
     out_channels: int = Field(3, ge=1)  # 3 for images; the number of classes for segmentation
     classes: ClassMap | None = None  # segmentation: what each output channel means
     majority_class: int | None = None  # segmentation: the baseline's one answer
-    source: str | None = None  # what it trained on: pairs:NAME or images:NAME
+    source: str | None = None  # what it trained on: pairs:NAME or images:NAME; import:FILE for an imported model
+    source_sha256: str | None = None  # import: the sha256 of the file it was imported from
+    licence: str | None = None  # import: the licence its author gave (`models import --licence`)
     recipe_hash: str | None = None
     steps: int | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)  # the last validation's
@@ -79,7 +81,9 @@ class ModelCard(BaseModel):
         return config | {"model": self.factory_config()}
 
     def metadata_json(self) -> dict:
-        return {"name": self.name, "version": self.version, "source": self.source, "recipe_hash": self.recipe_hash,
+        return {"name": self.name, "version": self.version, "source": self.source,
+                **({"source_sha256": self.source_sha256} if self.source_sha256 else {}),
+                **({"licence": self.licence} if self.licence else {}), "recipe_hash": self.recipe_hash,
                 "steps": self.steps, "metrics": self.metrics, "weights_sha256": self.weights_sha256,
                 "code_version": self.code_version,
                 "created_at": self.created_at.isoformat() if self.created_at else None}
@@ -103,6 +107,7 @@ class ModelCard(BaseModel):
             out_channels=int(config.get("out_channels") or model.get("out_channels") or config.get("num_classes")
                              or 3),
             classes=classes, majority_class=config.get("majority_class"), source=source,
+            source_sha256=metadata.get("source_sha256"), licence=metadata.get("licence"),
             recipe_hash=metadata.get("recipe_hash"), steps=metadata.get("steps"),
             metrics=metadata.get("metrics") or {}, weights_sha256=metadata.get("weights_sha256"),
             code_version=metadata.get("code_version"), created_at=metadata.get("created_at"),

@@ -29,6 +29,7 @@ from pixelmill.tasks.core.layout import Layout
 from pixelmill.tasks.core.model_tasks import MODEL_TASKS
 from pixelmill.tasks.core.tables import parse_data_ref
 
+IMPORTED = "import:"  # the source of a model made elsewhere (`pixelmill models import FILE`)
 EXAMPLES = 3  # pairs, images and outputs shown as examples: enough to follow a chain by hand, short to read
 RUNS_SHOWN = 20  # a model applied every night for a year: the text shows the newest runs, the JSON all of them
 CHECKS = ("drift_mean", "drift_p95", "niqe_input", "niqe_output", "clipped")
@@ -207,7 +208,7 @@ def model_version(workspace: str, catalog: Catalog, name: str, version: str) -> 
     else:
         model = base | _jsonable(card.model_dump(mode="json", include={
             "uri", "task", "arch", "arch_kwargs", "scale", "source", "recipe_hash", "weights_sha256", "metrics",
-            "steps", "code_version", "created_at", "train_config"}))
+            "steps", "code_version", "created_at", "train_config", "source_sha256", "licence"}))
     model["aliases"] = sorted(a for a, v in registry.aliases(workspace, name).items() if v == version)
     model["promotions"] = [p for p in registry.promotions(workspace, name)
                            if version in (p.get("version"), p.get("previous"))]
@@ -229,6 +230,8 @@ def training_data(catalog: Catalog, source: str | None, task: str | None = None,
     their drawn parameters and original images (checked against the images table), and the data sets."""
     if not source:
         return None
+    if source.startswith(IMPORTED):  # trained elsewhere: the file it came from is all pixelmill knows
+        return {"source": source, "table": "import", "name": source[len(IMPORTED):], "found": True} | NOTHING
     default = MODEL_TASKS[task].data if task in MODEL_TASKS else None
     try:
         ref = parse_data_ref(source, default=default)
@@ -593,9 +596,12 @@ def _model_lines(model: dict) -> list[str]:
     else:
         lines = [f"model {model['ref']}  {model['task']} {model['arch']} x{model['scale']}" + (f"  {tags}" if tags
                                                                                                  else "")]
+    made = (f"imported from {model['source'].removeprefix(IMPORTED)}" if (model["source"] or "").startswith(IMPORTED)
+            else f"trained {model['steps'] if model['steps'] is not None else '?'} steps on {model['source'] or '?'}")
     lines += [f"  weights sha256 {_short(model['weights_sha256'])}",
-              f"  trained {model['steps'] if model['steps'] is not None else '?'} steps on {model['source'] or '?'}"
-              f" at {_time(model['created_at'])}, code {model['code_version'] or '?'}"]
+              f"  {made} at {_time(model['created_at'])}, code {model['code_version'] or '?'}"]
+    if model.get("source_sha256"):
+        lines.append(f"  imported file sha256 {_short(model['source_sha256'])}, licence {model.get('licence') or '?'}")
     numbers = {k: v for k, v in (model["metrics"] or {}).items() if isinstance(v, int | float)}
     shown = {k: v for k, v in numbers.items() if k.startswith("val_")} or numbers
     if shown:
@@ -620,6 +626,8 @@ def _training_lines(training: dict | None, label: str = "trained on") -> list[st
         return [f"{label}: unknown (the model does not say)"]
     if not training["found"]:
         return [f"{label} {training['source']}: no longer in the catalog"]
+    if training["table"] == "import":
+        return [f"imported from {training['name']}: trained elsewhere, not by pixelmill"]
     splits = ", ".join(f"{n} {s}" for s, n in training["splits"].items())
     what = "pairs" if training["table"] == "pairs" else "images"
     lines = [f"{label} {training['source']}: {training['count']} {what} ({splits})"]
