@@ -32,8 +32,10 @@ row as a dict).
 
 The listing is synthetic (FileInfo/ApplyItem objects made in Python); its own cost (`listing_s`: making and
 iterating it) is measured separately in each child and is part of the plan's seconds. `catalog_s` is what the
-catalog side costs: the plan's seconds without the listing and without the planner's own per-file loop
-(which iterates the listing; `loop_s`).
+catalog side costs: reading it (`existing_versions_s`, `output_history_s`), matching the listing against it
+(`match_s`: the planners' Arrow joins and look-ups, timed where the planner calls them; 0 with code that has
+none) and finalize; `loop_s` is the rest of the plan's seconds: the planner's own per-file loop over the
+listing (classifying each file, turning the listing into Arrow columns, making the objects of the files to do).
 
 Prints one JSON object on stdout; logs go to stderr.
 """
@@ -255,6 +257,25 @@ def timed(fn):
     return value, round(time.perf_counter() - started, 3)
 
 
+def _timed_calls(owner, names: tuple[str, ...]) -> dict:
+    """Wrap owner's functions `names` so that their seconds add up in the returned dict's "s"."""
+    spent = {"s": 0.0}
+    for fname in names:
+        real = getattr(owner, fname, None)
+        if real is None:  # older code (--baseline-src): no such step
+            continue
+
+        def wrapper(*args, _real=real, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _real(*args, **kwargs)
+            finally:
+                spent["s"] += time.perf_counter() - started
+
+        setattr(owner, fname, wrapper)
+    return spent
+
+
 def listing_seconds(listing) -> float:
     started = time.perf_counter()
     count = sum(1 for _ in listing)
@@ -271,25 +292,30 @@ def measure(name: str, workspace: str, n: int) -> dict:
     catalog = Catalog(workspace)
     out: dict = {}
     if name in ("ingest_plan", "ingest_nochange", "ingest_nochange_settled", "ingest_new1000"):
+        from pixelmill.tasks.prep import ingest
         from pixelmill.tasks.prep.ingest import IngestConfig, existing_versions, finalize_dataset, plan_ingest
 
         files = n + (NEW if name == "ingest_new1000" else 0)
         out["listing_s"] = listing_seconds(file_listing(files))
+        match = _timed_calls(ingest, ("unchanged_files",))  # the listing matched against the catalog
         existing, out["existing_versions_s"] = timed(lambda: existing_versions(catalog, DATASET))
         plan, out["plan_ingest_s"] = timed(lambda: plan_ingest(DATASET, file_listing(files), existing,
                                                                IngestConfig()))
-        del existing  # as in the flow: the plan task's dict is gone once it returns the plan
+        del existing  # as in the flow: the plan task's catalog view is gone once it returns the plan
         assert plan.unchanged == n and sum(len(s.files) for s in plan.shards) == files - n, (plan.unchanged, n)
-        out["loop_s"] = round(out["plan_ingest_s"] - out["listing_s"], 3)
+        out["match_s"] = round(match["s"], 3)
+        out["loop_s"] = round(out["plan_ingest_s"] - out["listing_s"] - match["s"], 3)
         if name == "ingest_new1000":  # the shards' parts, as ingest_shard commits them (not timed: no catalog)
             for k, shard in enumerate(plan.shards):
                 catalog.write_part("images", DATASET, shard.shard_id,
                                    images_table(n + k * IMAGE_PART_ROWS, len(shard.files), 10**6 + k, 10**9))
         if name != "ingest_plan":
             out["finalize_parts"], out["finalize_s"] = timed(lambda: finalize_dataset(catalog, DATASET))
-        out["catalog_s"] = round(out["existing_versions_s"] + out.get("finalize_s", 0.0), 3)
+        out["catalog_s"] = round(out["existing_versions_s"] + match["s"] + out.get("finalize_s", 0.0), 3)
         out["total_s"] = round(out["existing_versions_s"] + out["plan_ingest_s"] + out.get("finalize_s", 0.0), 3)
     elif name == "apply_plan":
+        import pyarrow as pa
+
         from pixelmill.tasks.core.cards import ModelCard
         from pixelmill.tasks.inference import plan as apply_plan
 
@@ -298,19 +324,24 @@ def measure(name: str, workspace: str, n: int) -> dict:
         files = n + NEW
         out["listing_s"] = listing_seconds(apply_listing(files))
         apply_plan.input_items = lambda source, catalog: apply_listing(files)  # the synthetic listing
-        real_history = apply_plan.output_history
+        # the catalog's history of the output, read where plan_apply reads it (output_history in older code)
+        reader = "output_ledger" if hasattr(apply_plan, "output_ledger") else "output_history"
+        real_reader = getattr(apply_plan, reader)
 
-        def output_history(*args):  # timed where plan_apply calls it
-            history, out["output_history_s"] = timed(lambda: real_history(*args))
-            out["history_done"] = len(history.done)
+        def read_history(*args, **kwargs):
+            history, out["output_history_s"] = timed(lambda: real_reader(*args, **kwargs))
+            out["history_done"] = history.done.num_rows if isinstance(history.done, pa.Table) else len(history.done)
             return history
 
-        apply_plan.output_history = output_history
+        setattr(apply_plan, reader, read_history)
+        # the listing matched against it, and the owners and outputs of the inputs to do looked up
+        match = _timed_calls(getattr(apply_plan, "Ledger", None), ("done_rows", "owners_of", "outputs_of"))
         plan, out["plan_apply_s"] = timed(lambda: apply_plan.plan_apply(catalog, card, INPUT_ROOT, OUTPUT_ROOT,
                                                                         apply_plan.ApplyConfig()))
         assert plan.skipped == n and plan.todo == NEW and out["history_done"] == n, (plan.skipped, plan.todo)
-        out["loop_s"] = round(out["plan_apply_s"] - out["listing_s"] - out["output_history_s"], 3)
-        out["catalog_s"] = out["output_history_s"]
+        out["match_s"] = round(match["s"], 3)
+        out["catalog_s"] = round(out["output_history_s"] + match["s"], 3)
+        out["loop_s"] = round(out["plan_apply_s"] - out["listing_s"] - out["catalog_s"], 3)
         out["total_s"] = out["plan_apply_s"]
     elif name in ("show_images", "show_predictions"):
         from pixelmill.tasks.core.tables import table as table_of

@@ -26,7 +26,9 @@ version's leftovers) can still put the same *key* in two parts: a pair made by `
    rewrote its part meanwhile keeps it. A reader that finds a listed part gone lists again and reads only what
    it has not read: a merge writes its part before deleting its sources, so their rows are in the new listing.
 5. A compaction (or `finalize_dataset`) that finds nothing to do leaves a hidden `.settled-*.json` naming each part's
-   size and version; the next one returns after a listing while the listing still says the same.
+   size, version and rows; the next one returns after a listing while the listing still says the same. A
+   `finalize_dataset` that finds only new parts beside the settled ones reads those, and of the settled ones only
+   enough to see that no new row shares a URI or a sha256 with an old one (else it reads the whole data set).
 
 Everything above runs on Arrow columns (dictionary-encoded keys, numpy sorts): a read, a dedup or a compaction of
 a million-row group never makes a Python object per row, and reads only the columns it needs.
@@ -34,8 +36,6 @@ a million-row group never makes a Python object per row, and reads only the colu
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import io
 import json
@@ -71,6 +71,7 @@ TARGET_ROWS = 100_000
 MAX_SMALL_PARTS = 16
 MERGED_PREFIX = "merged-"
 RELEASE_ROWS = 100_000  # a read of this many rows hands its freed buffers back to the system
+UNIQUE = b"pixelmill.unique"  # schema metadata of a read: the key column whose values are all different
 
 
 def schema_of(table: str) -> pa.Schema:
@@ -135,25 +136,143 @@ def best_rows(table: pa.Table, name: str) -> pa.Array | None:
     return pa.array(keep, pa.int64())
 
 
-@contextlib.contextmanager
-def gc_paused():
-    """Python's cyclic garbage collector paused while a caller turns a million rows into dicts, tuples and sets
-    (no cycles among them): the collector would scan them again and again, a third of the time."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def differs(a: pa.Array | pa.ChunkedArray, b: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Where two columns differ, a null differing from any value and equal to another null."""
     valid_a = pc.is_valid(a).to_numpy(zero_copy_only=False)
     valid_b = pc.is_valid(b).to_numpy(zero_copy_only=False)
     unequal = pc.fill_null(pc.not_equal(a, b), False).to_numpy(zero_copy_only=False)
     return (valid_a != valid_b) | unequal
+
+
+# Listed files turned into Arrow at once: the Python objects a planner holds at a time. Small enough that the
+# cyclic garbage collector, which scans what survives its young generations, rarely sees one (a million files
+# took 50% longer to turn into Arrow in blocks of 65k).
+LISTING_BLOCK = 8192
+# A listing's columns are hundreds of blocks that stay while the planner's scratch comes and goes: in the system
+# allocator (each block its own mapping) they cost what they hold; in Arrow's default one, scattered among the
+# scratch, a million files' 110 MB of columns kept another 100 MB from the system.
+LISTING_POOL = pa.system_memory_pool()
+
+
+def listing_table(items: Iterable, fields: dict[str, pa.DataType]) -> tuple[pa.Table, dict[int, object]]:
+    """The `fields` attributes of a stream of listed files (FileInfo, ApplyItem), a row per item in order, as one
+    Arrow table: a planner matches it against the catalog with joins instead of a Python dict of the catalog,
+    and makes Python objects again only for the rows it keeps (`listed_objects`). Only one block of items is
+    held at a time. A string that UTF-8 cannot hold (lone surrogates from an undecodable local name) is spelled
+    by `storable`, as the catalog spells it, and its item is kept as it is: index -> item."""
+    from pixelmill.tasks.core.names import storable
+
+    columns: dict[str, list[pa.Array]] = {name: [] for name in fields}
+    originals: dict[int, object] = {}
+    block: list = []
+    count = 0
+
+    def flush() -> None:
+        for name, type_ in fields.items():
+            values = [getattr(item, name) for item in block]
+            try:
+                columns[name].append(pa.array(values, type_, memory_pool=LISTING_POOL))
+            except UnicodeEncodeError:
+                spelled = [storable(v) if isinstance(v, str) else v for v in values]
+                for i, (before, after) in enumerate(zip(values, spelled, strict=True)):
+                    if before is not after:
+                        originals[count - len(block) + i] = block[i]
+                columns[name].append(pa.array(spelled, type_, memory_pool=LISTING_POOL))
+        block.clear()
+
+    for item in items:
+        block.append(item)
+        count += 1
+        if len(block) == LISTING_BLOCK:
+            flush()
+    if block:
+        flush()
+    return pa.table({name: pa.chunked_array(chunks, fields[name]) for name, chunks in columns.items()}), originals
+
+
+def listed_objects(listed: pa.Table, rows: np.ndarray, make, originals: dict[int, object]) -> list:
+    """`make(*row)` for these rows of a `listing_table` (its fields in order), or the item as it was listed where
+    `originals` kept it."""
+    picked = listed.take(pa.array(rows, pa.int64()))
+    made = map(make, *(picked[name].to_pylist() for name in picked.column_names))
+    if not originals:
+        return list(made)
+    return [originals.get(i, item) for i, item in zip(rows.tolist(), made, strict=True)]
+
+
+def exact_in_python(result: np.ndarray, listed: pa.Table, column: str, originals: dict[int, object],
+                    test) -> np.ndarray:
+    """`result` (an Arrow kernel's answer, exact on ASCII strings) with `test(value)` in place of it on the rows of
+    a `listing_table` column that are not ASCII or that `originals` kept (tested on the original item's value)."""
+    other = np.nonzero(~pc.string_is_ascii(listed[column]).to_numpy(zero_copy_only=False))[0]
+    rows = np.union1d(other, np.fromiter(originals, np.int64, len(originals)))
+    if len(rows):
+        values = listed[column].take(pa.array(rows, pa.int64())).to_pylist()
+        result[rows] = [test(getattr(originals[r], column) if r in originals else v)
+                        for r, v in zip(rows.tolist(), values, strict=True)]
+    return result
+
+
+def extension_in(listed: pa.Table, column: str, extensions: Iterable[str], originals: dict[int, object]) -> np.ndarray:
+    """For each row of a `listing_table`: whether `posixpath.splitext(name)[1].lower()` of its name in `column`
+    is one of `extensions`; in Arrow where the name is ASCII."""
+    extensions = frozenset(extensions)
+    names = listed[column]
+    # splitext: the last dot of the last part, when something other than dots comes before it in that part
+    found = pc.struct_field(pc.extract_regex(names, r"[^/.][^/]*(?P<ext>\.[^./]*)$"), [0])
+    hit = pc.is_in(pc.ascii_lower(found), value_set=pa.array(sorted(extensions), pa.string()))
+    return exact_in_python(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), listed, column, originals,
+                           lambda name: posixpath.splitext(name)[1].lower() in extensions)
+
+
+def find_last(keys: pa.Array | pa.ChunkedArray, values: pa.Array | pa.ChunkedArray,
+              unique: bool = False) -> np.ndarray:
+    """For each key, the index of its last occurrence in `values` (-1 where absent, and for a null key): what
+    a Python dict made from `values` would find. One hash table of `values`, probed by every key; `unique`:
+    no value repeats (the first occurrence is the last)."""
+    n = len(values)
+    if n == 0 or len(keys) == 0:
+        return np.full(len(keys), -1, np.int64)
+    backwards = values if unique else values.take(pa.array(np.arange(n - 1, -1, -1), pa.int64()))
+    found = pc.index_in(keys, value_set=backwards, skip_nulls=True)
+    at = pc.fill_null(found, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.where(pc.is_valid(found).to_numpy(zero_copy_only=False), at if unique else n - 1 - at, -1)
+
+
+def is_unique(table: pa.Table, column: str) -> bool:
+    """Whether `Catalog.read` said that this column of its table is unique (nothing since has made it not)."""
+    return (table.schema.metadata or {}).get(UNIQUE) == column.encode()
+
+
+@dataclass
+class Matches:
+    """The rows of a listing (`listing_table`) whose key a catalog table has, and that table's row for each (its
+    last with that key): what a planner compares, a column at a time."""
+
+    listing: pa.Table
+    table: pa.Table
+    found: np.ndarray  # listed rows found, ascending
+    at: np.ndarray  # the table's row for each of them
+
+    @classmethod
+    def of(cls, listing: pa.Table, key: str, table: pa.Table, table_key: str) -> Matches:
+        at = find_last(listing[key], table[table_key], unique=is_unique(table, table_key))
+        found = np.nonzero(at >= 0)[0]
+        return cls(listing, table, found, at[found])
+
+    def listed(self, column: str) -> pa.ChunkedArray | pa.Array:
+        """The found rows' values of one of the listing's columns."""
+        values = self.listing[column]
+        return values if len(self.found) == len(values) else values.take(pa.array(self.found, pa.int64()))
+
+    def cataloged(self, column: str) -> pa.ChunkedArray | pa.Array:
+        """The table's values of one column for the found rows."""
+        return self.table[column].take(pa.array(self.at, pa.int64()))
+
+
+def same(a: pa.Array | pa.ChunkedArray, b: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Where two columns hold equal values, a null equal to another null (Python's == on None)."""
+    return ~differs(a, b)
 
 
 def to_parquet_bytes(table: pa.Table) -> bytes:
@@ -323,14 +442,18 @@ class Catalog:
     def read(self, table: str, group: str | None = None, columns: list[str] | None = None,
              filter: ds.Expression | None = None) -> pa.Table:
         """The whole table (or one group) as one Arrow table, one row per key (see the protocol above);
-        an empty table when nothing is written yet."""
+        an empty table when nothing is written yet. Where the key's last column alone is unique (a compacted
+        group), the schema's metadata says so (`UNIQUE`: that column's name)."""
         decl = tables.table(table)
         needed = [*decl.key, *(("status", "created_at") if "ok" in decl.ranking else decl.ranking)]
         wanted = columns and list(dict.fromkeys([*columns, *needed]))
         _, data, _ = self._load(table, group, wanted, filter)
-        keep = best_rows(data, table)
+        unique = data.num_rows == 0 or all_distinct(data[decl.key[-1]])
+        keep = None if unique else best_rows(data, table)
         if keep is not None:
             data = data.take(keep)
+        if unique:  # said in the metadata, for a join that would otherwise make sure of it (`find_last`)
+            data = data.replace_schema_metadata({**(data.schema.metadata or {}), UNIQUE: decl.key[-1]})
         if data.num_rows >= RELEASE_ROWS:
             # the scan's buffers (pages, decompression, dictionaries, the copy `take` made) stay in Arrow's
             # allocator once freed; handing them back keeps them out of the peak of what a caller does next
@@ -397,25 +520,57 @@ class Catalog:
 
     @staticmethod
     def _settled_record(params: dict, stamps: dict[str, tuple]) -> dict:
+        return json.loads(json.dumps({"params": params, "parts": Catalog.stamp_names(stamps)}, default=str))
+
+    @staticmethod
+    def stamp_names(stamps: dict[str, tuple]) -> dict[str, list]:
+        """part name -> stamp, as a settled record spells them."""
         parts = {posixpath.basename(uri): list(stamp) for uri, stamp in sorted(stamps.items())}
-        return json.loads(json.dumps({"params": params, "parts": parts}, default=str))
+        return json.loads(json.dumps(parts, default=str))
+
+    def settled_record(self, table: str, group: str, what: str, params: dict) -> dict | None:
+        """What the last `what` that had nothing to do left: {"params", "parts": name -> stamp, "rows": name ->
+        rows}, or None (none, another version's, or other params)."""
+        try:
+            record = json.loads(storage.read_bytes(self._settled_uri(table, group, what)))
+        except (StorageError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("params") == params else None
 
     def settled(self, table: str, group: str, what: str, params: dict, stamps: dict[str, tuple]) -> bool:
         """Whether the group's parts (`stamps`, a fresh listing) are as `what` left them with nothing to do."""
         if not stamps:
             return False
-        try:
-            record = json.loads(storage.read_bytes(self._settled_uri(table, group, what)))
-        except (StorageError, ValueError):
-            return False
-        return record == self._settled_record(params, stamps)
+        record = self.settled_record(table, group, what, params)
+        return record is not None and record.get("parts") == self.stamp_names(stamps)
 
     def settle(self, scan: PartsScan, what: str, params: dict) -> None:
         """Record that `what` found the scanned parts with nothing to do (only when the scan read exactly the
         parts it listed: a part that came or went in between is not vouched for)."""
         if scan.uris and set(scan.uris) == set(scan.stamps):
-            record = self._settled_record(params, scan.stamps)
-            storage.write_bytes(self._settled_uri(scan.table, scan.group, what), json.dumps(record).encode())
+            self.settle_parts(scan.table, scan.group, what, params, scan.stamps,
+                              dict(zip(scan.uris, scan.rows_per_part.tolist(), strict=True)))
+
+    def settle_parts(self, table: str, group: str, what: str, params: dict, stamps: dict[str, tuple],
+                     rows: dict[str, int]) -> None:
+        """Record that `what` has nothing to do on these parts (uri -> stamp as read, and rows each holds)."""
+        record = self._settled_record(params, stamps)
+        record["rows"] = {posixpath.basename(uri): int(n) for uri, n in sorted(rows.items())}
+        storage.write_bytes(self._settled_uri(table, group, what), json.dumps(record).encode())
+
+    def scan_parts(self, table: str, group: str, uris: list[str], columns: list[str],
+                   stamps: dict[str, tuple], filter=None) -> PartsScan | None:
+        """`scan` of these parts alone (their rows where `filter`, when given); None when one of them is gone."""
+        columns, filter, late_filter = self._columns(table, list(dict.fromkeys(columns)), filter)
+        if late_filter is not None:  # renamed columns to filter by: `scan` reads those tables
+            return None
+        try:
+            data = self._read_files(uris, table, columns, filter)
+        except FileNotFoundError:
+            return None
+        part = data["__fragment_index"].to_numpy(zero_copy_only=False).astype(np.int64)
+        data = tables.table(table).upgrade(data.drop_columns(["__fragment_index"]))
+        return PartsScan(table, group, list(uris), {u: stamps[u] for u in uris if u in stamps}, data, part)
 
     def rewrite(self, scan: PartsScan, keep: np.ndarray, patch: dict[str, pa.Array] | None = None,
                 target_rows: int | None = None, max_small_parts: int | None = None,

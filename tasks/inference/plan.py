@@ -1,8 +1,10 @@
 """Apply's plan: which inputs a model version still owes an output, cut into shards.
 
-    plan_apply(...)  streams the listing (or the images table's ok rows), skips inputs this model version
-                     already did for this output (same bytes and version, or same sha256), names each output,
-                     cuts shards
+    plan_apply(...)  turns the listing (or the images table's ok rows) into Arrow columns, skips inputs this
+                     model version already did for this output (same bytes and version, or same sha256) by
+                     matching them against the catalog's columns (`Ledger`), names each output, cuts shards.
+                     Only the inputs to do become Python objects again, and only their names' owners are
+                     looked up: a night with a thousand new files in a million costs no dict of the million.
 
 Outputs mirror their inputs' relative names (`2019/photo.jpg` -> `2019/photo.png`, tasks/core/names.py). Where
 two inputs would get one name (`a.jpg` and `a.tif` in one folder, names that clean alike or differ only in case),
@@ -22,7 +24,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,7 +36,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.cards import ModelCard
-from pixelmill.tasks.core.catalog import Catalog, all_distinct, gc_paused, group_ids
+from pixelmill.tasks.core.catalog import (
+    RELEASE_ROWS,
+    Catalog,
+    Matches,
+    all_distinct,
+    extension_in,
+    group_ids,
+    listed_objects,
+    listing_table,
+    same,
+)
 from pixelmill.tasks.core.errors import ConfigError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, OUTPUT_FORMATS
 from pixelmill.tasks.core.model_tasks import model_task
@@ -188,6 +200,81 @@ class History:
     outputs: dict[str, set[str]]  # input_uri -> the output (and overlay) URIs any version wrote for it
 
 
+@dataclass
+class Ledger:
+    """History in Arrow columns, what `plan_apply` matches a listing against: a Python object only for what it
+    looks up (the inputs it keeps and their names), none per catalog row. The columns are the catalog read's
+    own buffers; what is new per row is a collision key and two small integers per output."""
+
+    done: pa.Table  # input_uri + DONE_COLUMNS of this version's attempts (input_sha256 all null when not read)
+    uris: pa.ChunkedArray  # input_uri of every row read
+    names: tuple[pa.ChunkedArray, pa.ChunkedArray]  # output_uri and overlay_uri of every row read
+    named: pa.Table  # key (collision key), row (into uris), slot (0: output, 1: overlay): each ok row's outputs
+    # under the root, in row order, an output before its overlay (the first row to name a key owns it)
+
+    def history(self) -> History:
+        """All of it as Python dicts."""
+        history = History({}, {}, {})
+        if self.done.num_rows:
+            history.done = dict(zip(self.done["input_uri"].to_pylist(),
+                                    zip(*(self.done[c].to_pylist() for c in DONE_COLUMNS), strict=True),
+                                    strict=True))
+        if self.named.num_rows:
+            history.owners = self._owners(self.named)
+            history.outputs = self._outputs(self.named)
+        return history
+
+    def _owners(self, named: pa.Table) -> dict[str, str]:
+        """collision key -> the input of its first row, in the order keys first come."""
+        keys = named["key"]
+        if all_distinct(keys):
+            first = np.arange(len(keys))
+        else:
+            _, first = np.unique(group_ids(named.select(["key"]), ["key"]), return_index=True)
+            first.sort()  # in the order keys first come
+        owned = named.take(pa.array(first, pa.int64()))
+        return dict(zip(owned["key"].to_pylist(), self.uris.take(owned["row"]).to_pylist(), strict=True))
+
+    def _outputs(self, named: pa.Table) -> dict[str, set[str]]:
+        """input -> the names its rows wrote."""
+        slot = named["slot"].to_numpy()
+        names = pc.if_else(pa.array(slot == 0), self.names[0].take(named["row"]), self.names[1].take(named["row"]))
+        outputs: dict[str, set[str]] = {}
+        for uri, name in zip(self.uris.take(named["row"]).to_pylist(), names.to_pylist(), strict=True):
+            outputs.setdefault(uri, set()).add(name)
+        return outputs
+
+    def done_rows(self, listed: pa.Table) -> np.ndarray:
+        """For each listed input (`listing_table` of LISTED_INPUT): whether `is_done` says so of its URI's row."""
+        match = Matches.of(listed, "uri", self.done, "input_uri")
+        retry = pc.fill_null(pc.starts_with(self.done["error"], WRITE_FAILED), False).to_numpy(zero_copy_only=False)
+        same_file = (same(match.listed("size"), match.cataloged("input_bytes"))
+                     & same(match.listed("version"), match.cataloged("input_version")))
+        if listed["sha256"].null_count < listed.num_rows:  # a data set's inputs: the same content is done too
+            same_file |= pc.fill_null(pc.equal(match.listed("sha256"), match.cataloged("input_sha256")),
+                                      False).to_numpy(zero_copy_only=False)
+        done = np.zeros(listed.num_rows, bool)
+        done[match.found] = ~retry[match.at] & same_file
+        return done
+
+    def owners_of(self, keys: Iterable[str]) -> dict[str, str]:
+        """`History.owners`, of these collision keys alone."""
+        wanted = pa.array(sorted(set(keys)), pa.string())
+        return self._owners(self.named.filter(pc.is_in(self.named["key"], value_set=wanted)))
+
+    def outputs_of(self, uris: Iterable[str]) -> dict[str, set[str]]:
+        """`History.outputs`, of these inputs alone."""
+        wanted = pa.array(sorted(set(uris)), pa.string())
+        rows = pc.is_in(self.uris.take(self.named["row"]), value_set=wanted)
+        return self._outputs(self.named.filter(rows))
+
+
+DONE_COLUMNS = ("input_bytes", "input_version", "input_sha256", "error")
+# A listed input's fields, in ApplyItem's order (`listed_objects` makes ApplyItems from them).
+LISTED_INPUT = {"uri": pa.string(), "rel": pa.string(), "size": pa.int64(), "version": pa.string(),
+                "sha256": pa.string()}
+
+
 def _collision_keys(rels: pa.Array) -> pa.Array:
     """collision_key of each name: ASCII names lowered in Arrow (NFC and casefold change nothing else in them),
     the others by collision_key itself."""
@@ -199,67 +286,47 @@ def _collision_keys(rels: pa.Array) -> pa.Array:
     return keys
 
 
+def output_ledger(catalog: Catalog, card: ModelCard, output: str, sha256: bool = True) -> Ledger:
+    """What the catalog says about `output`, in Arrow columns (see `Ledger`). `sha256=False` leaves the inputs'
+    content hashes unread (all null): a listing of files has none to compare them with."""
+    columns = ["model_version", "input_uri", "input_bytes", "input_version", *(["input_sha256"] if sha256 else []),
+               "error", "status", "output_uri", "overlay_uri"]
+    t = catalog.read("predictions", card.name, filter=ds.field("output_root") == output, columns=columns)
+    if not sha256:
+        t = t.append_column("input_sha256", pa.nulls(t.num_rows, pa.string()))
+    return _ledger(t, card, output)
+
+
 def output_history(catalog: Catalog, card: ModelCard, output: str) -> History:
-    """What the catalog says about `output`, worked out in Arrow and numpy: Python objects only for the dicts
-    handed back."""
-    columns = ["model_version", "input_uri", "input_bytes", "input_version", "input_sha256", "error", "status",
-               "output_uri", "overlay_uri"]
-    with gc_paused():  # the table is _history's alone: it lets go of what it no longer needs
-        return _history(catalog.read("predictions", card.name, filter=ds.field("output_root") == output,
-                                     columns=columns), card, output)
+    """What the catalog says about `output`, as Python dicts (worked out in Arrow: `output_ledger`)."""
+    return output_ledger(catalog, card, output).history()
 
 
-def _history(t: pa.Table, card: ModelCard, output: str) -> History:
-    history = History({}, {}, {})
-    if t.num_rows == 0:
-        return history
-    # Arrow first. This version's attempts:
-    mine = np.nonzero(pc.fill_null(pc.equal(t["model_version"], card.version), False)
-                      .to_numpy(zero_copy_only=False))[0]
-    done = t.select(["input_bytes", "input_version", "input_sha256", "error"])
-    done = done if len(mine) == t.num_rows else done.take(pa.array(mine, pa.int64()))
-    # each ok row's outputs under the root, in row order, an output before its overlay: the first row to name a
-    # collision key owns it
+def _ledger(t: pa.Table, card: ModelCard, output: str) -> Ledger:
+    # this version's attempts
+    mine = pc.fill_null(pc.equal(t["model_version"], card.version), False)
+    done = t.select(["input_uri", *DONE_COLUMNS])
+    if not pc.all(mine).as_py():
+        done = done.filter(mine)
+    # each ok row's outputs under the root, in row order, an output before its overlay
     prefix = output.rstrip("/") + "/"
     ok = pc.fill_null(pc.equal(t["status"], "ok"), False)
-    place, row, names = [], [], []
+    place, row, slots, names = [], [], [], []
     for slot, column in enumerate(("output_uri", "overlay_uri")):
         under = pc.and_(ok, pc.fill_null(pc.starts_with(t[column], prefix), False)).to_numpy(zero_copy_only=False)
         at = np.nonzero(under)[0]
         place.append(at * 2 + slot)
         row.append(at)
-        names.append(t[column].take(pa.array(at, pa.int64())).combine_chunks())
+        slots.append(np.full(len(at), slot, np.int8))
+        names.append(pc.utf8_slice_codeunits(t[column].take(pa.array(at, pa.int64())), len(prefix)).combine_chunks())
     order = np.argsort(np.concatenate(place), kind="stable")
-    row = np.concatenate(row)[order]
-    names = pa.concat_arrays(names).take(pa.array(order, pa.int64()))
-    keys = _collision_keys(pc.utf8_slice_codeunits(names, len(prefix)))
-    if all_distinct(keys):
-        first = np.arange(len(keys))
-    else:
-        _, first = np.unique(group_ids(pa.table({"key": keys}), ["key"]), return_index=True)
-        first.sort()  # in the order keys first come
-    owned = keys.take(pa.array(first, pa.int64()))
-    uri_column = t["input_uri"]
-    one_each = all_distinct(uri_column.take(pa.array(row, pa.int64())))  # no input with two outputs
-    del t, keys, ok  # what the Python objects below are made from stays; the rest goes back to the system
-    pa.default_memory_pool().release_unused()
-
-    # Then the Python objects, made once: the three dicts share the input URIs' strings.
-    uris = uri_column.to_pylist()
-    if len(mine):
-        history.done = dict(zip(uris if len(mine) == len(uris) else [uris[i] for i in mine],
-                                zip(*(done[c].to_pylist() for c in done.column_names), strict=True), strict=True))
-    del done
-    if len(row) == 0:
-        return history
-    history.owners = dict(zip(owned.to_pylist(), [uris[i] for i in row[first]], strict=True))
-    named = names.to_pylist()
-    if one_each:  # one output per input (no overlays, one version's rows): a set of one each
-        history.outputs = {uris[i]: {name} for i, name in zip(row.tolist(), named, strict=True)}
-    else:
-        for i, name in zip(row.tolist(), named, strict=True):
-            history.outputs.setdefault(uris[i], set()).add(name)
-    return history
+    keys = _collision_keys(pa.concat_arrays(names).take(pa.array(order, pa.int64())))
+    named = pa.table({"key": keys, "row": pa.array(np.concatenate(row)[order], pa.int64()),
+                      "slot": pa.array(np.concatenate(slots)[order], pa.int8())})
+    del names
+    if t.num_rows >= RELEASE_ROWS:  # the read's and these steps' buffers go back before the listing is made
+        pa.default_memory_pool().release_unused()
+    return Ledger(done, t["input_uri"], (t["output_uri"], t["overlay_uri"]), named)
 
 
 def output_extension(rel: str, cfg: ApplyConfig, output_kind: str) -> str:
@@ -277,18 +344,36 @@ def with_overlay(rel: str, overlay: bool) -> list[str]:
     return [rel, rel.rsplit(".", 1)[0] + OVERLAY_SUFFIX] if overlay else [rel]
 
 
+def output_name(item: ApplyItem, extension, suffixed: bool = False) -> str:
+    """An input's output name: the mirrored one, or (`suffixed`, when another input has it) the mirrored one with
+    a suffix from its own name."""
+    return mirror_relpath(item.rel, extension(item.rel), suffix_key=item.rel if suffixed else None)
+
+
+def contested_keys(todo: list[ApplyItem], extension, overlay: bool = False) -> set[str]:
+    """Every collision key `name_outputs` can look up for these inputs: whose owners it needs to know."""
+    keys: set[str] = set()
+    for item in todo:
+        if not unsafe_reason(item.rel):
+            for suffixed in (False, True):
+                keys.update(collision_key(name) for name in with_overlay(output_name(item, extension, suffixed),
+                                                                         overlay))
+    return keys
+
+
 def name_outputs(todo: list[ApplyItem], owners: dict[str, str], outputs: dict[str, set[str]], output: str,
                  extension, overlay: bool = False) -> list[ApplyItem]:
-    """Each input's output path (see the module docstring): first come keeps the plain mirrored name."""
+    """Each input's output path (see the module docstring): first come keeps the plain mirrored name. `owners`
+    needs only the keys of `contested_keys(todo, ...)` and `outputs` only the inputs of `todo`."""
     taken = dict(owners)
     named: dict[str, ApplyItem] = {}
     for item in sorted(todo, key=lambda i: i.rel):
         if unsafe_reason(item.rel):
             continue  # an unsafe_name row: never written, so it takes no name
         me = storable(item.uri)
-        rel = mirror_relpath(item.rel, extension(item.rel))
+        rel = output_name(item, extension)
         if not all(taken.setdefault(collision_key(name), me) == me for name in with_overlay(rel, overlay)):
-            rel = mirror_relpath(item.rel, extension(item.rel), suffix_key=item.rel)
+            rel = output_name(item, extension, suffixed=True)
             for name in with_overlay(rel, overlay):
                 taken.setdefault(collision_key(name), me)
         new = storage.join(output, rel)
@@ -299,7 +384,8 @@ def name_outputs(todo: list[ApplyItem], owners: dict[str, str], outputs: dict[st
 
 
 def is_done(item: ApplyItem, done: tuple | None) -> bool:
-    """Done: a row for the same content, ok or a bad input's error (which rereading cannot fix)."""
+    """Done: a row for the same content, ok or a bad input's error (which rereading cannot fix). The rule for one
+    input; `Ledger.done_rows` applies it to a whole listing in Arrow."""
     if done is None:
         return False
     size, version, sha, error = done
@@ -309,28 +395,35 @@ def is_done(item: ApplyItem, done: tuple | None) -> bool:
 
 
 def plan_apply(catalog: Catalog, card: ModelCard, source: str, output: str, cfg: ApplyConfig) -> ApplyPlan:
-    """Stream the inputs, keep what this model version has not done for this output, cut shards."""
+    """Stream the inputs, keep what this model version has not done for this output, cut shards.
+
+    The listing is matched against the catalog (`output_ledger`) in Arrow: only the inputs to do become Python
+    objects again, and only their names' owners and their earlier outputs are looked up."""
     output = storage.normalize_url(output, archives=False)
     if storage.archive_protocol(output) or "::" in output:
         raise ConfigError(f"cannot write outputs into an archive: {output}", "give a folder or bucket prefix")
-    history = output_history(catalog, card, output)
-    done = {} if cfg.force else history.done
+    # a data set's inputs carry their content hash, a listing's files do not (input_items)
+    ledger = output_ledger(catalog, card, output, sha256=is_data_ref(source))
     plan = ApplyPlan(card, output, shards=[])
     settings = cfg.model_dump_json(include={"tile", "overlap", "format", "quality", "overlay", "max_pixels", "depth",
                                             "checks", "metadata"})
-    todo: list[ApplyItem] = []
-    for item in input_items(source, catalog):
-        if posixpath.splitext(item.rel)[1].lower() not in IMAGE_EXTENSIONS:
-            plan.other_files += 1
-        elif is_done(item, done.get(storable(item.uri))):
-            plan.skipped += 1
-        elif cfg.limit is not None and len(todo) >= cfg.limit:
-            plan.limited += 1
-        else:
-            todo.append(item)
+
+    listed, originals = listing_table(input_items(source, catalog), LISTED_INPUT)
+    image = extension_in(listed, "rel", IMAGE_EXTENSIONS, originals)
+    plan.other_files = int((~image).sum())
+    done = image & (False if cfg.force else ledger.done_rows(listed))
+    plan.skipped = int(done.sum())
+    rows = np.nonzero(image & ~done)[0]
+    if cfg.limit is not None and len(rows) > cfg.limit:
+        plan.limited = len(rows) - cfg.limit
+        rows = rows[:cfg.limit]
+    todo = listed_objects(listed, rows, ApplyItem, originals)
+    del listed, originals
     kind = model_task(card.task).output
-    todo = name_outputs(todo, history.owners, history.outputs, output, lambda rel: output_extension(rel, cfg, kind),
-                        overlay=cfg.overlay and kind == "mask")
+    extension = lambda rel: output_extension(rel, cfg, kind)  # noqa: E731
+    overlay = cfg.overlay and kind == "mask"
+    todo = name_outputs(todo, ledger.owners_of(contested_keys(todo, extension, overlay)),
+                        ledger.outputs_of(storable(i.uri) for i in todo), output, extension, overlay=overlay)
     for chunk in chunks(todo, cfg.shard_size):
         key = [(i.uri, i.size, i.version, i.sha256, i.output_rel) for i in chunk]
         plan.shards.append(ApplyShard(card, output, shard_id(card.uri, output, settings, key), chunk))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,11 +22,16 @@ from pixelmill.tasks.core import catalog as catalog_module
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import (
     Catalog,
+    Matches,
     all_distinct,
     best_of_groups,
-    gc_paused,
+    exact_in_python,
+    extension_in,
     group_ids,
+    listed_objects,
+    listing_table,
     rank_values,
+    same,
 )
 from pixelmill.tasks.core.errors import StorageError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
@@ -124,33 +129,56 @@ def mask_uri_for(info: FileInfo, masks: str | None) -> str | None:
     return storage.join(masks, info.rel)
 
 
-def plan_ingest(dataset: str, files: Iterable[FileInfo], existing: dict[str, tuple[int, str]],
+def plan_ingest(dataset: str, files: Iterable[FileInfo], existing: Mapping[str, tuple[int, str]] | pa.Table,
                 cfg: IngestConfig) -> IngestPlan:
     """Keep image files that are new or changed since the last ingest, in shards of cfg.shard_size.
 
-    `existing` maps uri -> (bytes, source_version) from the catalog. A shard's id hashes its inputs and
-    the config, so a rerun of the same shard rewrites the same catalog part.
+    `existing` is the catalog's view (`existing_versions`: uri, bytes, source_version columns), or a mapping
+    uri -> (bytes, source_version). A file is unchanged when its URI's row has its size and version. The
+    listing is matched against it in Arrow: only the files to ingest become Python objects again. A shard's id
+    hashes its inputs and the config, so a rerun of the same shard rewrites the same catalog part.
     """
     check_name(dataset, "dataset name")
     plan = IngestPlan(shards=[], dataset=dataset)
     masks_root = storage.normalize_url(cfg.masks) if cfg.masks and not is_pattern(cfg.masks) else None
     mask_name = mask_regex(cfg.masks) if is_pattern(cfg.masks) else None
-    todo: list[FileInfo] = []
-    for info in files:
-        name = posixpath.basename(info.rel)
-        if (masks_root and info.uri.startswith(masks_root + "/")) or (mask_name and mask_name.match(name)):
-            plan.mask_files += 1
-        elif posixpath.splitext(name)[1].lower() not in cfg.extensions:
-            plan.other_files += 1
-        elif not cfg.force and existing.get(storable(info.uri)) == (info.size, info.version):
-            plan.unchanged += 1
-        else:
-            todo.append(info)
+
+    listed, originals = listing_table(files, LISTED_FILE)
+    mask = np.zeros(listed.num_rows, bool)
+    if masks_root:
+        mask = exact_in_python(pc.starts_with(listed["uri"], masks_root + "/").to_numpy(zero_copy_only=False),
+                               listed, "uri", originals, lambda uri: uri.startswith(masks_root + "/"))
+    if mask_name:
+        mask |= np.array([bool(mask_name.match(posixpath.basename(originals[i].rel if i in originals else rel)))
+                          for i, rel in enumerate(listed["rel"].to_pylist())], bool)
+    image = ~mask & extension_in(listed, "rel", cfg.extensions, originals)
+    plan.mask_files, plan.other_files = int(mask.sum()), int((~mask & ~image).sum())
+    unchanged = image & (False if cfg.force else unchanged_files(listed, existing))
+    plan.unchanged = int(unchanged.sum())
+    todo = listed_objects(listed, np.nonzero(image & ~unchanged)[0], FileInfo, originals)
     settings = cfg.model_dump_json(exclude={"shard_size", "workers", "io_threads", "force"})
     for chunk in chunks(todo, cfg.shard_size):
         plan.shards.append(Shard(dataset, shard_id(dataset, settings, [(f.uri, f.size, f.version) for f in chunk]),
                                  chunk))
     return plan
+
+
+# A listed file's fields, in FileInfo's order (`listed_objects` makes FileInfo from them).
+LISTED_FILE = {"uri": pa.string(), "size": pa.int64(), "version": pa.string(), "rel": pa.string()}
+
+
+def unchanged_files(listed: pa.Table, existing: Mapping[str, tuple[int, str]] | pa.Table) -> np.ndarray:
+    """For each listed file (`listing_table` of LISTED_FILE): whether the catalog has its URI with its size and
+    version, as `existing.get(uri) == (size, version)` says (a null equal to a null)."""
+    if not isinstance(existing, pa.Table):
+        existing = pa.table({"uri": pa.array(list(existing), pa.string()),
+                             "bytes": pa.array([v[0] for v in existing.values()], pa.int64()),
+                             "source_version": pa.array([v[1] for v in existing.values()], pa.string())})
+    match = Matches.of(listed, "uri", existing, "uri")
+    unchanged = np.zeros(listed.num_rows, bool)
+    unchanged[match.found] = (same(match.listed("size"), match.cataloged("bytes"))
+                              & same(match.listed("version"), match.cataloged("source_version")))
+    return unchanged
 
 
 def _check_mask(mask_uri: str, width: int, height: int, max_pixels: int) -> str | None:
@@ -206,12 +234,10 @@ def ingest_shard(shard: Shard, workspace: str, cfg: IngestConfig) -> ShardResult
     return commit_shard(Catalog(workspace), "images", shard.dataset, shard.shard_id, rows)
 
 
-def existing_versions(catalog: Catalog, dataset: str) -> dict[str, tuple[int, str]]:
-    """uri -> (bytes, source_version) of the data set's files, from three columns of the catalog."""
-    t = catalog.read("images", dataset, columns=["uri", "bytes", "source_version"])
-    with gc_paused():
-        return dict(zip(t["uri"].to_pylist(), zip(t["bytes"].to_pylist(), t["source_version"].to_pylist(),
-                                                  strict=True), strict=True))
+def existing_versions(catalog: Catalog, dataset: str) -> pa.Table:
+    """The data set's files as the catalog has them: uri, bytes and source_version columns, one row per uri
+    (what `plan_ingest` matches a listing against)."""
+    return catalog.read("images", dataset, columns=["uri", "bytes", "source_version"])
 
 
 def _first_uri_by_content(uri: pa.ChunkedArray, sha: pa.ChunkedArray, kept: np.ndarray) -> pa.Array:
@@ -246,6 +272,9 @@ def _first_uri_by_content(uri: pa.ChunkedArray, sha: pa.ChunkedArray, kept: np.n
     return pc.replace_with_mask(result, pa.array(mask), value)
 
 
+FINALIZE_COLUMNS = ["uri", "sha256", "ingested_at", "duplicate_of"]
+
+
 def finalize_dataset(catalog: Catalog, dataset: str) -> int:
     """Make the data set's parts consistent; returns how many parts were rewritten (or merged away).
 
@@ -256,15 +285,28 @@ def finalize_dataset(catalog: Catalog, dataset: str) -> int:
       ingests in another order again, yet the catalog (and the pairs named after the original) must not change.
     Parts are only rewritten when something in them changes, each atomically; this is the images table's
     compaction, so it also merges small parts (tasks/core/catalog.py, protocol point 4). Reads four columns; a
-    data set whose parts are as the last finalize that had nothing to do left them costs one listing.
+    data set whose parts are as the last finalize that had nothing to do left them costs one listing, and one
+    that only gained parts since costs reading those (`_finalize_new_parts`).
     """
     params = {"target_rows": catalog_module.TARGET_ROWS, "max_small_parts": catalog_module.MAX_SMALL_PARTS}
     stamps = catalog.part_stamps("images", dataset)
     if catalog.settled("images", dataset, "finalize", params, stamps):
         return 0
-    scan = catalog.scan("images", dataset, ["uri", "sha256", "ingested_at", "duplicate_of"], stamps)
+    rewritten = _finalize_new_parts(catalog, dataset, params, stamps)
+    if rewritten is not None:
+        return rewritten
+    scan = catalog.scan("images", dataset, FINALIZE_COLUMNS, stamps)
     if not scan.uris:
         return 0
+    keep, duplicate_of = _consistent(scan)
+    result = catalog.rewrite(scan, keep, patch={"duplicate_of": duplicate_of})
+    if not result.parts and not result.written:
+        catalog.settle(scan, "finalize", params)
+    return result.parts
+
+
+def _consistent(scan: catalog_module.PartsScan) -> tuple[np.ndarray, pa.Array]:
+    """The rows that stay (the newest of each uri) and every row's duplicate_of, as `finalize_dataset` says."""
     data = scan.data
     by_name = np.empty(len(scan.uris), np.int64)
     by_name[np.argsort(np.array(scan.uris, dtype=object), kind="stable")] = np.arange(len(scan.uris))
@@ -279,8 +321,39 @@ def finalize_dataset(catalog: Catalog, dataset: str) -> int:
         keep = (when == best_when[ids]) & (part == best_part[ids])
     else:
         keep = np.ones(data.num_rows, bool)
-    duplicate_of = _first_uri_by_content(data["uri"], data["sha256"], keep)
+    return keep, _first_uri_by_content(data["uri"], data["sha256"], keep)
+
+
+def _finalize_new_parts(catalog: Catalog, dataset: str, params: dict, stamps: dict[str, tuple]) -> int | None:
+    """finalize_dataset of a data set that only gained parts since a finalize that had nothing to do, when no
+    old row shares a URI or a sha256 with a new one: the old rows then stay as they are (each the only row of
+    its URI, its duplicate_of right among them) and the new ones are made consistent among themselves. Costs
+    reading the new parts and the old parts' uri and sha256 columns (not their rows into Python, nor a dedup
+    of them). None when it does not apply (then the whole data set is read); else what finalize_dataset returns.
+    """
+    record = catalog.settled_record("images", dataset, "finalize", params)
+    if record is None or not isinstance(record.get("rows"), dict) or not stamps:
+        return None
+    now = catalog.stamp_names(stamps)
+    if any(now.get(name) != stamp for name, stamp in record["parts"].items()):
+        return None  # an old part changed or went: anything may have
+    new = [uri for uri in sorted(stamps) if posixpath.basename(uri) not in record["parts"]]
+    old = [uri for uri in sorted(stamps) if posixpath.basename(uri) in record["parts"]]
+    small = sum(0 < n < params["target_rows"] for n in record["rows"].values())
+    if not new or not old or small + len(new) > params["max_small_parts"]:
+        return None  # parts to merge: the whole data set's compaction
+    scan = catalog.scan_parts("images", dataset, new, FINALIZE_COLUMNS, stamps)
+    if scan is None:
+        return None
+    touched = catalog.scan_parts("images", dataset, old, ["uri"], stamps,
+                                 filter=pc.field("uri").isin(pc.unique(pc.drop_null(scan.data["uri"])))
+                                 | pc.field("sha256").isin(pc.unique(pc.drop_null(scan.data["sha256"]))))
+    if touched is None or touched.data.num_rows:
+        return None  # a new row meets an old one: the whole data set decides
+    keep, duplicate_of = _consistent(scan)
     result = catalog.rewrite(scan, keep, patch={"duplicate_of": duplicate_of})
-    if not result.parts and not result.written:
-        catalog.settle(scan, "finalize", params)
+    if not result.parts and not result.written and set(scan.uris) == set(scan.stamps):
+        rows = {uri: record["rows"][posixpath.basename(uri)] for uri in old}
+        rows |= dict(zip(scan.uris, scan.rows_per_part.tolist(), strict=True))
+        catalog.settle_parts("images", dataset, "finalize", params, {u: stamps[u] for u in old + new}, rows)
     return result.parts
