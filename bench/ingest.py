@@ -134,6 +134,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
 
     from pixelmill.flows.ingest import ingest
     from pixelmill.tasks.core.catalog import Catalog
+    from pixelmill.tasks.core.shards import auto_shard_size
     from pixelmill.tasks.prep.ingest import IngestConfig
 
     loadavg_before = [round(v, 2) for v in os.getloadavg()]
@@ -217,8 +218,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         "benchmark": "ingest",
         "sizes": args.sizes,
         "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "shard_size": cfg.shard_size,
-        "shards": {f"n{n}": -(-n // cfg.shard_size) for n in (n1, n2)},
+        "shard_size": {f"n{n}": cfg.shard_size or auto_shard_size(n, cfg.workers) for n in (n1, n2)},
+        "shards": {f"n{n}": -(-n // (cfg.shard_size or auto_shard_size(n, cfg.workers))) for n in (n1, n2)},
         "io_threads": cfg.io_threads,
         "bare_threads": BARE_THREADS,
         "repeats": args.repeats,

@@ -34,7 +34,8 @@ def ingest(
     masks: Annotated[str | None, typer.Option(help="mask folder URL with the same file names, or a name "
                                                    "pattern like '{stem}_P.png'")] = None,
     workspace: Workspace = None,
-    shard_size: Annotated[int, typer.Option(help="files per task (shard)")] = 100,
+    shard_size: Annotated[int | None, typer.Option(help="files per task (default: about 4 tasks per worker, "
+                                                        "16 to 1024 files each)")] = None,
     split_fractions: Annotated[str, typer.Option(help="the train,valid,test fractions each image's split is drawn "
                                                       "with (from its content: the same on every rerun)")]
     = "0.8,0.1,0.1",

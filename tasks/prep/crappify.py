@@ -43,7 +43,7 @@ from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, ImageFacts, normaliz
 from pixelmill.tasks.core.layout import Layout
 from pixelmill.tasks.core.names import check_name, output_stem
 from pixelmill.tasks.core.pairs import COPY, SOURCE
-from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, error_row, shard_id
+from pixelmill.tasks.core.shards import ShardResult, auto_shard_size, chunks, commit_shard, error_row, shard_id
 from pixelmill.tasks.prep.degrade import ModCrop, derive_seed
 from pixelmill.tasks.prep.recipes import Recipe, apply_recipe, encode_png, get_recipe
 
@@ -122,18 +122,6 @@ def select_images(catalog: Catalog, dataset: str, split: Split) -> list[PairJob]
                                                  "source_version"], filter=filt)
     jobs = [PairJob(*row) for row in zip(*(t[c].to_pylist() for c in t.column_names), strict=True)]
     return sorted(jobs, key=lambda j: j.image_uri)
-
-
-# Measured (bench/README.md): a shard costs Prefect about 55 ms of CPU (its task run in this process and on
-# the server) and a pair about 7 ms. 4 shards per worker keep the tail short (all workers end within about a
-# shard of each other); 1024 pairs a shard keep Prefect under 1% of a large run; 16 a shard keep small runs
-# from paying a task run per handful of images.
-SHARDS_PER_WORKER, MIN_SHARD, MAX_SHARD = 4, 16, 1024
-
-
-def auto_shard_size(images: int, workers: int) -> int:
-    """Images per shard: about SHARDS_PER_WORKER shards per worker, within [MIN_SHARD, MAX_SHARD]."""
-    return max(MIN_SHARD, min(MAX_SHARD, -(-images // (SHARDS_PER_WORKER * workers))))
 
 
 def usable_cores() -> int:

@@ -36,7 +36,7 @@ from pixelmill.tasks.core.catalog import (
 from pixelmill.tasks.core.errors import StorageError
 from pixelmill.tasks.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
 from pixelmill.tasks.core.names import check_name, storable, unsafe_reason
-from pixelmill.tasks.core.shards import ShardResult, chunks, commit_shard, error_row, shard_id
+from pixelmill.tasks.core.shards import ShardResult, auto_shard_size, chunks, commit_shard, error_row, shard_id
 from pixelmill.tasks.core.storage import FileInfo
 
 SPLITS = ("train", "valid", "test")
@@ -49,7 +49,8 @@ class IngestConfig(BaseModel):
 
     masks: str | None = Field(None, description="mask folder URL (same relative names) or a name pattern "
                                                 "with {stem}, e.g. '{stem}_P.png'")
-    shard_size: int = Field(100, ge=1, le=100_000, description="files per task")
+    shard_size: int | None = Field(None, ge=1, le=100_000,
+                                   description="files per task (default: about 4 per worker, 16 to 1024 each)")
     split_fractions: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train, valid, test")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     extensions: tuple[str, ...] = tuple(sorted(IMAGE_EXTENSIONS))
@@ -157,7 +158,7 @@ def plan_ingest(dataset: str, files: Iterable[FileInfo], existing: Mapping[str, 
     plan.unchanged = int(unchanged.sum())
     todo = listed_objects(listed, np.nonzero(image & ~unchanged)[0], FileInfo, originals)
     settings = cfg.model_dump_json(exclude={"shard_size", "workers", "io_threads", "force"})
-    for chunk in chunks(todo, cfg.shard_size):
+    for chunk in chunks(todo, cfg.shard_size or auto_shard_size(len(todo), cfg.workers)):
         plan.shards.append(Shard(dataset, shard_id(dataset, settings, [(f.uri, f.size, f.version) for f in chunk]),
                                  chunk))
     return plan

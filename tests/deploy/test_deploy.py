@@ -3,7 +3,6 @@ services wire up. No server, no Docker: `prefect deploy` and `docker compose up`
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import sys

@@ -18,11 +18,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pixelmill.flows.runners import dask_profile, is_remote, runner_name
+from pixelmill.flows.stages import run_stage
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.errors import ConfigError
-from tests.flows.test_crappify_remote_dask import free_port
-from pixelmill.flows.stages import run_stage
 from pixelmill.tasks.core.shards import commit_shard
+from tests.flows.test_crappify_remote_dask import free_port
 from tests.flows.test_stages import SCORE, score_one
 
 BIN = Path(sys.executable).parent

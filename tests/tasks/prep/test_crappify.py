@@ -234,7 +234,7 @@ def test_a_rerun_retries_error_pairs_and_the_ok_row_replaces_the_error(photos):
 
 
 def test_shard_size_follows_the_work_and_the_workers():
-    from pixelmill.tasks.prep.crappify import MAX_SHARD, MIN_SHARD, SHARDS_PER_WORKER, auto_shard_size
+    from pixelmill.tasks.core.shards import MAX_SHARD, MIN_SHARD, SHARDS_PER_WORKER, auto_shard_size
 
     assert auto_shard_size(10, 2) == MIN_SHARD  # small runs: one task, not one per handful of images
     assert auto_shard_size(1000, 2) == 125  # 4 shards per worker

@@ -16,7 +16,7 @@ from pixelmill.tasks.core import catalog as catalog_module
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.catalog import Catalog, extension_in, listing_table
 from pixelmill.tasks.core.names import storable
-from pixelmill.tasks.core.shards import chunks, shard_id
+from pixelmill.tasks.core.shards import auto_shard_size, chunks, shard_id
 from pixelmill.tasks.core.storage import FileInfo
 from pixelmill.tasks.prep import ingest as ingest_module
 from pixelmill.tasks.prep.ingest import (
@@ -53,7 +53,7 @@ def python_plan(dataset: str, files: list[FileInfo], existing: dict, cfg: Ingest
             todo.append(info)
     settings_json = cfg.model_dump_json(exclude={"shard_size", "workers", "io_threads", "force"})
     shards = [(shard_id(dataset, settings_json, [(f.uri, f.size, f.version) for f in chunk]), tuple(chunk))
-              for chunk in chunks(todo, cfg.shard_size)]
+              for chunk in chunks(todo, cfg.shard_size or auto_shard_size(len(todo), cfg.workers))]
     return counts | {"shards": shards}
 
 
