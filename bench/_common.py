@@ -39,6 +39,28 @@ def run_benchmark(name: str, workdir: Path | None, run: Callable[[Path], dict]) 
     return result
 
 
+@contextlib.contextmanager
+def s3_for_bench(workdir: Path, wanted: bool, bucket: str = "bench"):
+    """With `wanted`: a SeaweedFS S3 server of the tests' kind for the benchmark, with `bucket` made and the
+    AWS variables of this process (and its children) pointing at it; yields those variables ({} without)."""
+    if not wanted:
+        yield {}
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.seaweed import SeaweedServer
+
+    (workdir / "seaweed").mkdir(parents=True, exist_ok=True)
+    server = SeaweedServer(workdir / "seaweed")
+    server.start()
+    try:
+        env = server.environ()
+        os.environ.update(env)
+        server.client().mkdir(bucket)
+        yield env
+    finally:
+        server.stop(kill=True)
+
+
 def parse_with_quick(parser, argv: list[str] | None):
     """Parse the arguments every benchmark shares the meaning of: --quick (n=200), --n and --repeats >= 1."""
     args = parser.parse_args(argv)

@@ -53,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_benchmark  # noqa: E402
+from _common import run_benchmark, s3_for_bench  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET, MODEL, VERSION = "bench", "bench", "v1"
@@ -476,27 +476,12 @@ def targets(sizes: dict) -> dict:
 
 
 def run(workdir: Path, args) -> dict:
-    env: dict = {}
-    server = None
-    if args.s3:
-        sys.path.insert(0, str(REPO))
-        from tests.seaweed import SeaweedServer
-
-        (workdir / "seaweed").mkdir(parents=True, exist_ok=True)
-        server = SeaweedServer(workdir / "seaweed")
-        server.start()
-        env = server.environ()
-        os.environ.update(env)
-        server.client().mkdir("bench")
-    try:
+    with s3_for_bench(workdir, args.s3) as env:
         sizes = {}
         for n in args.sizes:
             workspace = f"s3://bench/ws-{n}" if args.s3 else str(workdir / f"ws-{n}")
             sizes[n] = one_size(n, workspace, env, fragmented=not args.no_fragmented,
                                 baseline=baseline_path(workdir, Path(args.baseline_src)) if args.baseline_src else None)
-    finally:
-        if server is not None:
-            server.stop()
     return {"store": "s3 (SeaweedFS)" if args.s3 else "local disk", "sizes": sizes,
             "noop_child": child("noop", str(workdir), 0, env),
             "targets": targets(sizes) if len(sizes) > 1 else None}

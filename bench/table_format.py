@@ -41,7 +41,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_benchmark  # noqa: E402
+from _common import run_benchmark, s3_for_bench  # noqa: E402
 from catalog import MODEL, PREDICTION_PART_ROWS, predictions_table, write_parts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,23 +218,10 @@ def one_size(n: int, root: str) -> dict:
 
 
 def run(workdir: Path, args) -> dict:
-    server = None
-    if args.s3:
-        sys.path.insert(0, str(REPO))
-        from tests.seaweed import SeaweedServer
+    import deltalake
 
-        (workdir / "seaweed").mkdir(parents=True, exist_ok=True)
-        server = SeaweedServer(workdir / "seaweed")
-        server.start()
-        os.environ.update(server.environ())
-        server.client().mkdir("bench")
-    try:
-        import deltalake
-
+    with s3_for_bench(workdir, args.s3):
         sizes = {n: one_size(n, f"s3://bench/tf-{n}" if args.s3 else f"file://{workdir}/tf-{n}") for n in args.sizes}
-    finally:
-        if server is not None:
-            server.stop(kill=True)
     return {"store": "s3 (SeaweedFS)" if args.s3 else "local disk", "deltalake": deltalake.__version__,
             "sizes": sizes}
 
