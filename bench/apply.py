@@ -194,8 +194,8 @@ import json, os, sys, time
 sys.path.insert(0, sys.argv[6])
 from apply import PeakRss
 from pixelmill.tasks.inference.apply import ApplyConfig, apply_local
-ws, source, out, limit, device, _, way = sys.argv[1:8]
-cfg = ApplyConfig(limit=int(limit), device=device, format="png")
+ws, source, out, limit, device, _, way, shard_size = sys.argv[1:9]
+cfg = ApplyConfig(limit=int(limit), device=device, format="png", shard_size=int(shard_size))
 with PeakRss() as tree:
     started = time.perf_counter()
     if way == "flow":
@@ -209,11 +209,11 @@ print(json.dumps({"seconds": seconds, "peak_rss": int(status["VmHWM"].split()[0]
 """
 
 
-def child_rss(workspace: str, source: str, out: Path, n: int, device: str, way: str) -> dict:
+def child_rss(workspace: str, source: str, out: Path, n: int, device: str, way: str, shard_size: int) -> dict:
     """apply over the first n inputs in a fresh process (`way`: local, or flow with its own Prefect server):
     seconds, the peak RSS of that process (VmHWM) and of its whole tree (sampled, the server included)."""
     done = subprocess.run([sys.executable, "-c", CHILD, workspace, source, str(out), str(n), device,
-                           str(Path(__file__).resolve().parent), way], capture_output=True, text=True,
+                           str(Path(__file__).resolve().parent), way, str(shard_size)], capture_output=True, text=True,
                           env=os.environ | {"PREFECT_HOME": str(out) + "-prefect-home"})  # its own server and db
     if done.returncode:
         raise RuntimeError(f"the {way} child failed:\n{done.stderr[-3000:]}")
@@ -282,7 +282,8 @@ def run(workdir: Path, args) -> dict:
         for n in args.rss_sizes:
             name = f"rss_{way}_{n}"
             print(f"{name} ...", file=sys.stderr)
-            ways[name] = child_rss(workspace, source, workdir / f"out-{name}", n, args.device, way)
+            ways[name] = child_rss(workspace, source, workdir / f"out-{name}", n, args.device, way,
+                                   args.shard_size)
             print(f"{name}: {ways[name]}", file=sys.stderr)
     rate = {name: way["images_per_s"] for name, way in ways.items()}
     ratios = {f"{a}_vs_{b}": round(rate[a] / rate[b], 3) for a in ("flow_all", "flow_1", "local_1")

@@ -36,7 +36,7 @@ from pixelmill.tasks.core.shards import ShardResult, commit_shard
 from pixelmill.tasks.inference.outputs import prediction_row, provenance
 from pixelmill.tasks.inference.plan import WRITE_FAILED, ApplyConfig, ApplyItem, ApplyShard
 from pixelmill.tasks.inference.predictors import Encoded, Prepared, build_predictor
-from pixelmill.tasks.inference.runtime import Runtime
+from pixelmill.tasks.inference.runtime import Runtime, release_memory
 from pixelmill.tasks.inference.tiling import plan_tiles, run_tiled
 
 
@@ -205,6 +205,7 @@ def apply_shard(shard: ApplyShard, workspace: str, cfg: ApplyConfig, run_id: str
             future.result()  # a transient write error that outlasted its retries fails the shard
     for t in readers:
         t.join()
+    release_memory()
     if failure:
         raise failure[0]
     return commit_shard(Catalog(workspace), "predictions", card.name, shard.shard_id, rows)
