@@ -1,5 +1,6 @@
 """Where a bulk flow's shard tasks run: threads in this process, a process pool, a Dask LocalCluster, a Dask
-profile of deploy/dask.yaml, or a Dask scheduler.
+profile of deploy/dask.yaml, or a Dask scheduler. Importing it does not import Prefect (the CLI checks a
+runner's name before it chooses the Prefect server, which must happen before Prefect is imported).
 
 A runner is named by one string, the same everywhere: the CLI's `--runner`, the flows' `runner` parameter, and
 the PIXELMILL_RUNNER environment variable that a deployment's job variables (or a worker's environment) set:
@@ -24,12 +25,13 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
-
-from prefect.futures import PrefectFuture, as_completed
+from typing import TYPE_CHECKING, TypeVar
 
 from pixelmill.tasks.core import storage
 from pixelmill.tasks.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
 
 T = TypeVar("T")
 RUNNER_ENV = "PIXELMILL_RUNNER"
@@ -156,6 +158,8 @@ def in_window(submit: Callable[[T], PrefectFuture], items: Iterable[T], window: 
     The bound is the flow's, not the task runner's, so it holds on any runner (a deployment's default thread
     pool, Dask): no more task runs show Running than do work, and finished shards free their memory.
     """
+    from prefect.futures import as_completed
+
     items = iter(items)
     running = [submit(item) for item in itertools.islice(items, max(1, window))]
     while running:

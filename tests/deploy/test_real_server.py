@@ -42,7 +42,7 @@ apply.serve(name=spec["name"], parameters=spec["parameters"], triggers=triggers,
 def deployment_spec(workspace: str, bucket: str) -> dict:
     nightly = next(d for d in yaml.safe_load((DEPLOY / "prefect.yaml").read_text())["deployments"]
                    if d["name"] == "apply-nightly")
-    (trigger,) = nightly["triggers"]
+    (trigger,) = [t for t in nightly["triggers"] if "pixelmill.model.promoted" in t["expect"]]
     trigger["match"]["pixelmill.workspace"] = workspace
     parameters = nightly["parameters"] | {"input": f"s3://{bucket}/incoming", "output": f"s3://{bucket}/enhanced",
                                           "workspace": workspace}

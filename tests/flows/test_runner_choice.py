@@ -127,3 +127,12 @@ def test_a_remote_cluster_that_cannot_see_the_workspace_is_refused_before_any_wo
     assert "s3:// bucket" in err.value.hint
     assert Catalog(ws).read("images", "q").num_rows == 0  # no shard ran
     assert [p.name for p in Path(ws).rglob("*") if p.is_file() and "probe" in p.name] == []  # the probe is gone
+
+
+def test_checking_a_runner_name_does_not_import_prefect():
+    """The CLI checks --runner before it points Prefect at a server, which must happen before Prefect is imported
+    (flows/console.py choose_server): the check must not import it."""
+    code = ("import sys; from pixelmill.flows.cli.common import runner_of; runner_of('dask', None); "
+            "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

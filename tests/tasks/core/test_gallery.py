@@ -72,8 +72,9 @@ def test_an_evaluation_gallery_holds_native_png_crops(tmp_path):
     assert len(re.findall(r"\) \d+\.\d\d dB", markdown)) == 6  # input, baseline and model crops are scored
     # the target crop is the HR file's own pixels, at its own resolution
     target = np.asarray(images[3].convert("RGB"))
+    # (sr-x2 keeps no HR copy: the target is the source, mod-cropped; the sources are 160 px, already even)
     hr_files = [np.asarray(Image.open(io.BytesIO(storage.read_bytes(u))).convert("RGB"))
-                for u in storage.iter_files(f"{ws}/datasets/tex-sr-x2/train/hr") for u in [u.uri]]
+                for u in storage.iter_files(src) for u in [u.uri]]
     assert any((target[None] == hr[None, y:y + GALLERY_CROP, x:x + GALLERY_CROP]).all()
                for hr in hr_files for y in range(hr.shape[0] - GALLERY_CROP + 1)
                for x in range(hr.shape[1] - GALLERY_CROP + 1))
