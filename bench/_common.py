@@ -201,3 +201,20 @@ def photos_or_generated(preferred: Path, scratch: Path, count: int = 68, size: t
         img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + grain, 0, 255).astype(np.uint8))
         img.save(scratch / f"generated{i:03d}.png")
     return scratch
+
+
+def train_config(base: dict, overrides: list[str]):
+    """A TrainConfig as the README command makes it (`base`: task, budget and what the command names), then
+    `overrides`, each FIELD=JSON with dotted fields for nested ones (augment.scale_range=[0.75,1.25]):
+    the benchmarks' ablations change one default at a time."""
+    from pixelmill.tasks.training.config import TrainConfig
+
+    fields = TrainConfig(**base).model_dump()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = fields
+        for part in parents:
+            node = node[part]
+        node[leaf] = json.loads(value)
+    return TrainConfig(**fields)

@@ -1,14 +1,16 @@
 """Segmentation benchmark: CamVid, the train flow against a plain PyTorch script, same data and CPU budget.
 
-    python bench/segment.py [--minutes 15] [--input-scale 0.5]
+    python bench/segment.py [--minutes 15]                       # the README command's defaults vs the script
+    python bench/segment.py --minutes 5 --no-plain --set augment.scale_range=[0.75,1.25]   # an ablation
 
 Ingests ../shared/data/camvid/train (+trainannot) as the train split and val (+valannot) as the valid split
 of one data set (not timed), then, in one run and each for `--minutes` of training:
 - plain: the obvious ~90-line script: every image and label loaded once at `--input-scale` resolution,
   random crops and flips, the same small U-Net from scratch, cross-entropy with median-frequency weights,
   AdamW with a one-cycle schedule; predictions upsampled to the labels' size for scoring;
-- flow: `pixelmill train segmentation` (the train flow: joint scale/crop/flip/colour augmentation, the same
-  loss and weights, validation, checkpoints, registry) and the evaluate flow on the valid split.
+- flow: `pixelmill train segmentation --dataset camvid --classes camvid --max-minutes M` with the task's
+  defaults (TrainConfig(task="segmentation")), `--set FIELD=JSON` changing one field at a time for ablations
+  (dotted for nested fields), then the evaluate flow on the valid split.
 Both are scored by the same confusion matrix on the 101 val images (class 11, Unlabelled, ignored), and
 against the majority-class baseline. JSON on stdout; ratios are flow / plain.
 Published anchors (test split, pretrained encoders, long GPU training): SegNet 46.4 mIoU, Bayesian SegNet 63.1.
@@ -21,7 +23,7 @@ import math
 import time
 from pathlib import Path
 
-from _common import run_benchmark
+from _common import run_benchmark, train_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
@@ -101,21 +103,17 @@ def plain_loop(workspace: str, minutes: float, arch_kwargs: dict, input_scale: f
             "miou": scores["miou"], "global_acc": scores["global_acc"], "mean_class_acc": scores["mean_class_acc"]}
 
 
-def flow_run(workspace: str, minutes: float, arch_kwargs: dict, input_scale: float, crop: int, batch_size: int,
-             lr: float) -> dict:
+def flow_run(workspace: str, cfg) -> dict:
     from pixelmill.flows.evaluate import evaluate
     from pixelmill.flows.train import train
-    from pixelmill.tasks.training.config import TrainConfig
 
-    # the flow crops at full resolution and the model works at `input_scale`: the same pixels per step
-    cfg = TrainConfig(task="segmentation", classes="camvid", arch="unet-plain",
-                      arch_kwargs=arch_kwargs | {"input_scale": input_scale}, steps=10**7, max_minutes=minutes,
-                      batch_size=batch_size, crop=round(crop / input_scale), val_crop=None, val_images=8,
-                      val_every=10**6, lr=lr, loader_workers=1)
     trained = train("camvid", "bench-camvid", cfg, workspace=workspace)
     result = evaluate(trained["model"], "camvid", split="valid", workspace=workspace)
     m, b = result["model_scores"], result["baseline_scores"]
-    return {"steps": trained["steps"], "train_images_per_s": round(trained["images_per_s"], 2),
+    return {"config": cfg.model_dump(mode="json", exclude_defaults=False, include={
+                "arch", "arch_kwargs", "crop", "batch_size", "lr", "augment", "loss_resolution", "val_every",
+                "loader_workers", "class_weights"}),
+            "steps": trained["steps"], "train_images_per_s": round(trained["images_per_s"], 2),
             "miou": m["miou"], "global_acc": m["global_acc"], "mean_class_acc": m["mean_class_acc"],
             "majority_baseline": {k: round(v, 4) for k, v in b.items()}, "valid_images": result["images"]}
 
@@ -129,9 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--base", type=int, default=32, help="unet-plain width")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=JSON",
+                        help="change one TrainConfig field of the flow (repeatable), e.g. lr=0.001")
+    parser.add_argument("--no-plain", action="store_true", help="run the flow only (ablations)")
     args = parser.parse_args(argv)
     if not DATA.exists():
         parser.error(f"{DATA} not found: this benchmark reads the shared CamVid images")
+    cfg = train_config({"task": "segmentation", "classes": "camvid", "max_minutes": args.minutes}, args.overrides)
 
     def run(workdir: Path) -> dict:
         import os
@@ -143,16 +145,20 @@ def main(argv: list[str] | None = None) -> None:
         ingest_camvid(workspace)
         setup = time.perf_counter() - started
         kwargs = {"base": args.base}
-        common = (args.minutes, kwargs, args.input_scale, args.crop, args.batch_size, args.lr)
-        plain = plain_loop(workspace, *common)
-        flow = flow_run(workspace, *common)
-        return {"benchmark": "segment", "minutes_each": args.minutes, "input_scale": args.input_scale,
-                "crop_at_model_resolution": args.crop, "batch_size": args.batch_size, "arch": "unet-plain",
-                "arch_kwargs": kwargs, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                "setup_seconds_untimed": round(setup, 1), "flow": flow, "plain": plain,
-                "ratio_miou_flow_vs_plain": round(flow["miou"] / plain["miou"], 3),
-                "ratio_images_per_s_flow_vs_plain": round(flow["train_images_per_s"] / plain["train_images_per_s"], 3),
-                "loadavg_end": os.getloadavg()}
+        plain = None if args.no_plain else plain_loop(workspace, args.minutes, kwargs, args.input_scale, args.crop,
+                                                      args.batch_size, args.lr)
+        flow = flow_run(workspace, cfg)
+        result = {"benchmark": "segment", "minutes_each": args.minutes, "overrides": args.overrides,
+                  "plain_script": {"input_scale": args.input_scale, "crop_at_model_resolution": args.crop,
+                                   "batch_size": args.batch_size, "lr": args.lr, "arch": "unet-plain",
+                                   "arch_kwargs": kwargs},
+                  "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                  "setup_seconds_untimed": round(setup, 1), "flow": flow, "plain": plain}
+        if plain:
+            result |= {"ratio_miou_flow_vs_plain": round(flow["miou"] / plain["miou"], 3),
+                       "ratio_images_per_s_flow_vs_plain": round(flow["train_images_per_s"]
+                                                                 / plain["train_images_per_s"], 3)}
+        return result | {"loadavg_end": os.getloadavg()}
 
     run_benchmark("segment", args.workdir, run)
 

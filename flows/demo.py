@@ -127,7 +127,9 @@ def demo_segmentation(directory: str, workspace: str, minutes: float, steps: int
     ingested = ingest(scenes.images, dataset="scenes", workspace=workspace,
                       config=IngestConfig(masks=scenes.masks, split_fractions=(0.75, 0.25, 0.0)))
     trained = train("scenes", "demo-scenes", TrainConfig(
-        task="segmentation", classes="scenes", arch="unet-plain", arch_kwargs={"base": 16}, steps=steps,
+        # full resolution: the synthetic scenes are 128x96, not CamVid's 480x360 the task's defaults are set on
+        task="segmentation", classes="scenes", arch="unet-plain", arch_kwargs={"base": 16, "input_scale": 1.0},
+        steps=steps,
         max_minutes=minutes, batch_size=8, crop=64, val_crop=None, val_every=100), workspace=workspace)
     evaluation = evaluate(trained["model"], "scenes", split="valid", promote="production", workspace=workspace)
     return {"scenes": scenes.images, "images": ingested["files"], "trained": trained, "evaluation": evaluation}

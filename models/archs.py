@@ -13,4 +13,7 @@ ARCH_NAMES: dict[str, str] = {
     "bicubic": "bicubic resize and a per-pixel colour matrix (identity at first): the baseline, and a reference model",
     "critic": "spectral-norm conv critic for GAN fine-tuning",
     "spandrel": "a model trained elsewhere (ESRGAN, SwinIR, HAT, ... as spandrel detects): `pixelmill models import`",
+    "smp-unet-resnet34": "segmentation_models.pytorch U-Net, ResNet-34 encoder (ImageNet weights when cached)",
+    "smp-unet-efficientnet-b0": "segmentation_models.pytorch U-Net, EfficientNet-B0 encoder (ImageNet when cached)",
+    "smp-unet-mobilenet_v2": "segmentation_models.pytorch U-Net, MobileNetV2 encoder (ImageNet weights when cached)",
 }

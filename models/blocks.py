@@ -4,6 +4,7 @@
 - `PixelShuffleUp`: conv -> ReLU -> PixelShuffle (-> blur), fastai's PixelShuffle_ICNR written out.
 - `SelfAttention`: SAGAN-style attention over all positions, a no-op at init (gamma = 0).
 - `ConvBlock`: conv -> BatchNorm (or weight/spectral norm on the conv instead) -> activation.
+- `RCAB`: RCAN's residual channel-attention block, no normalisation (what super-resolution nets use).
 - `pad_to_multiple` / `crop`: let a network with stride S accept any input size.
 """
 
@@ -20,6 +21,7 @@ from torch.nn.utils import parametrizations
 Norm = Literal["none", "weight", "spectral"]
 Activation = Literal["relu", "leaky_relu", "none"]
 NORMS: tuple[str, ...] = ("none", "weight", "spectral")
+BLOCKS: tuple[str, ...] = ("conv", "rcab")
 
 
 def check_choice(name: str, value: object, valid: tuple) -> None:
@@ -75,6 +77,34 @@ class ConvBlock(nn.Sequential):
         elif act == "leaky_relu":
             layers.append(nn.LeakyReLU(0.2, inplace=True))
         super().__init__(*layers)
+
+
+class RCAB(nn.Module):
+    """x + CA(conv(relu(conv(x)))), CA a squeeze-and-excitation gate per channel (Zhang et al. 2018, RCAN).
+
+    No BatchNorm: EDSR found it hurts super-resolution (it normalises away the contrast a pixel loss is about).
+    """
+
+    def __init__(self, ch: int, reduction: int = 8, norm: Norm = "none"):
+        super().__init__()
+        inner = max(4, ch // reduction)
+        self.body = nn.Sequential(apply_norm(nn.Conv2d(ch, ch, 3, padding=1), norm), nn.ReLU(inplace=True),
+                                  apply_norm(nn.Conv2d(ch, ch, 3, padding=1), norm))
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(ch, inner, 1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(inner, ch, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)  # (B, C, H, W)
+        return x + y * self.gate(y)  # gate: (B, C, 1, 1)
+
+
+def conv_pair(in_ch: int, out_ch: int, norm: Norm = "none", block: str = "conv") -> list[nn.Module]:
+    """The two layers of a U-Net level: two ConvBlocks (conv, BatchNorm, ReLU), or for block='rcab' a plain
+    conv + ReLU to `out_ch` and an RCAB (no BatchNorm anywhere)."""
+    check_choice("block", block, BLOCKS)
+    if block == "rcab":
+        return [ConvBlock(in_ch, out_ch, norm=norm, batchnorm=False), RCAB(out_ch, norm=norm)]
+    return [ConvBlock(in_ch, out_ch, norm=norm), ConvBlock(out_ch, out_ch, norm=norm)]
 
 
 class PixelShuffleUp(nn.Module):

@@ -13,6 +13,7 @@ from torch import nn
 
 from pixelmill.models.baseline import BicubicColour
 from pixelmill.models.critic import Critic
+from pixelmill.models.smp_net import SmpUNet
 from pixelmill.models.spandrel_net import SpandrelNet
 from pixelmill.models.unet import PlainUNet, ResNetUNet
 
@@ -41,6 +42,10 @@ ARCHS: dict[str, Arch] = {
     "bicubic": Arch(BicubicColour),
     "critic": Arch(Critic),
     "spandrel": Arch(SpandrelNet),  # a model trained elsewhere (`pixelmill models import`)
+    # segmentation_models.pytorch encoders (models/smp_net.ENCODERS)
+    "smp-unet-resnet34": Arch(SmpUNet, {"encoder": "resnet34"}),
+    "smp-unet-efficientnet-b0": Arch(SmpUNet, {"encoder": "efficientnet-b0"}),
+    "smp-unet-mobilenet_v2": Arch(SmpUNet, {"encoder": "mobilenet_v2"}),
 }
 
 

@@ -36,6 +36,7 @@ from pixelmill.models.blocks import (
     PixelShuffleUp,
     SelfAttention,
     check_choice,
+    conv_pair,
     crop,
     pad_to_multiple,
 )
@@ -144,11 +145,10 @@ class UpBlock(nn.Module):
     """Upsample x2 (PixelShuffle, ICNR), concatenate the skip, two 3x3 ConvBlocks, optional self-attention."""
 
     def __init__(self, in_ch: int, skip_ch: int, out_ch: int, blur: bool = True, self_attention: bool = False,
-                 norm: Norm = "none"):
+                 norm: Norm = "none", block: str = "conv"):
         super().__init__()
         self.up = PixelShuffleUp(in_ch, out_ch, scale=2, blur=blur, norm=norm)
-        self.conv1 = ConvBlock(out_ch + skip_ch, out_ch, norm=norm)
-        self.conv2 = ConvBlock(out_ch, out_ch, norm=norm)
+        self.conv1, self.conv2 = conv_pair(out_ch + skip_ch, out_ch, norm, block)
         self.attn = SelfAttention(out_ch, norm=norm) if self_attention else nn.Identity()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -158,10 +158,11 @@ class UpBlock(nn.Module):
         return self.attn(x)
 
 
-def upscale_stages(ch: int, scale: int, blur: bool, norm: Norm) -> nn.Sequential:
+def upscale_stages(ch: int, scale: int, blur: bool, norm: Norm, block: str = "conv") -> nn.Sequential:
     """log2(scale) x (PixelShuffleUp x2 + ConvBlock) at `ch` channels: the super-resolution tail."""
     check_choice("scale", scale, SCALES)
-    stages = [nn.Sequential(PixelShuffleUp(ch, ch, 2, blur=blur, norm=norm), ConvBlock(ch, ch, norm=norm))
+    stages = [nn.Sequential(PixelShuffleUp(ch, ch, 2, blur=blur, norm=norm),
+                            ConvBlock(ch, ch, norm=norm, batchnorm=block == "conv"))
               for _ in range(int(math.log2(scale)))]
     return nn.Sequential(*stages)
 
@@ -189,6 +190,14 @@ def check_input_scale(input_scale: float, residual: bool) -> None:
                          "not for residual image restoration")
 
 
+def shrunk(n, scale: float):
+    """round(n * scale), at least 1, halves to even: Python's round, and in a traced graph (an ONNX export, where
+    n is a tensor) torch.round, which ONNX's Round matches, so exported and eager models agree at odd sizes."""
+    if torch.is_tensor(n):
+        return torch.round(n * scale).clamp(min=1).to(torch.int64)
+    return max(1, round(n * scale))
+
+
 def at_input_scale(forward, x: torch.Tensor, input_scale: float, scale: int) -> torch.Tensor:
     """Run `forward` on x shrunk by input_scale, then bring the output to scale x the input size.
 
@@ -198,7 +207,7 @@ def at_input_scale(forward, x: torch.Tensor, input_scale: float, scale: int) -> 
     if input_scale == 1:
         return forward(x)
     H, W = x.shape[-2:]
-    small = nn.functional.interpolate(x, size=(max(1, round(H * input_scale)), max(1, round(W * input_scale))),
+    small = nn.functional.interpolate(x, size=(shrunk(H, input_scale), shrunk(W, input_scale)),
                                       mode="bilinear", align_corners=False, antialias=True)  # (B, C, h, w)
     y = forward(small)  # (B, C_out, s*h, s*w)
     return nn.functional.interpolate(y, size=(scale * H, scale * W), mode="bilinear", align_corners=False)
@@ -276,9 +285,10 @@ class ResNetUNet(ConfiguredModule):
             zero_last_conv_(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return at_input_scale(self._forward, x, self.input_scale, self.scale)
+        return at_input_scale(self.forward_native, x, self.input_scale, self.scale)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """The network at its working resolution, without input_scale's resize in and out (training there)."""
         inp = x  # (B, C_in, H, W)
         x, (H, W) = pad_to_multiple(x, self.stride)  # (B, C_in, H', W'), H' and W' multiples of 32
         x0, x1, x2, x3, x4 = self.encoder(x)
@@ -298,12 +308,14 @@ class PlainUNet(ConfiguredModule):
     defaults (~0.58M parameters; growth=2 is the classic U-Net, 1.9M). Max-pool down, PixelShuffle up;
     the other arguments mean what they mean for ResNetUNet (self-attention sits after the deepest decoder
     block). Input (B, in_channels, H, W), any H and W; output (B, out_channels, scale*H, scale*W).
+    block='rcab': each level is a conv + ReLU and a residual channel-attention block, with no BatchNorm
+    anywhere (super-resolution's choice since EDSR/RCAN; measured in bench/README.md).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 1, base: int = 32, depth: int = 3,
                  blur: bool = True, self_attention: bool = False, norm: Norm = "none",
                  final_activation: Literal["none", "sigmoid"] = "none", growth: float = 1.5, residual: bool = False,
-                 input_scale: float = 1.0):
+                 input_scale: float = 1.0, block: Literal["conv", "rcab"] = "conv"):
         check_choice("norm", norm, NORMS)
         check_residual(residual, in_channels, out_channels, final_activation)
         check_choice("scale", scale, SCALES)
@@ -313,29 +325,28 @@ class PlainUNet(ConfiguredModule):
         super().__init__("unet-plain", in_channels=in_channels, out_channels=out_channels, scale=scale, base=base,
                          depth=depth, growth=growth, blur=blur, self_attention=self_attention, norm=norm,
                          final_activation=final_activation, residual=residual,
-                         **({"input_scale": input_scale} if input_scale != 1 else {}))
+                         **({"input_scale": input_scale} if input_scale != 1 else {}),
+                         **({"block": block} if block != "conv" else {}))
         self.scale, self.stride, self.residual, self.out_channels = scale, 2**depth, residual, out_channels
         self.input_scale = input_scale
         ch = [round(base * growth**i) for i in range(depth + 1)]
-        self.stem = nn.Sequential(ConvBlock(in_channels, ch[0], norm=norm), ConvBlock(ch[0], ch[0], norm=norm))
-        self.down = nn.ModuleList([
-            nn.Sequential(nn.MaxPool2d(2), ConvBlock(ch[i], ch[i + 1], norm=norm),
-                          ConvBlock(ch[i + 1], ch[i + 1], norm=norm))
-            for i in range(depth)
-        ])
+        self.stem = nn.Sequential(*conv_pair(in_channels, ch[0], norm, block))
+        self.down = nn.ModuleList([nn.Sequential(nn.MaxPool2d(2), *conv_pair(ch[i], ch[i + 1], norm, block))
+                                   for i in range(depth)])
         self.up = nn.ModuleList([
-            UpBlock(ch[i + 1], ch[i], ch[i], blur, self_attention and i == depth - 1, norm)
+            UpBlock(ch[i + 1], ch[i], ch[i], blur, self_attention and i == depth - 1, norm, block)
             for i in reversed(range(depth))
         ])
-        self.upscale = upscale_stages(ch[0], scale, blur, norm)
+        self.upscale = upscale_stages(ch[0], scale, blur, norm, block)
         self.head = output_head(ch[0], out_channels, final_activation)
         if residual:
             zero_last_conv_(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return at_input_scale(self._forward, x, self.input_scale, self.scale)
+        return at_input_scale(self.forward_native, x, self.input_scale, self.scale)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """The network at its working resolution, without input_scale's resize in and out (training there)."""
         inp = x  # (B, C_in, H, W)
         x, (H, W) = pad_to_multiple(x, self.stride)  # (B, C_in, H', W'), multiples of 2**depth
         skips = [self.stem(x)]  # (B, base, H', W')

@@ -151,16 +151,15 @@ def train_model(workspace: str, source: str, name: str, cfg: TrainConfig, resume
     def on_validation(metrics: dict) -> None:
         logger.info("step %d  %s", metrics["step"],
                     "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step" and isinstance(v, float)))
-        budget = max(metrics["step"] / cfg.steps, metrics["elapsed_s"] / 60 / (cfg.max_minutes or 1e9))
-        update_progress_artifact(progress, min(100.0, 100.0 * budget))
+        update_progress_artifact(progress, 100.0 * cfg.progress(metrics["step"], metrics["elapsed_s"]))
 
     return train_and_register(workspace, source, name, cfg, resume, on_validation, on_start=logger.info)
 
 
 @task(name="evaluate_model", task_run_name="evaluate-{ref}", cache_policy=NO_CACHE)
 def evaluate_model(workspace: str, ref: str, source: str, split: str = "valid", gallery: int = 0,
-                   limit: int | None = None, record: bool = True) -> dict:
+                   limit: int | None = None, record: bool = True, tta: bool = False) -> dict:
     """Score a registered model and its baseline on a split (rows to the catalog, gallery to the workspace)."""
     from pixelmill.tasks.training.runs import evaluate_registered
 
-    return evaluate_registered(workspace, ref, source, split, gallery, limit, record)
+    return evaluate_registered(workspace, ref, source, split, gallery, limit, record, tta)

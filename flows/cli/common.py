@@ -54,6 +54,10 @@ def runner_of(runner: str | None, dask: str | None) -> str | None:
     return runner_name(chosen) if chosen else None
 
 
+TtaOption = Annotated[bool, typer.Option(help="geometric self-ensemble: the mean over 8 flips and quarter turns "
+                                                "of the input (8x the compute)")]
+
+
 Workspace = Annotated[str | None, typer.Option(envvar="PIXELMILL_WORKSPACE", show_default="./pixelmill-workspace",
                                                 help="workspace URL: catalog, models, data sets")]
 

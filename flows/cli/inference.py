@@ -11,6 +11,7 @@ from pixelmill.flows.cli.common import (
     WORKERS_HELP,
     Dask,
     Runner,
+    TtaOption,
     Workspace,
     app,
     runner_of,
@@ -78,6 +79,7 @@ def enhance(
     max_memory: MaxMemoryOption = None,
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality")] = 92,
     depth: DepthOption = "auto",
+    tta: TtaOption = False,
 ) -> None:
     """Run a model on one image: the same pixels, metadata, colours and depth as `apply` gives it."""
     with user_errors():
@@ -85,7 +87,7 @@ def enhance(
 
         output_format(output_image)  # an unknown extension: refused before anything is read
         one_file(workspace, model, input_image, output_image, "enhance", quality=quality, tile=tile,
-                 overlap=overlap, max_memory=max_memory, depth=depth)
+                 overlap=overlap, max_memory=max_memory, depth=depth, tta=tta)
 
 
 @app.command()
@@ -99,13 +101,14 @@ def segment(
     tile: TileOption = None,
     overlap: OverlapOption = 32,
     max_memory: MaxMemoryOption = None,
+    tta: TtaOption = False,
 ) -> None:
     """Run a segmentation model on one image: a PNG of class indices (palette-coloured by the class map)."""
     with user_errors():
         if not output_mask.lower().endswith(".png"):
             raise ConfigError(f"{output_mask}: a mask is written as PNG (lossless class indices)", "name it *.png")
         one_file(workspace, model, input_image, output_mask, "segment", overlay=overlay, tile=tile, overlap=overlap,
-                 max_memory=max_memory)
+                 max_memory=max_memory, tta=tta)
 
 
 @app.command()
@@ -141,6 +144,7 @@ def apply(
     max_memory: Annotated[str | None, typer.Option(help="memory budget of a worker, e.g. 2GiB or 1500MB "
                                                         "(default: half the machine)")] = None,
     shard_size: Annotated[int, typer.Option(help="images per task")] = 64,
+    tta: TtaOption = False,
 ) -> None:
     """Run a model over every new image under --input; results and a `predictions` table row for each."""
     with user_errors():
@@ -150,7 +154,7 @@ def apply(
 
         fields = dict(batch_size=batch_size, tile=tile, overlap=overlap, format=format, quality=quality,
                       workers=workers, force=force, limit=limit, overlay=overlay, shard_size=shard_size, depth=depth,
-                      checks=checks, metadata=metadata)
+                      checks=checks, metadata=metadata, tta=tta)
         if max_memory:
             fields["max_memory"] = parse_bytes(max_memory)
         apply_config = ApplyConfig(**fields).check()

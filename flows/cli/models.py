@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pixelmill.flows.cli.common import (
+    TtaOption,
     Workspace,
     app,
     load_yaml_config,
@@ -126,6 +127,7 @@ def evaluate(
     dataset: Annotated[str | None, typer.Option(help="the same as --data images:NAME")] = None,
     split: Annotated[str, typer.Option(help="train, valid or test")] = "valid",
     promote: Annotated[str | None, typer.Option(help="move this alias here if the model wins")] = None,
+    tta: TtaOption = False,
     workspace: Workspace = None,
 ) -> None:
     """Score a model against its baseline: PSNR/SSIM (restoration) or mean IoU (segmentation).
@@ -150,8 +152,9 @@ def evaluate(
         start_prefect()
         from pixelmill.flows.evaluate import evaluate as evaluate_flow
 
-        s = evaluate_flow(model, source.name, split=split, promote=promote, workspace=workspace)
-        typer.echo(f"{s['model']} on {s['source']}/{s['split']} ({s['images']} images)")
+        s = evaluate_flow(model, source.name, split=split, promote=promote, workspace=workspace, tta=tta)
+        typer.echo(f"{s['model']}{' (self-ensemble)' if tta else ''} on {s['source']}/{s['split']} "
+                   f"({s['images']} images)")
         for label, m in (("model", s["model_scores"]), (f"baseline ({s['baseline']})", s["baseline_scores"])):
             typer.echo(f"  {label:24s} " + "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "images"))
         typer.echo(f"  gain over the baseline: {s['gain']:+.4g} ({s['score_key']})")
@@ -216,7 +219,8 @@ def models_archs() -> None:
     """The architectures the factory can build."""
     from pixelmill.models.archs import ARCH_NAMES
 
-    typer.echo("\n".join(f"{name:15s} {about}" for name, about in ARCH_NAMES.items()))
+    width = max(map(len, ARCH_NAMES))
+    typer.echo("\n".join(f"{name:{width}s}  {about}" for name, about in ARCH_NAMES.items()))
 
 
 @models_app.command("import")

@@ -101,6 +101,8 @@ class ApplyConfig(BaseModel):
                                              "ICC profile, the DPI and pixelmill's provenance, e.g. to drop GPS)")
     quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality")
     overlay: bool = Field(False, description="segmentation: also write the classes blended on the image")
+    tta: bool = Field(False, description="geometric self-ensemble: each tile's output is the mean over its 8 "
+                      "flips and quarter turns (8x the compute; gains in bench/README.md)")
     force: bool = Field(False, description="reprocess inputs this model version already did")
     limit: int | None = Field(None, ge=1, description="process at most this many inputs (after skipping)")
     shard_size: int = Field(64, ge=1, le=100_000, description="images per task")
@@ -406,7 +408,7 @@ def plan_apply(catalog: Catalog, card: ModelCard, source: str, output: str, cfg:
     ledger = output_ledger(catalog, card, output, sha256=is_data_ref(source))
     plan = ApplyPlan(card, output, shards=[])
     settings = cfg.model_dump_json(include={"tile", "overlap", "format", "quality", "overlay", "max_pixels", "depth",
-                                            "checks", "metadata"})
+                                            "checks", "metadata", "tta"}, exclude_defaults=True)
 
     listed, originals = listing_table(input_items(source, catalog), LISTED_INPUT)
     image = extension_in(listed, "rel", IMAGE_EXTENSIONS, originals)

@@ -153,6 +153,10 @@ class Runtime:
         from pixelmill.tasks.inference.tiling import SHAPE_MULTIPLE
 
         model, dev = load_model(card, cfg.device)
+        if cfg.tta:
+            from pixelmill.models.tta import SelfEnsemble
+
+            model = SelfEnsemble(model)
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers))
         gpu = dev.type == "cuda"
         tile, batch = auto_batch(cfg, card, gpu)

@@ -187,11 +187,11 @@ def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, re
         fault_point("train.checkpoint")
 
     model.train()
-    while step < cfg.steps and elapsed < budget:
+    while step < cfg.step_limit and elapsed < budget:
         batch = [amp.to_device(t) for t in next(batches)]
         samples += batch[0].shape[0]
         for group in optimizer.param_groups:
-            group["lr"] = one_cycle(max(step / cfg.steps, elapsed / budget), cfg.lr, cfg.pct_start)
+            group["lr"] = one_cycle(cfg.progress(step, elapsed), cfg.lr, cfg.pct_start)
         with amp.autocast():
             loss, logs = objective.training_step(model, batch, amp)
         last |= logs

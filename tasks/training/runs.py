@@ -46,21 +46,26 @@ def train_and_register(workspace: str, source: str, name: str, cfg: TrainConfig,
             "metrics": last, "history": result.history}
 
 
-def evaluation_id(model_ref: str, source: str, split: str) -> str:
-    return hashlib.sha256(f"{model_ref}|{source}|{split}".encode()).hexdigest()[:16]
+def evaluation_id(model_ref: str, source: str, split: str, tta: bool = False) -> str:
+    return hashlib.sha256(f"{model_ref}|{source}|{split}{'|tta' if tta else ''}".encode()).hexdigest()[:16]
 
 
 def evaluate_registered(workspace: str, ref: str, source: str, split: str = "valid", gallery: int = 0,
-                        limit: int | None = None, record: bool = True) -> dict:
+                        limit: int | None = None, record: bool = True, tta: bool = False) -> dict:
     """Score a registered model and its baseline on a split; rows to the `evaluations` table when `record`,
-    gallery images to the workspace's reports folder. Returns means, counts and the gallery's URIs."""
+    gallery images to the workspace's reports folder. Returns means, counts and the gallery's URIs.
+    `tta`: score the model's geometric self-ensemble (models/tta.py), a separate evaluation."""
     from pixelmill.tasks.core.reports import png_bytes
 
     card = registry.resolve(workspace, ref)
     objective = objective_class(card.task)
-    ev = objective.evaluate_split(registry.load_weights(card), card, workspace, source, split, pick_device(),
-                                  gallery, limit)
-    eid = evaluation_id(card.ref, source, split)
+    model = registry.load_weights(card)
+    if tta:
+        from pixelmill.models.tta import SelfEnsemble
+
+        model = SelfEnsemble(model)
+    ev = objective.evaluate_split(model, card, workspace, source, split, pick_device(), gallery, limit)
+    eid = evaluation_id(card.ref, source, split, tta)
     if record:
         common = {"evaluation_id": eid, "model": card.ref, "source": source_ref(card.task, source), "split": split,
                   "created_at": datetime.now(UTC)}
@@ -74,7 +79,7 @@ def evaluate_registered(workspace: str, ref: str, source: str, split: str = "val
                      for label in objective.gallery_labels])
         for uri, image in zip(uris[-1], images, strict=True):
             storage.write_bytes(uri, png_bytes(image))
-    return {"model": card.ref, "task": card.task, "evaluation_id": eid, "images": ev.images,
+    return {"model": card.ref, "task": card.task, "evaluation_id": eid, "images": ev.images, "tta": tta,
             "skipped": ev.skipped, "means": ev.means, "score_key": objective.score_key, "baseline": ev.baseline,
             "gallery_labels": list(objective.gallery_labels), "gallery": uris,
             "gallery_captions": [list(c) for c in ev.gallery_captions], "report": ev.report}

@@ -85,18 +85,31 @@ class SegmentationObjective:
         self.loss_fn = SegmentationLoss(weight=weight, ignore_index=self.classes.ignore_index,
                                         dice=self.cfg.dice_weight, focal_gamma=self.cfg.focal_gamma).to(device)
 
+    @property
+    def train_scale(self) -> float:
+        """The resolution training crops are made at: the model's own (input_scale) when the loss is computed
+        there, so the model skips its input resize and the loss sees input_scale**2 as many pixels."""
+        if self.cfg.loss_resolution == "model":
+            return float(self.cfg.arch_kwargs.get("input_scale", 1.0))
+        return 1.0
+
     # data
     def datasets(self, cache_dir: str | None):
-        return (SegmentationDataset(self.train_records, self.classes, crop=self.cfg.crop, train=True,
-                                    seed=self.cfg.seed),
+        s, aug = self.train_scale, self.cfg.augment
+        low, high = aug.scale_range
+        return (SegmentationDataset(self.train_records, self.classes, crop=max(8, round(self.cfg.crop * s)),
+                                    train=True, seed=self.cfg.seed, scale_range=(low * s, high * s),
+                                    hflip=aug.hflip, color_jitter=aug.color_jitter, cache_dir=cache_dir),
                 SegmentationDataset(self.val_records[: self.cfg.val_images], self.classes, crop=self.cfg.val_crop,
-                                    train=False))
+                                    train=False, cache_dir=cache_dir))
 
     # one step, one validation batch
     def training_step(self, model, batch, amp) -> tuple[torch.Tensor, dict]:
-        x, y = batch  # (B, 3, H, W) float, (B, H, W) int64
+        x, y = batch  # (B, 3, h, w) float, (B, h, w) int64, at train_scale
+        # crops already at the model's resolution go straight to the network (no resize in and out)
+        forward = model.forward_native if self.train_scale != 1 else model
         with amp.autocast():
-            logits = model(x)  # (B, K, H, W)
+            logits = forward(x)  # (B, K, h, w)
         return self.loss_fn(logits.float(), y), {}
 
     def new_metrics(self) -> MetricSet:

@@ -122,19 +122,26 @@ def onnx_matches_torch(path: str, model: torch.nn.Module, scale: int) -> None:
         assert np.abs(got - expected).max() <= 1e-3, (h, w)
 
 
-@pytest.mark.parametrize("which", ["unet-plain", "ESRGAN"])
+@pytest.mark.parametrize("which", ["unet-plain", "segmentation-at-half-size", "ESRGAN"])
 def test_export_onnx_matches_torch_at_odd_sizes(ws, checkpoints, tmp_path, which):
+    scale = 2
     if which == "unet-plain":  # a pixelmill U-Net: pads to its stride inside the graph
         net = build_model({"arch": "unet-plain", "scale": 2, "base": 8, "depth": 3, "residual": True})
         ref = registry.save(ws, "unet-onnx", net, config={"task": "restoration", "scale": 2}, metadata={}).ref
+    elif which == "segmentation-at-half-size":  # the segmentation default: shrinks its input inside the graph
+        scale = 1
+        net = build_model({"arch": "unet-plain", "out_channels": 3, "base": 8, "depth": 3, "input_scale": 0.5})
+        classes = {"names": ["sky", "road", "car"]}
+        ref = registry.save(ws, "seg-onnx", net, config={"task": "segmentation", "scale": 1, "classes": classes,
+                                                         "majority_class": 0}, metadata={}).ref
     else:
         invoke("models", "import", checkpoints["ESRGAN"], "--name", "esrgan-onnx", "--workspace", ws)
         ref = "esrgan-onnx:v1"
     out = invoke("models", "export", ref, "--onnx", str(tmp_path / "m.onnx"), "--workspace", ws)
     assert "ONNX Runtime matches torch within" in out and "37x53, 64x91, 101x77" in out
-    onnx_matches_torch(str(tmp_path / "m.onnx"), registry.load_weights(registry.resolve(ws, ref)), 2)
+    onnx_matches_torch(str(tmp_path / "m.onnx"), registry.load_weights(registry.resolve(ws, ref)), scale)
     props = ort.InferenceSession(str(tmp_path / "m.onnx")).get_modelmeta().custom_metadata_map
-    assert props["pixelmill_model"] == ref and json.loads(props["pixelmill_config"])["scale"] == 2
+    assert props["pixelmill_model"] == ref and json.loads(props["pixelmill_config"])["scale"] == scale
 
 
 def test_export_folder_writes_the_hugging_face_layout(ws, tmp_path):

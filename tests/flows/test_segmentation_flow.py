@@ -3,6 +3,7 @@ evaluate against the majority class, promote, segment one image."""
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -84,6 +85,32 @@ def test_cli_train_segmentation_and_clear_errors(scenes):
     ]:
         result = runner.invoke(app, [*args, "--workspace", ws])
         assert result.exit_code == 1 and message in result.output and "hint:" in result.output, result.output
+
+
+@pytest.mark.slow  # measured 7 s on 2 shared, loaded cores
+def test_an_smp_encoder_trains_registers_and_segments(scenes, tmp_path):
+    """A segmentation_models.pytorch arch goes through train, the registry and segment like the U-Nets
+    (random encoder weights: no model hub is reachable here)."""
+    ws, files = scenes
+    config = SMALL | {"arch": "smp-unet-resnet34",
+                      "arch_kwargs": {"decoder_channels": [32, 32, 16, 16, 8], "weights": "random"}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ~50 BatchNorms a step on tiny tensors: on busy cores OpenMP barriers made it 8x slower
+    try:
+        trained = train("scenes", "seg-smp", TrainConfig(**config, steps=4, val_every=4), workspace=ws)
+    finally:
+        torch.set_num_threads(threads)
+    assert trained["model"] == "seg-smp:v1" and "val_miou" in trained["metrics"]
+    card = registry.resolve(ws, "seg-smp:v1")
+    assert card.arch == "smp-unet-resnet34" and card.out_channels == len(SCENES.names)
+
+    out = str(tmp_path / "mask.png")
+    src = f"{files.images}/{files.names[0]}".removeprefix("file://")
+    cli = runner.invoke(app, ["segment", "seg-smp:v1", src, out, "--workspace", ws])
+    assert cli.exit_code == 0, cli.output
+    mask = Image.open(out)
+    assert mask.mode == "P" and mask.size == Image.open(src).size
+    assert mask_to_indices(mask, SCENES).max() < len(SCENES.names)
 
 
 def test_segmenting_with_a_restoration_config_is_refused(scenes):

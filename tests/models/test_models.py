@@ -28,6 +28,9 @@ CONFIGS = [{"arch": name} for name in list_archs()] + [
     {"arch": "unet-plain", "scale": 4, "norm": "spectral", "self_attention": True},
     {"arch": "unet-plain", "norm": "weight", "blur": False, "depth": 2, "base": 8},
     {"arch": "critic", "output": "global", "self_attention": True, "base": 16},
+    # super-resolution without BatchNorm: residual channel-attention blocks at every level
+    {"arch": "unet-plain", "scale": 2, "block": "rcab", "base": 16, "residual": True},
+    {"arch": "unet-plain", "scale": 4, "block": "rcab", "base": 8, "depth": 2, "norm": "weight"},
     # segmentation: 12 class logits (CamVid) at the input's resolution
     {"arch": "unet-plain", "out_channels": 12},
     {"arch": "unet-resnet18", "out_channels": 12, "decoder_channels": [32, 32, 16, 16, 16]},
@@ -200,6 +203,13 @@ def test_segmentation_head_gives_logits_at_input_size_and_learns(arch):
     assert predict(model, x).argmax(1).shape == (2, 35, 41)
 
 
+def test_rcab_levels_have_no_batchnorm_and_old_configs_stay_the_same():
+    rcab = build_model({"arch": "unet-plain", "scale": 2, "block": "rcab"})
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in rcab.modules())
+    assert rcab.config["block"] == "rcab"
+    assert "block" not in build_model({"arch": "unet-plain"}).config  # a registry's existing configs read the same
+
+
 def test_plain_unet_is_small():
     n = sum(p.numel() for p in PlainUNet().parameters())
     assert 200_000 < n < 1_000_000
@@ -223,7 +233,7 @@ def test_unknown_argument_is_named_with_the_valid_ones():
         build_model({"arch": "unet-resnet18", "encoder": "resnet50"})
 
 
-@pytest.mark.parametrize("bad", [{"scale": 3}, {"norm": "batch"}, {"final_activation": "tanh"}])
+@pytest.mark.parametrize("bad", [{"scale": 3}, {"norm": "batch"}, {"final_activation": "tanh"}, {"block": "dense"}])
 def test_invalid_choices_say_what_is_valid(bad):
     with pytest.raises(ValueError, match="choose one of"):
         build_model({"arch": "unet-plain", **bad})

@@ -104,6 +104,32 @@ def test_one_file_gives_the_pixels_apply_gives(workspace, tmp_path, task, comman
         assert np.array_equal(overlay, pixels(tmp_path / "one.overlay.png"))
 
 
+def test_tta_is_one_path_too_and_changes_what_a_model_answers(workspace, tmp_path):
+    """--tta: `segment` and `apply` give the same self-ensembled mask, not the plain one (a random net is not
+    symmetric under flips and turns)."""
+    torch.manual_seed(1)
+    model = build_model({"arch": "unet-plain", "out_channels": 3, "base": 8, "depth": 2})
+    with torch.no_grad():  # weights far from their init: a mask with every class, shaped by the image
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    registry.save(workspace, "seg-tta", model, {"task": "segmentation", "scale": 1, "majority_class": 1,
+                                                "classes": CLASSES.model_dump(mode="json")}, {"dataset": "scenes"})
+    src = tmp_path / "in"
+    src.mkdir()
+    make_image(150, 110, seed=4).save(src / "photo.png")
+    apply_local(workspace, "seg-tta", str(src), str(tmp_path / "out"), ApplyConfig(tile=64, overlap=8, tta=True))
+    [row] = Catalog(workspace).read("predictions", "seg-tta").to_pylist()
+    masks = {}
+    for flag in ("--tta", "--no-tta"):
+        out = tmp_path / f"one{flag}.png"
+        result = runner.invoke(app, ["segment", "seg-tta", str(src / "photo.png"), str(out), *TILING, flag,
+                                     "--workspace", workspace])
+        assert result.exit_code == 0, result.output
+        masks[flag] = pixels(out)
+    assert np.array_equal(pixels(row["output_uri"].removeprefix("file://")), masks["--tta"])
+    assert len(np.unique(masks["--no-tta"])) > 1 and not np.array_equal(masks["--tta"], masks["--no-tta"])
+
+
 def test_a_model_given_to_the_other_command_is_a_clear_error(workspace, tmp_path):
     src = tmp_path / "in.png"
     make_image(40, 30).save(src)
