@@ -408,7 +408,8 @@ def plan_apply(catalog: Catalog, card: ModelCard, source: str, output: str, cfg:
     ledger = output_ledger(catalog, card, output, sha256=is_data_ref(source))
     plan = ApplyPlan(card, output, shards=[])
     settings = cfg.model_dump_json(include={"tile", "overlap", "format", "quality", "overlay", "max_pixels", "depth",
-                                            "checks", "metadata", "tta"}, exclude_defaults=True)
+                                            "checks", "metadata"})
+    settings += "|tta" if cfg.tta else ""  # only when on: the shards of runs without it keep their ids
 
     listed, originals = listing_table(input_items(source, catalog), LISTED_INPUT)
     image = extension_in(listed, "rel", IMAGE_EXTENSIONS, originals)

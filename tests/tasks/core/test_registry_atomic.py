@@ -212,7 +212,7 @@ def test_evaluate_refuses_a_promotion_that_raced(tmp_path, monkeypatch):
     scores = {"m:v1": 20.0, "m:v2": 21.0, "m:v3": 30.0}
     race = {"on": True}
 
-    def evaluate_model(workspace, ref, source, split, gallery=0):
+    def evaluate_model(workspace, ref, source, split, gallery=0, tta=False):
         if race["on"] and ref == "m:v3":  # while v3 is scored, another run promotes v2
             registry.set_alias(workspace, v2, "production", reason="v2 won its evaluation", by="run other-run")
         means = {"model": {"psnr_y": scores[ref], "images": 2}, "baseline": {"psnr_y": 10.0, "images": 2}}
