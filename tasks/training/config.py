@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -51,14 +52,18 @@ class AugmentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> AugmentConfig:
-        low, high = self.scale_range
-        if not 0 < low <= high <= 4:
-            raise ValueError(f"scale_range must be 0 < low <= high <= 4, got {self.scale_range}")
-        b, c, s, h = self.color_jitter
-        if min(self.color_jitter) < 0 or max(b, c, s) >= 1 or h > 0.5:
-            raise ValueError("color_jitter is (brightness, contrast, saturation, hue) with the first three in "
-                             f"[0, 1) and hue in [0, 0.5], got {self.color_jitter}")
+        check_augmentation(self.scale_range, self.color_jitter)
         return self
+
+
+def check_augmentation(scale_range: Sequence[float], color_jitter: Sequence[float]) -> None:
+    """ValueError unless 0 < low <= high and jitter is (brightness, contrast, saturation in [0, 1), hue in
+    [0, 0.5]): the config and the data set (which tests build directly) check the same rule."""
+    if not 0 < scale_range[0] <= scale_range[1]:
+        raise ValueError(f"scale_range must be 0 < low <= high, got {tuple(scale_range)}")
+    if len(color_jitter) != 4 or min(color_jitter) < 0 or max(color_jitter[:3]) >= 1 or color_jitter[3] > 0.5:
+        raise ValueError("color_jitter is (brightness, contrast, saturation, hue) with the first three in "
+                         f"[0, 1) and hue in [0, 0.5], got {tuple(color_jitter)}")
 
 
 DEFAULT_STEPS = 2000  # a run given neither --steps nor --max-minutes
@@ -71,8 +76,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "restoration": {},
     "colorize": {},
     "segmentation": {"arch_kwargs": {"input_scale": 0.5}, "crop": 256, "batch_size": 8, "lr": 3e-3,
-                     "val_crop": None, "val_images": 8, "val_every": 250, "loss_resolution": "model",
-                     "augment": {"scale_range": (1.0, 1.0), "hflip": True, "color_jitter": (0.0, 0.0, 0.0, 0.0)}},
+                     "val_crop": None, "val_images": 8, "val_every": 250, "loss_resolution": "model"},
 }
 
 

@@ -29,6 +29,7 @@ from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.classes import ClassMap, mask_to_indices
 from pixelmill.tasks.core.errors import PixelmillError
 from pixelmill.tasks.core.images import ImageError, normalize_mode, open_image
+from pixelmill.tasks.training.config import check_augmentation
 from pixelmill.tasks.training.datasets import DecodedCache, fetch
 
 
@@ -162,11 +163,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise PixelmillError("no images with masks to train or validate on",
                                  "ingest images with --masks, and check the data set and split "
                                  "(`pixelmill catalog show images`)")
-        if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
-        if len(color_jitter) != 4 or min(color_jitter) < 0 or max(color_jitter[:3]) >= 1 or color_jitter[3] > 0.5:
-            raise ValueError("color_jitter is (brightness, contrast, saturation, hue) with the first three in "
-                             f"[0, 1) and hue in [0, 0.5], got {tuple(color_jitter)}")
+        check_augmentation(scale_range, color_jitter)
         self.records, self.class_map, self.train, self.seed = records, class_map, train, seed
         self.crop: Size | None = (crop, crop) if isinstance(crop, int) else (tuple(crop) if crop else None)
         self.scale_range, self.hflip, self.color_jitter = tuple(scale_range), hflip, tuple(color_jitter)
