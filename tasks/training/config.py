@@ -121,6 +121,8 @@ class TrainConfig(BaseModel):
     loss_resolution: Literal["model", "input"] = Field(
         "input", description="segmentation with input_scale < 1: 'model' trains and scores the loss at the "
         "model's working resolution (crops shrunk by input_scale, masks resized with them), 'input' at the crop's")
+    ema: float | None = Field(None, gt=0, lt=1, description="decay of a moving average of the weights that is "
+                              "validated and kept instead of the last weights (e.g. 0.999); None: off")
     gan: GanConfig | None = Field(None, description="GAN fine-tuning of a pretrained generator (second stage)")
 
     @model_validator(mode="before")

@@ -4,16 +4,18 @@ Reads like torchvision's references/segmentation/train.py: `train_model` builds 
 from the objective, restores a checkpoint, then alternates `train_one_epoch`-style stepping with
 `evaluate`. What every model task gets from here, once: AdamW with biases and norm weights out of weight
 decay, the one-cycle schedule driven by the step or time budget, AMP (fp16) and channels_last on CUDA,
-gradient clipping, validation and a checkpoint every `val_every` steps and at the end, and exact resume.
+gradient clipping, an optional moving average of the weights (`ema`), validation and a checkpoint every
+`val_every` steps and at the end, and exact resume.
 
 A checkpoint is one dict: model, optimizer, objective state (a GAN's critic), step, elapsed seconds,
-samples consumed, torch RNG and the config fingerprint. Data order and augmentations derive from
+samples consumed, torch RNG, the weight average and the config fingerprint. Data order and augmentations derive from
 (seed, sample position), so a resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import time
@@ -109,6 +111,31 @@ class Amp:
         scaler.update()
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights (buffers copied as they are), the copy that is
+    validated and kept. The decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates (timm's
+    ModelEma warm-up), so the first steps' random weights do not linger in the average."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - decay)
+        for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = state["updates"]
+
+
 def make_loader(dataset, cfg: TrainConfig, train: bool, start: int = 0) -> torch.utils.data.DataLoader:
     """Train: an endless stream of batches from `start` (samples already consumed). Validation: one pass."""
     workers = cfg.loader_workers
@@ -156,6 +183,8 @@ def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, re
     optimizer = configure_optimizer(model.named_parameters(), cfg.lr, cfg.weight_decay)
     step, elapsed, samples = 0, 0.0, 0
     amp = Amp(device, cfg.grad_clip)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
+    kept = average.model if average else model  # what is validated, checkpointed as the result and returned
     if resume is not None:
         if resume.get("fingerprint") != cfg.fingerprint() or resume.get("objective_name") != objective.name:
             raise ConfigError("the checkpoint was made with another training config or data set",
@@ -166,6 +195,8 @@ def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, re
         step, elapsed, samples = resume["step"], resume["elapsed"], resume["samples"]
         torch.set_rng_state(resume["torch_rng"])
         amp.load_state_dict(resume.get("amp", {}))  # older checkpoints have none: the scales start afresh
+        if average:
+            average.load_state_dict(resume["ema"])
     train_ds, val_ds = objective.datasets(cache_dir)
     batches = iter(make_loader(train_ds, cfg, train=True, start=samples))
     val_loader = make_loader(val_ds, cfg, train=False)
@@ -177,13 +208,14 @@ def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, re
 
     def validate_and_checkpoint() -> None:
         metrics = {"step": step, **last, "lr": optimizer.param_groups[0]["lr"],
-                   "elapsed_s": round(elapsed, 1)} | evaluate(model, objective, val_loader, amp)
+                   "elapsed_s": round(elapsed, 1)} | evaluate(kept, objective, val_loader, amp)
         history.append(metrics)
         hooks.on_validation(metrics)
         hooks.save_checkpoint(state_bytes({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
             "objective_name": objective.name, "step": step, "elapsed": elapsed, "samples": samples,
-            "fingerprint": cfg.fingerprint(), "torch_rng": torch.get_rng_state(), "amp": amp.state_dict()}))
+            "fingerprint": cfg.fingerprint(), "torch_rng": torch.get_rng_state(), "amp": amp.state_dict(),
+            **({"ema": average.state_dict()} if average else {})}))
         fault_point("train.checkpoint")
 
     model.train()
@@ -199,6 +231,8 @@ def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, re
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step}: lower --lr or check the data")
             amp.step(loss, optimizer, model.parameters())
+            if average:
+                average.update(model)
             step, images, last["train_loss"] = step + 1, images + batch[0].shape[0], loss.item()
         elapsed = time.perf_counter() - started
         if loss is not None and step % cfg.val_every == 0:
@@ -208,4 +242,4 @@ def train_model(objective, cfg: TrainConfig, hooks: TrainHooks | None = None, re
     with contextlib.suppress(Exception):  # end the loader's worker processes now, not at garbage collection
         batches._shutdown_workers()
     this_run = time.perf_counter() - run_started
-    return TrainResult(model.eval(), step, history, elapsed, images / this_run if images else 0.0)
+    return TrainResult(kept.eval(), step, history, elapsed, images / this_run if images else 0.0)

@@ -8,7 +8,14 @@ from pixelmill.tasks.core import registry, storage
 from pixelmill.tasks.core.errors import ConfigError
 from pixelmill.tasks.training.config import GanConfig, TrainConfig
 from pixelmill.tasks.training.datasets import PairDataset, SampleStream, infer_scale, load_pairs
-from pixelmill.tasks.training.loop import TrainHooks, configure_optimizer, load_state, one_cycle, train_model
+from pixelmill.tasks.training.loop import (
+    TrainHooks,
+    WeightAverage,
+    configure_optimizer,
+    load_state,
+    one_cycle,
+    train_model,
+)
 from pixelmill.tasks.training.objectives import build_objective
 from tests.helpers import crappify_local, ingest_local, texture_png
 
@@ -98,9 +105,9 @@ def test_residual_training_starts_at_the_baseline_and_keeps_up(ws):
     assert last["val_psnr_y"] > first["val_psnr_y"] and last["val_psnr_y"] >= last["val_psnr_y_baseline"], last
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_resume_after_a_crash_ends_with_the_uninterrupted_weights(ws, workers):
-    cfg = TrainConfig(**(TINY | {"loader_workers": workers}), steps=12, val_every=5)
+@pytest.mark.parametrize("workers,ema", [(0, None), (1, None), (0, 0.9)], ids=["in-process", "worker", "ema"])
+def test_resume_after_a_crash_ends_with_the_uninterrupted_weights(ws, workers, ema):
+    cfg = TrainConfig(**(TINY | {"loader_workers": workers}), steps=12, val_every=5, ema=ema)
     uninterrupted = train(ws, cfg)
     saved: list[bytes] = []
     with pytest.raises(Crash):
@@ -112,6 +119,36 @@ def test_resume_after_a_crash_ends_with_the_uninterrupted_weights(ws, workers):
     for (key, a), b in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), f"{key} differs after resume"
     assert resumed.history[-1]["val_loss"] == uninterrupted.history[-1]["val_loss"]
+
+
+def test_weight_average_warms_up_then_follows_the_model():
+    model = torch.nn.BatchNorm1d(1)  # a parameter (weight) and buffers (running statistics)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.running_mean.fill_(3.0)
+    average.update(model)  # decay min(0.5, 2/11): mostly the new weights
+    assert average.model.weight.item() == pytest.approx(9 / 11)
+    assert average.model.running_mean.item() == 3.0  # buffers are copied, not averaged
+    for _ in range(20):
+        average.update(model)
+    assert average.model.weight.item() == pytest.approx(1 - 2 / 11 * 0.5 ** 20)  # decay 0.5 from then on
+    assert not average.model.weight.requires_grad and model.weight.requires_grad
+    again = WeightAverage(torch.nn.BatchNorm1d(1), decay=0.5)
+    again.load_state_dict(average.state_dict())
+    assert again.updates == 21 and torch.equal(again.model.weight, average.model.weight)
+
+
+def test_ema_keeps_and_validates_the_average_not_the_last_weights(ws):
+    plain = train(ws, TrainConfig(**TINY, steps=12, val_every=6))
+    averaged = train(ws, TrainConfig(**TINY, steps=12, val_every=6, ema=0.9))
+    # the same seed takes the same steps: the average changes what is kept and scored, not the training
+    differ = [k for k, a in plain.model.state_dict().items() if not torch.equal(a, averaged.model.state_dict()[k])]
+    assert differ and all(k.endswith(("weight", "bias")) for k in differ)
+    assert [h["train_loss"] for h in averaged.history] == [h["train_loss"] for h in plain.history]
+    assert averaged.history[-1]["val_loss"] != plain.history[-1]["val_loss"]
 
 
 def test_resume_with_another_config_is_a_user_error(ws):
