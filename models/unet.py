@@ -167,6 +167,17 @@ def upscale_stages(ch: int, scale: int, blur: bool, norm: Norm, block: str = "co
     return nn.Sequential(*stages)
 
 
+def espcn_head(ch: int, out_channels: int, scale: int, final_activation: str) -> nn.Sequential:
+    """The upscaling and the output in one: a 3x3 conv at the input's size to out_channels * scale**2 channels,
+    then PixelShuffle (ESPCN, Shi et al. 2016). Nothing runs at the output's size, where `upscale_stages`' 3x3
+    convs cost 40% of an x2 net's training step and nearly all of an x4 one's (bench/README.md)."""
+    check_choice("final_activation", final_activation, FINAL_ACTIVATIONS)
+    layers: list[nn.Module] = [nn.Conv2d(ch, out_channels * scale**2, 3, padding=1), nn.PixelShuffle(scale)]
+    if final_activation == "sigmoid":
+        layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
 def output_head(ch: int, out_channels: int, final_activation: str) -> nn.Sequential:
     """1x1 conv to the output channels, then sigmoid or nothing."""
     check_choice("final_activation", final_activation, FINAL_ACTIVATIONS)
@@ -309,14 +320,18 @@ class PlainUNet(ConfiguredModule):
     the other arguments mean what they mean for ResNetUNet (self-attention sits after the deepest decoder
     block). Input (B, in_channels, H, W), any H and W; output (B, out_channels, scale*H, scale*W).
     block='rcab': each level is a conv + ReLU and a residual channel-attention block, with no BatchNorm
-    anywhere (super-resolution's choice since EDSR/RCAN; measured in bench/README.md).
+    anywhere (super-resolution's choice since EDSR/RCAN; measured in bench/README.md). tail='espcn': the
+    upscaling is one conv and a PixelShuffle at the input's size (`espcn_head`) instead of x2 stages of 3x3
+    convs at the output's size.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 1, base: int = 32, depth: int = 3,
                  blur: bool = True, self_attention: bool = False, norm: Norm = "none",
                  final_activation: Literal["none", "sigmoid"] = "none", growth: float = 1.5, residual: bool = False,
-                 input_scale: float = 1.0, block: Literal["conv", "rcab"] = "conv"):
+                 input_scale: float = 1.0, block: Literal["conv", "rcab"] = "conv",
+                 tail: Literal["stages", "espcn"] = "stages"):
         check_choice("norm", norm, NORMS)
+        check_choice("tail", tail, ("stages", "espcn"))
         check_residual(residual, in_channels, out_channels, final_activation)
         check_choice("scale", scale, SCALES)
         check_input_scale(input_scale, residual)
@@ -326,7 +341,7 @@ class PlainUNet(ConfiguredModule):
                          depth=depth, growth=growth, blur=blur, self_attention=self_attention, norm=norm,
                          final_activation=final_activation, residual=residual,
                          **({"input_scale": input_scale} if input_scale != 1 else {}),
-                         **({"block": block} if block != "conv" else {}))
+                         **({"block": block} if block != "conv" else {}), **({"tail": tail} if tail != "stages" else {}))
         self.scale, self.stride, self.residual, self.out_channels = scale, 2**depth, residual, out_channels
         self.input_scale = input_scale
         ch = [round(base * growth**i) for i in range(depth + 1)]
@@ -337,8 +352,12 @@ class PlainUNet(ConfiguredModule):
             UpBlock(ch[i + 1], ch[i], ch[i], blur, self_attention and i == depth - 1, norm, block)
             for i in reversed(range(depth))
         ])
-        self.upscale = upscale_stages(ch[0], scale, blur, norm, block)
-        self.head = output_head(ch[0], out_channels, final_activation)
+        if tail == "espcn":
+            self.upscale = nn.Identity()
+            self.head = espcn_head(ch[0], out_channels, scale, final_activation)
+        else:
+            self.upscale = upscale_stages(ch[0], scale, blur, norm, block)
+            self.head = output_head(ch[0], out_channels, final_activation)
         if residual:
             zero_last_conv_(self.head)
 

@@ -16,7 +16,14 @@ from pixelmill.models.blocks import PixelShuffleUp, SelfAttention, crop, icnr_, 
 from pixelmill.models.checkpoint import load_model_from_bytes, save_model_bytes
 from pixelmill.models.factory import build_model, list_archs
 from pixelmill.models.losses import SegmentationLoss
-from pixelmill.models.unet import PlainUNet, ResNetUNet, adapt_first_conv, imagenet_cache_path, predict
+from pixelmill.models.unet import (
+    PlainUNet,
+    ResNetUNet,
+    adapt_first_conv,
+    imagenet_cache_path,
+    predict,
+    residual_base,
+)
 
 # Every registered arch at its defaults (a new arch is tested for free), plus the variants that matter.
 CONFIGS = [{"arch": name} for name in list_archs()] + [
@@ -31,6 +38,9 @@ CONFIGS = [{"arch": name} for name in list_archs()] + [
     # super-resolution without BatchNorm: residual channel-attention blocks at every level
     {"arch": "unet-plain", "scale": 2, "block": "rcab", "base": 16, "residual": True},
     {"arch": "unet-plain", "scale": 4, "block": "rcab", "base": 8, "depth": 2, "norm": "weight"},
+    # the upscaling as one conv and a PixelShuffle at the input's size (ESPCN)
+    {"arch": "unet-plain", "scale": 4, "tail": "espcn", "base": 16, "residual": True},
+    {"arch": "unet-plain", "scale": 2, "tail": "espcn", "in_channels": 1, "final_activation": "sigmoid"},
     # segmentation: 12 class logits (CamVid) at the input's resolution
     {"arch": "unet-plain", "out_channels": 12},
     {"arch": "unet-resnet18", "out_channels": 12, "decoder_channels": [32, 32, 16, 16, 16]},
@@ -208,6 +218,19 @@ def test_rcab_levels_have_no_batchnorm_and_old_configs_stay_the_same():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in rcab.modules())
     assert rcab.config["block"] == "rcab"
     assert "block" not in build_model({"arch": "unet-plain"}).config  # a registry's existing configs read the same
+
+
+def test_an_espcn_tail_runs_nothing_at_the_output_size_and_old_configs_stay_the_same():
+    espcn = build_model({"arch": "unet-plain", "scale": 4, "tail": "espcn", "residual": True})
+    stages = build_model({"arch": "unet-plain", "scale": 4, "residual": True})
+    assert espcn.config["tail"] == "espcn" and "tail" not in stages.config
+    x = torch.rand(1, 3, 24, 20)
+    assert espcn(x).shape == stages(x).shape == (1, 3, 96, 80)
+    assert torch.equal(espcn(x), residual_base(x, 4, 3))  # residual: starts as bicubic, like the stages
+    convs = [m for m in espcn.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[-1].out_channels == 3 * 16 and isinstance(espcn.head[1], torch.nn.PixelShuffle)
+    with pytest.raises(ValueError, match="tail"):
+        build_model({"arch": "unet-plain", "tail": "bilinear"})
 
 
 def test_plain_unet_is_small():
