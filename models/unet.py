@@ -341,7 +341,8 @@ class PlainUNet(ConfiguredModule):
                          depth=depth, growth=growth, blur=blur, self_attention=self_attention, norm=norm,
                          final_activation=final_activation, residual=residual,
                          **({"input_scale": input_scale} if input_scale != 1 else {}),
-                         **({"block": block} if block != "conv" else {}), **({"tail": tail} if tail != "stages" else {}))
+                         **({"block": block} if block != "conv" else {}),
+                         **({"tail": tail} if tail != "stages" else {}))
         self.scale, self.stride, self.residual, self.out_channels = scale, 2**depth, residual, out_channels
         self.input_scale = input_scale
         ch = [round(base * growth**i) for i in range(depth + 1)]
