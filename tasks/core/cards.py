@@ -63,6 +63,11 @@ class ModelCard(BaseModel):
         """The architecture's base width, which activation memory grows with (64 when it has none)."""
         return int(self.arch_kwargs.get("base", 64))
 
+    @property
+    def input_scale(self) -> float:
+        """The share of the input's size the network works at (segmentation's default 0.5; 1 without one)."""
+        return float(self.arch_kwargs.get("input_scale", 1.0))
+
     def factory_config(self) -> dict:
         """What models.factory.build_model rebuilds the architecture from."""
         return {"arch": self.arch, **self.arch_kwargs}

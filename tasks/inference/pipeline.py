@@ -58,10 +58,10 @@ def as_chw(pixels: np.ndarray) -> torch.Tensor:
     return hwc.permute(2, 0, 1)
 
 
-def tiled(runtime: Runtime, predictor, images, overlap: int, scale: int):
+def tiled(runtime: Runtime, predictor, images, scale: int):
     """(key, finished output) for each (key, (C, H, W) uint8 tensor) of `images` (None: nothing ready yet)."""
-    return run_tiled(runtime.forward, images, runtime.tile, overlap, scale, runtime.batch, predictor.channels,
-                     predictor.finish, runtime.multiple, runtime.batch_pixels)
+    return run_tiled(runtime.forward, images, runtime.tile, runtime.overlap, scale, runtime.batch, predictor.channels,
+                     predictor.finish, runtime.multiple, runtime.batch_pixels, runtime.grid)
 
 
 def predict_file(card: ModelCard, data: bytes, cfg: ApplyConfig, name: str, input_uri: str = "",
@@ -71,7 +71,7 @@ def predict_file(card: ModelCard, data: bytes, cfg: ApplyConfig, name: str, inpu
     predictor = predictor_for(card, cfg)
     prepared = predictor.prepare(data, cfg.max_pixels)
     runtime = Runtime.of(card, cfg)
-    [(_, out)] = list(tiled(runtime, predictor, [(0, as_chw(prepared.pixels))], cfg.overlap, card.scale))
+    [(_, out)] = list(tiled(runtime, predictor, [(0, as_chw(prepared.pixels))], card.scale))
     fields = provenance(card, input_uri.rsplit("/", 1)[-1], input_uri, hashlib.sha256(data).hexdigest(), run_id)
     return prepared, out, predictor.encode(out, prepared, format_of(name), fields)
 
@@ -131,7 +131,7 @@ def apply_shard(shard: ApplyShard, workspace: str, cfg: ApplyConfig, run_id: str
         del data
         height, width = prepared.pixels.shape[:2]
         job.size = (width, height)
-        job.tiles = len(plan_tiles(height, width, runtime.tile, cfg.overlap))
+        job.tiles = len(plan_tiles(height, width, runtime.tile, runtime.overlap, runtime.grid))
         return job, prepared
 
     failure: list[BaseException] = []
@@ -196,7 +196,7 @@ def apply_shard(shard: ApplyShard, workspace: str, cfg: ApplyConfig, run_id: str
     in_flight = threading.BoundedSemaphore(2 * io_threads)  # finished outputs waiting to be written
     with ThreadPoolExecutor(io_threads, thread_name_prefix="apply-write") as writers:
         futures = []
-        for index, out in tiled(runtime, predictor, inputs(jobs), cfg.overlap, card.scale):
+        for index, out in tiled(runtime, predictor, inputs(jobs), card.scale):
             in_flight.acquire()
             future = writers.submit(write_one, jobs.pop(index), out)
             future.add_done_callback(lambda _: in_flight.release())

@@ -61,10 +61,8 @@ TASKS = {
     "restoration": Task("restoration", "sr-x2", TINY | {"crop": 16, "val_crop": 24, "steps": 40, "val_every": 20,
                                                        "lr": 1e-2}),
     "colorize": Task("colorize", "colorize", TINY | {"crop": 24, "val_crop": 32, "steps": 40, "val_every": 20}),
-    # full resolution, as before segmentation's defaults moved to half: a 2-level net at half size differs from
-    # its whole-image result on 1.8% of the wide image's tiled pixels, more than the 1% the seam check allows
+    # at half size, segmentation's default (TINY's arch_kwargs merge over it)
     "segmentation": Task("segmentation", None, TINY | {"classes": "scenes", "crop": 48, "val_crop": None,
-                                                       "arch_kwargs": {"base": 8, "depth": 2, "input_scale": 1.0},
                                                        "steps": 60, "val_every": 30}, images=14),
 }
 

@@ -22,7 +22,7 @@ from pixelmill.tasks.core.cards import ModelCard
 from pixelmill.tasks.core.catalog import Catalog
 from pixelmill.tasks.core.classes import ClassMap
 from pixelmill.tasks.inference.apply import ApplyConfig, apply_local
-from pixelmill.tasks.inference.runtime import auto_batch
+from pixelmill.tasks.inference.runtime import auto_batch, model_overlap, stride_grid
 from tests.helpers import ingest_local, noise_png
 
 torch.set_num_threads(1)
@@ -200,6 +200,29 @@ def test_the_cpu_tile_follows_the_models_width():
     assert cpu_tile(8) == 512 and cpu_tile(16) == 384 and cpu_tile(32) == 256 and cpu_tile(64) == 192
     assert cpu_tile(1024) == 128  # never below
     assert auto_batch(ApplyConfig(overlap=200), card_of(base=64))[0] > 2 * 200  # room for the overlap
+
+
+def test_a_half_size_net_gets_the_overlap_at_its_own_resolution():
+    """The tiles share overlap / input_scale pixels, so a net that works at half size sees as much context at
+    a seam as a full-size one; less than half a tile, so that a small tile still advances."""
+    cfg = ApplyConfig(overlap=32)
+    assert model_overlap(cfg, card_of(base=8)) == 32
+    assert model_overlap(cfg, card_of(base=8, input_scale=0.5)) == 64
+    assert model_overlap(ApplyConfig(overlap=5), card_of(base=8, input_scale=0.3)) == 17  # rounded up
+    assert model_overlap(cfg, card_of(base=8, input_scale=0.25), tile=200) == 99
+    assert auto_batch(ApplyConfig(overlap=200), card_of(base=64, input_scale=0.5))[0] > 2 * 400
+
+
+def test_tiles_start_on_the_networks_stride_in_input_pixels():
+    from pixelmill.models.factory import build_model
+
+    def grid(**arch_kwargs) -> int:
+        card = card_of(**arch_kwargs)
+        return stride_grid(build_model({"arch": card.arch, **arch_kwargs}), card)
+
+    assert grid(base=8, depth=3) == 8 and grid(base=8, depth=2, input_scale=0.5) == 8
+    assert grid(base=8, depth=3, input_scale=0.25) == 32
+    assert stride_grid(torch.nn.Identity(), card_of()) == 1  # an imported net that does not say
 
 
 KILL_SCRIPT = """
