@@ -58,8 +58,10 @@ def test_tiles_start_on_the_grid_and_keep_the_overlap(grid):
             size, starts = tile_span(length, tile, overlap, grid)
             assert starts[0] == 0 and starts[-1] + size == length and size <= tile, (length, tile, overlap)
             assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:], strict=False))
-            if overlap + 2 * (grid - 1) < tile:
+            if tile - overlap >= 2 * grid:
                 assert all(s % grid == 0 for s in starts), (length, tile, overlap, starts)
+                # the grid costs each step between starts less than 2 grid pixels of the tile's advance
+                assert len(starts) <= max(1, math.ceil((length - overlap) / (tile - overlap - 2 * grid))), starts
             else:  # no room for the grid's margins: planned without it
                 assert (size, starts) == tile_span(length, tile, overlap)
 
