@@ -9,6 +9,7 @@ so a bug in tasks/core/imageio.py cannot hide behind the same bug in its input.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -177,7 +178,10 @@ def cmyk_profile() -> bytes:
     return _icc(b"prtr", b"CMYK", b"Lab ", tags)
 
 
+@functools.cache
 def srgb_profile() -> bytes:
+    """One sRGB profile per process: LittleCMS writes the creation time into its header, so profiles made a
+    second apart differ (a corpus made at 17:59:04 and a check at 17:59:05 once failed CI)."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 

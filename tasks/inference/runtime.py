@@ -123,10 +123,10 @@ def auto_batch(cfg: ApplyConfig, card: ModelCard, gpu: bool = False) -> tuple[in
 def model_overlap(cfg: ApplyConfig, card: ModelCard, tile: int | None = None) -> int:
     """cfg.overlap counted at the network's working resolution: a net that shrinks its input by input_scale
     (segmentation's default 0.5) sees that much less of the overlap, so the tiles share overlap / input_scale
-    input pixels (a 2-level net at half size and 32 pixels differed from its whole-image classes on 1.8% of a
-    wide image's pixels). Less than half a tile, so that tiles still advance."""
+    input pixels, as much context at a seam as a full-size net gets. The scaling stops at half the tile (more
+    would compute most pixels several times); the overlap asked for is kept."""
     overlap = math.ceil(cfg.overlap / card.input_scale)
-    return min(overlap, (tile - 1) // 2) if tile else overlap
+    return min(overlap, max(cfg.overlap, tile // 2)) if tile else overlap
 
 
 def stride_grid(model, card: ModelCard) -> int:

@@ -204,12 +204,14 @@ def test_the_cpu_tile_follows_the_models_width():
 
 def test_a_half_size_net_gets_the_overlap_at_its_own_resolution():
     """The tiles share overlap / input_scale pixels, so a net that works at half size sees as much context at
-    a seam as a full-size one; less than half a tile, so that a small tile still advances."""
+    a seam as a full-size one, up to half a tile."""
     cfg = ApplyConfig(overlap=32)
     assert model_overlap(cfg, card_of(base=8)) == 32
     assert model_overlap(cfg, card_of(base=8, input_scale=0.5)) == 64
     assert model_overlap(ApplyConfig(overlap=5), card_of(base=8, input_scale=0.3)) == 17  # rounded up
-    assert model_overlap(cfg, card_of(base=8, input_scale=0.25), tile=200) == 99
+    assert model_overlap(cfg, card_of(base=8, input_scale=0.25), tile=300) == 128
+    assert model_overlap(cfg, card_of(base=8, input_scale=0.125), tile=300) == 150  # at most half the tile
+    assert model_overlap(ApplyConfig(overlap=180), card_of(base=8), tile=200) == 180  # what was asked for
     assert auto_batch(ApplyConfig(overlap=200), card_of(base=64, input_scale=0.5))[0] > 2 * 400
 
 
